@@ -1,0 +1,51 @@
+"""The FastAPI application: routes, error mapping and the runtime's lifespan."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from imageforge import __version__
+from imageforge.api.body_limit import BodyLimitMiddleware
+from imageforge.api.errors import install_error_handlers
+from imageforge.api.routes import bench, files, health, images, results
+from imageforge.runtime import Runtime
+from imageforge.settings import Settings
+
+DESCRIPTION = """\
+The GPT Image 2 asynchronous task API: create a task with `POST /v1/image2/images`, get its id
+at once, then poll `GET /v1/result/{id}` every few seconds until it is `completed` (with a
+signed `image_url`) or `failed` (with an `error`).
+
+Every API request carries `Authorization: Bearer <api key>`. Errors have an OpenAI-style body:
+`{"error": {"message", "type", "param", "code"}}`.
+"""
+
+
+def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runtime = await Runtime.start(settings, run_worker=run_worker)
+        app.state.runtime = runtime
+        try:
+            yield
+        finally:
+            await runtime.stop()
+
+    app = FastAPI(
+        title="imageforge",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    install_error_handlers(app)
+    app.include_router(images.router)
+    app.include_router(results.router)
+    app.include_router(files.router)
+    app.include_router(health.router)
+    if settings.bench_endpoints:
+        app.include_router(bench.router)
+    return app

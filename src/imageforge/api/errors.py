@@ -1,0 +1,111 @@
+"""Every failure becomes one OpenAI-style error body, mapped here and only here."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from imageforge.errors import ImageforgeError
+
+log = logging.getLogger(__name__)
+
+_STATUS_TYPES = {
+    400: ("invalid_request_error", "invalid_request"),
+    401: ("authentication_error", "invalid_api_key"),
+    403: ("permission_error", "forbidden"),
+    404: ("not_found_error", "not_found"),
+    405: ("invalid_request_error", "method_not_allowed"),
+    413: ("invalid_request_error", "payload_too_large"),
+    415: ("invalid_request_error", "unsupported_media_type"),
+}
+
+
+def error_response(
+    status: int,
+    message: str,
+    *,
+    error_type: str,
+    code: str | None,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Response:
+    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
+    )
+
+
+def _field_name(location: tuple[Any, ...]) -> str:
+    parts = [str(part) for part in location if part != "body"]
+    if not parts:
+        return "body"
+    name = parts[0]
+    for part in parts[1:]:
+        name += f"[{part}]" if part.isdigit() else f".{part}"
+    return name
+
+
+def describe_validation_error(error: dict[str, Any]) -> tuple[str, str]:
+    """(param, message) for the first problem pydantic found in a request."""
+    location = tuple(error.get("loc", ()))
+    field = _field_name(location)
+    kind = error.get("type", "")
+    if kind == "json_invalid":
+        return (
+            "body",
+            f"body: must be valid JSON ({error.get('ctx', {}).get('error', 'parse error')})",
+        )
+    if kind == "missing" and field == "body":
+        return "body", "body: a JSON object is required"
+    if kind == "missing":
+        return field, f"{field}: is required"
+    if kind == "model_attributes_type" or (field == "body" and kind.endswith("_type")):
+        return "body", "body: must be a JSON object"
+    return field, f"{field}: {error.get('msg', 'is invalid')}"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ImageforgeError)
+    async def _imageforge_error(request: Request, exc: ImageforgeError) -> Response:
+        if exc.status_code >= 500:
+            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        return error_response(
+            exc.status_code,
+            exc.message,
+            error_type=exc.error_type,
+            code=exc.code,
+            param=exc.param,
+            headers={"Retry-After": "5"} if exc.status_code == 503 else None,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        errors = exc.errors()
+        param, message = describe_validation_error(errors[0] if errors else {})
+        return error_response(
+            400, message, error_type="invalid_request_error", code="invalid_request", param=param
+        )
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        error_type, code = _STATUS_TYPES.get(exc.status_code, ("server_error", None))
+        return error_response(
+            exc.status_code,
+            str(exc.detail),
+            error_type=error_type,
+            code=code,
+            headers=dict(exc.headers) if exc.headers else None,
+        )
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(
+            500, "Internal server error.", error_type="server_error", code="internal_error"
+        )

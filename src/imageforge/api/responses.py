@@ -1,0 +1,64 @@
+"""OpenAPI descriptions of the error answers the routes can give."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from imageforge.wire import ErrorResponse
+
+
+def _error(description: str, example: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model": ErrorResponse,
+        "description": description,
+        "content": {"application/json": {"example": {"error": example}}},
+    }
+
+
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: _error(
+        "Bad input: the message names the field and the rule.",
+        {
+            "message": "size: both edges must be multiples of 16 (got 1000x1000)",
+            "type": "invalid_request_error",
+            "param": "size",
+            "code": "invalid_size",
+        },
+    ),
+    401: _error(
+        "Missing, malformed, unknown or revoked API key.",
+        {
+            "message": "Invalid or missing API key.",
+            "type": "authentication_error",
+            "param": None,
+            "code": "invalid_api_key",
+        },
+    ),
+    404: _error(
+        "No such task for this API key.",
+        {
+            "message": "No task found with id 'image_…'.",
+            "type": "not_found_error",
+            "param": "id",
+            "code": "task_not_found",
+        },
+    ),
+    413: _error(
+        "The request body is too large.",
+        {
+            "message": "body: must be at most 1,048,576 bytes",
+            "type": "invalid_request_error",
+            "param": "body",
+            "code": "payload_too_large",
+        },
+    ),
+    503: _error(
+        "The database or storage is unavailable; retry after the `Retry-After` seconds.",
+        {
+            "message": "The database is unavailable; try again shortly.",
+            "type": "server_error",
+            "param": None,
+            "code": "service_unavailable",
+        },
+    ),
+}

@@ -1,0 +1,51 @@
+"""GET /v1/result/{id}: the poll endpoint, the hottest path of the server."""
+
+from __future__ import annotations
+
+import time
+
+import orjson
+from fastapi import APIRouter, Path, Request
+from starlette.responses import Response
+
+from imageforge.api.deps import CallerDep, RuntimeDep, base_url_of
+from imageforge.api.responses import ERROR_RESPONSES
+from imageforge.tasks import TaskStatus
+from imageforge.wire import TaskResult
+
+router = APIRouter(tags=["images"])
+
+
+@router.get(
+    "/v1/result/{task_id}",
+    response_model=TaskResult,
+    summary="Query an image generation task",
+    description="Returns the task's status; `image_url` once it is `completed`, `error` once "
+    "it has `failed`. A task created with another API key is a 404, like an unknown id.",
+    responses=ERROR_RESPONSES,
+)
+async def get_result(
+    request: Request,
+    caller: CallerDep,
+    runtime: RuntimeDep,
+    task_id: str = Path(description="The task id returned on create (`image_…`)."),
+) -> Response:
+    task = await runtime.service.get(caller, task_id)
+    image_url = None
+    if task.status is TaskStatus.COMPLETED and task.image_key is not None:
+        settings = runtime.settings
+        image_url = runtime.storage.url_for(
+            task.image_key,
+            base_url=base_url_of(request, settings.public_base_url),
+            expires=int(time.time()) + settings.image_url_ttl_seconds,
+        )
+    payload = {
+        "id": task.id,
+        "object": "image.generation",
+        "created": task.created,
+        "model": task.model,
+        "status": task.status.value,
+        "image_url": image_url,
+        "error": task.error if task.status is TaskStatus.FAILED else None,
+    }
+    return Response(orjson.dumps(payload), media_type="application/json")

@@ -1,0 +1,279 @@
+"""The `imageforge` command line: serve, worker, keys, db."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+from rich.console import Console
+from rich.panel import Panel
+from rich.table import Table
+
+from imageforge.ids import KeyId
+from imageforge.keyring import create_api_key
+from imageforge.settings import Settings
+from imageforge.store import Store, open_store, upgrade_database
+
+app = typer.Typer(
+    name="imageforge",
+    help="A self-hosted server for the GPT Image 2 asynchronous task API.",
+    no_args_is_help=True,
+    add_completion=False,
+)
+keys_app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+app.add_typer(db_app, name="db")
+
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+ConfigOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="TOML configuration file (default: $IMAGEFORGE_CONFIG or ./imageforge.toml).",
+    ),
+]
+
+
+def _settings(config: Path | None) -> Settings:
+    try:
+        return Settings.load(config)
+    except Exception as exc:
+        err_console.print(f"[red]configuration error:[/red] {exc}")
+        raise typer.Exit(2) from exc
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
+    store = await open_store(settings.resolved_database_url)
+    try:
+        return await action(store)
+    finally:
+        await store.close()
+
+
+# serve / worker ---------------------------------------------------------------
+
+
+@app.command()
+def serve(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="API only; run `imageforge worker` elsewhere.")
+    ] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Start the API server (and, by default, a worker in the same process)."""
+    import uvicorn
+
+    from imageforge.api.app import create_app
+
+    settings = _settings(config)
+    _configure_logging(settings.log_level)
+    asyncio.run(_announce_first_key(settings, host, port))
+    uvicorn_config = uvicorn.Config(
+        create_app(settings, run_worker=not no_worker),
+        host=host,
+        port=port,
+        loop="uvloop",
+        http="httptools",
+        access_log=settings.access_log,
+        log_level=settings.log_level,
+        proxy_headers=True,
+        server_header=False,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
+    )
+    server = uvicorn.Server(uvicorn_config)
+    server.run()
+    if not server.started:
+        raise typer.Exit(1)
+
+
+async def _announce_first_key(settings: Settings, host: str, port: int) -> None:
+    """On a server with no keys at all, create one and show how to use it."""
+
+    async def ensure_key(store: Store) -> str | None:
+        if await store.list_keys():
+            return None
+        _, secret = await create_api_key(store, "default")
+        return secret
+
+    secret = await _with_store(settings, ensure_key)
+    shown_host = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+    base = f"http://{shown_host}:{port}"
+    if secret is None:
+        console.print(
+            f"imageforge: serving on {base} (data in {settings.data_dir}); "
+            "create an API key with: imageforge keys create --name NAME"
+        )
+        return
+    body = '{"model": "gpt-image-2", "prompt": "A serene mountain lake at sunset"}'
+    console.print(
+        Panel.fit(
+            f"[bold]API key[/bold] (shown once, store it now):\n{secret}\n\n"
+            "[bold]Create an image:[/bold]\n"
+            f"curl -s {base}/v1/image2/images \\\n"
+            f'  -H "Authorization: Bearer {secret}" \\\n'
+            '  -H "Content-Type: application/json" \\\n'
+            f"  -d '{body}'\n\n"
+            "[bold]Then poll it with the id you got:[/bold]\n"
+            f'curl -s {base}/v1/result/IMAGE_ID -H "Authorization: Bearer {secret}"',
+            title="imageforge is ready",
+        ),
+        soft_wrap=True,
+    )
+
+
+@app.command()
+def worker(
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="Tasks run at once (default: settings).")
+    ] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Run a worker without the API: claim and generate queued tasks until SIGTERM."""
+    from imageforge.runtime import Runtime
+
+    settings = _settings(config)
+    if concurrency is not None:
+        settings = settings.model_copy(update={"worker_concurrency": concurrency})
+    _configure_logging(settings.log_level)
+
+    async def run() -> None:
+        import uvloop  # noqa: F401  (imported to fail early if missing)
+
+        runtime = await Runtime.start(settings, run_api=False, run_worker=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        logging.getLogger("imageforge").info(
+            "worker %s started", runtime.runner and runtime.runner.worker_id
+        )
+        await stop.wait()
+        logging.getLogger("imageforge").info("draining")
+        await runtime.stop()
+
+    import uvloop
+
+    uvloop.run(run())
+
+
+# keys ---------------------------------------------------------------------------
+
+
+def _format_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option("--name", "-n", help="A label for the key.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON on the last line.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Create an API key; its secret is shown once."""
+    name = name.strip()
+    if not name or len(name) > 200:
+        err_console.print("[red]--name must be 1 to 200 characters[/red]")
+        raise typer.Exit(2)
+    settings = _settings(config)
+
+    async def create(store: Store) -> tuple[str, str]:
+        record, secret = await create_api_key(store, name)
+        return record.id, secret
+
+    key_id, secret = asyncio.run(_with_store(settings, create))
+    if as_json:
+        print(json.dumps({"id": key_id, "key": secret, "name": name}))
+        return
+    console.print(f"Created API key [bold]{key_id}[/bold] ({name}). Store the secret now:")
+    print(secret)
+
+
+@keys_app.command("list")
+def keys_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """List API keys (never their secrets)."""
+    settings = _settings(config)
+    records = asyncio.run(_with_store(settings, lambda store: store.list_keys()))
+    if as_json:
+        print(
+            json.dumps(
+                [
+                    {
+                        "id": r.id,
+                        "name": r.name,
+                        "hint": r.hint,
+                        "created_at": r.created_at,
+                        "revoked_at": r.revoked_at,
+                        "active": r.is_active,
+                    }
+                    for r in records
+                ]
+            )
+        )
+        return
+    table = Table("id", "name", "key", "created", "revoked")
+    for r in records:
+        table.add_row(r.id, r.name, r.hint, _format_time(r.created_at), _format_time(r.revoked_at))
+    console.print(table)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    config: ConfigOption = None,
+) -> None:
+    """Revoke an API key; requests with it get 401 within a second."""
+    settings = _settings(config)
+    revoked = asyncio.run(
+        _with_store(settings, lambda store: store.revoke_key(KeyId(key_id), now=time.time()))
+    )
+    if not revoked:
+        err_console.print(f"[red]no active key with id {key_id}[/red]")
+        raise typer.Exit(1)
+    console.print(f"Revoked {key_id}.")
+
+
+# db -----------------------------------------------------------------------------
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOption = None) -> None:
+    """Apply database migrations (the server also does this at start-up)."""
+    settings = _settings(config)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade_database(settings.resolved_database_url)
+    console.print("Database is up to date.")
+
+
+def main() -> None:
+    app()

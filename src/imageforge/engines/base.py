@@ -1,0 +1,69 @@
+"""The engine interface: turn a generation request into image bytes.
+
+Engines know nothing of tasks, databases or storage. Errors carry `retryable`;
+the runner owns retries, never the engine.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal, Protocol
+
+from imageforge.errors import ImageforgeError
+
+Quality = Literal["low", "medium", "high"]
+
+
+@dataclass(frozen=True)
+class ReferenceImage:
+    """A reference image already fetched and checked (format allow-listed, pixels bounded)."""
+
+    url: str
+    data: bytes
+    #: Pillow format name: "PNG", "JPEG", "WEBP" or "GIF".
+    format: str
+    width: int
+    height: int
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    prompt: str
+    width: int
+    height: int
+    #: None for models that ignore quality (gpt-image-2-r).
+    quality: Quality | None
+    model: str
+    references: tuple[ReferenceImage, ...] = ()
+    #: Task id, for logs and for engines that must resume work (relay); never in pixels.
+    task_id: str = ""
+
+
+@dataclass(frozen=True)
+class GeneratedImage:
+    data: bytes
+    #: MIME type of `data`, e.g. "image/png".
+    content_type: str
+    width: int
+    height: int
+    #: Upstream accounting (tokens), when the engine has any.
+    usage: dict[str, int] = field(default_factory=dict)
+
+
+class EngineError(ImageforgeError):
+    """A generation failed. `retryable` tells the runner whether another attempt may succeed."""
+
+    code = "engine_error"
+
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class Engine(Protocol):
+    name: ClassVar[str]
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage: ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,78 @@
+"""The one exception root. Each subclass carries its HTTP status and error code,
+so the API maps every failure to a response in one place."""
+
+from __future__ import annotations
+
+
+class ImageforgeError(Exception):
+    """Base of every error the project raises on purpose."""
+
+    status_code: int = 500
+    error_type: str = "server_error"
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+
+
+class InvalidRequest(ImageforgeError):
+    """The client sent something that breaks a rule of the contract (400)."""
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class PayloadTooLarge(ImageforgeError):
+    status_code = 413
+    error_type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class AuthenticationFailed(ImageforgeError):
+    """Missing, malformed, unknown and revoked keys all look the same (401)."""
+
+    status_code = 401
+    error_type = "authentication_error"
+    code = "invalid_api_key"
+
+    def __init__(self, message: str = "Invalid or missing API key.") -> None:
+        super().__init__(message)
+
+
+class NotFound(ImageforgeError):
+    """Unknown, or owned by another key: the two are indistinguishable (404)."""
+
+    status_code = 404
+    error_type = "not_found_error"
+    code = "not_found"
+
+
+class LinkExpired(ImageforgeError):
+    status_code = 410
+    error_type = "invalid_request_error"
+    code = "link_expired"
+
+
+class LinkInvalid(ImageforgeError):
+    status_code = 403
+    error_type = "invalid_request_error"
+    code = "invalid_signature"
+
+
+class ServiceUnavailable(ImageforgeError):
+    """The database or storage cannot be reached right now (503)."""
+
+    status_code = 503
+    error_type = "server_error"
+    code = "service_unavailable"
+
+
+class ConfigurationError(ImageforgeError):
+    """Settings that cannot work; raised at start-up, never for a request."""
+
+    code = "configuration_error"

@@ -1,0 +1,116 @@
+"""Everything a running process holds: store, storage, engines, services, worker.
+
+Built from Settings once at start-up, torn down once at shutdown; the API's
+lifespan and the `imageforge worker` command both use it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Coroutine
+from dataclasses import dataclass, field
+from typing import Any
+
+from imageforge.engines import Engine, build_engines
+from imageforge.keyring import KeyRing
+from imageforge.references import FetchLimits, ReferenceFetcher
+from imageforge.service import ImageService
+from imageforge.settings import Settings
+from imageforge.storage import LocalStorage, UrlSigner, load_or_create_secret
+from imageforge.store import Store, open_store, upgrade_database
+from imageforge.worker.rescuer import rescue_forever
+from imageforge.worker.runner import Runner, RunnerConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    store: Store
+    storage: LocalStorage
+    keyring: KeyRing
+    service: ImageService
+    engines: dict[str, Engine] = field(default_factory=dict)
+    runner: Runner | None = None
+    fetcher: ReferenceFetcher | None = None
+    _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    @classmethod
+    async def start(
+        cls, settings: Settings, *, run_api: bool = True, run_worker: bool = True
+    ) -> Runtime:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
+        store = await open_store(settings.resolved_database_url)
+        storage = LocalStorage(
+            settings.data_dir / "images", UrlSigner(load_or_create_secret(settings.data_dir))
+        )
+        models = settings.model_specs()
+        keyring = KeyRing(store)
+        service = ImageService(store, models, max_attempts=settings.max_attempts)
+        runtime = cls(
+            settings=settings, store=store, storage=storage, keyring=keyring, service=service
+        )
+        if run_api:
+            await keyring.refresh()
+            runtime._spawn(keyring.watch(), "key watcher")
+        if run_worker:
+            runtime._start_worker({spec.engine for spec in models.values()})
+        return runtime
+
+    def _start_worker(self, engine_names: set[str]) -> None:
+        settings = self.settings
+        self.engines = build_engines(engine_names, settings)
+        self.fetcher = ReferenceFetcher(
+            allowlist=settings.reference_allowlist,
+            limits=FetchLimits(
+                max_bytes=settings.reference_max_bytes,
+                max_pixels=settings.reference_max_pixels,
+                total_timeout_s=settings.reference_timeout_seconds,
+            ),
+        )
+        self.runner = Runner(
+            store=self.store,
+            storage=self.storage,
+            engines=self.engines,
+            fetcher=self.fetcher,
+            config=RunnerConfig(
+                concurrency=settings.worker_concurrency,
+                lease_seconds=settings.lease_seconds,
+                heartbeat_seconds=settings.heartbeat_seconds,
+                poll_interval_seconds=settings.poll_interval_seconds,
+                retry_base_seconds=settings.retry_base_seconds,
+                retry_max_seconds=settings.retry_max_seconds,
+                shutdown_grace_seconds=settings.shutdown_grace_seconds,
+            ),
+        )
+        # Tasks created in this process wake this process's worker at once.
+        self.service.on_task_queued = self.runner.wake
+        self._spawn(self.runner.run(), "worker")
+        self._spawn(
+            rescue_forever(self.store, interval_seconds=settings.rescue_interval_seconds),
+            "rescuer",
+        )
+
+    def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
+        task = asyncio.create_task(coroutine, name=name)
+        self._background.append(task)
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.stop()
+        for task in self._background:
+            task.cancel()
+        for task in self._background:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for engine in self.engines.values():
+            with contextlib.suppress(Exception):
+                await engine.aclose()
+        if self.fetcher is not None:
+            await self.fetcher.aclose()
+        await self.storage.aclose()
+        await self.store.close()

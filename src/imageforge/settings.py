@@ -1,0 +1,186 @@
+"""Typed settings, built once at start-up and passed down.
+
+Sources, strongest first: keyword arguments, `IMAGEFORGE_*` environment variables,
+then the TOML file (`IMAGEFORGE_CONFIG`, default `./imageforge.toml` when it exists).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+from imageforge.catalog import DEFAULT_MODELS, ModelSpec
+
+DEFAULT_CONFIG_FILE = "imageforge.toml"
+
+
+class ModelConfig(BaseModel):
+    """Routing and limits of one public model name. Unset fields inherit the built-in
+    definition of that name, or of `gpt-image-2` for a new name."""
+
+    engine: str | None = Field(None, description="Engine that serves this model.")
+    max_resolution: Literal["1k", "2k", "4k"] | None = None
+    max_references: int | None = Field(None, ge=0, le=64)
+    uses_quality: bool | None = None
+    billing: Literal["quality", "resolution"] | None = None
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="IMAGEFORGE_",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    data_dir: Path = Field(Path("data"), description="Where the database, images and secrets live.")
+    database_url: str | None = Field(
+        None, description="SQLAlchemy URL; default: a SQLite file in the data dir."
+    )
+    public_base_url: str | None = Field(
+        None,
+        description="Base of image links, e.g. https://images.example.com; "
+        "default: the URL the client called.",
+    )
+    image_url_ttl_seconds: int = Field(86_400, ge=60, description="Lifetime of an image link.")
+
+    engine: str = Field("offline", description="Engine for every model without its own routing.")
+    models: dict[str, ModelConfig] = Field(default_factory=dict)
+    render_processes: int = Field(1, ge=1, le=64, description="Offline engine render processes.")
+
+    worker_concurrency: int = Field(
+        4, ge=1, le=10_000, description="Tasks one worker runs at once."
+    )
+    lease_seconds: float = Field(30.0, gt=0, description="A claim without heartbeat expires after.")
+    heartbeat_seconds: float = Field(10.0, gt=0)
+    rescue_interval_seconds: float = Field(5.0, gt=0)
+    poll_interval_seconds: float = Field(
+        0.5, gt=0, le=1.0, description="Fallback queue poll when no wake-up arrives."
+    )
+    max_attempts: int = Field(3, ge=1, le=100, description="Claims a task may use before failing.")
+    retry_base_seconds: float = Field(2.0, ge=0)
+    retry_max_seconds: float = Field(60.0, ge=0)
+    shutdown_grace_seconds: float = Field(20.0, ge=0)
+
+    reference_allowlist: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Hosts or CIDRs that reference URLs may reach although not public.",
+    )
+    reference_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
+    reference_max_pixels: int = Field(50_000_000, ge=1)
+    reference_timeout_seconds: float = Field(30.0, gt=0)
+
+    max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest accepted request body.")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = False
+    #: Mounts `/_bench/*` baseline routes; only the benchmark turns this on.
+    bench_endpoints: bool = False
+
+    @field_validator("reference_allowlist", mode="before")
+    @classmethod
+    def _split_comma_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("public_base_url")
+    @classmethod
+    def _check_base_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _check_timings(self) -> Settings:
+        if self.heartbeat_seconds >= self.lease_seconds:
+            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_file = settings_cls.model_config.get("toml_file")
+        if toml_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_file))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Settings from the environment and the TOML file, if there is one."""
+        named = config_file or os.environ.get("IMAGEFORGE_CONFIG")
+        if named is None and Path(DEFAULT_CONFIG_FILE).is_file():
+            named = DEFAULT_CONFIG_FILE
+        if named is None:
+            return cls(**overrides)
+        path = Path(named)
+        if not path.is_file():
+            raise FileNotFoundError(f"configuration file not found: {path}")
+
+        class _FromFile(cls):  # type: ignore[valid-type,misc]
+            model_config = SettingsConfigDict(toml_file=path)
+
+        return _FromFile(**overrides)
+
+    # Derived values -----------------------------------------------------------
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite+aiosqlite:///{(self.data_dir / 'imageforge.db').resolve()}"
+
+    def model_specs(self) -> Mapping[str, ModelSpec]:
+        """The public model catalogue: built-in models, then configured overrides/additions."""
+        specs: dict[str, ModelSpec] = {
+            name: ModelSpec(
+                name=spec.name,
+                max_resolution=spec.max_resolution,
+                max_references=spec.max_references,
+                uses_quality=spec.uses_quality,
+                billing=spec.billing,
+                engine=self.engine,
+            )
+            for name, spec in DEFAULT_MODELS.items()
+        }
+        for name, config in self.models.items():
+            base = specs.get(name) or specs["gpt-image-2"]
+            specs[name] = ModelSpec(
+                name=name,
+                max_resolution=config.max_resolution or base.max_resolution,
+                max_references=(
+                    config.max_references
+                    if config.max_references is not None
+                    else base.max_references
+                ),
+                uses_quality=(
+                    config.uses_quality if config.uses_quality is not None else base.uses_quality
+                ),
+                billing=config.billing or base.billing,
+                engine=config.engine or base.engine,
+            )
+        return specs

@@ -1,0 +1,79 @@
+"""Table definitions: the single description of the schema that migrations follow.
+
+Times are Unix seconds (UTC) as double precision: one representation on every
+database, cheap to compare in the claim and rescue queries.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    text,
+)
+
+metadata = MetaData()
+
+api_keys = Table(
+    "api_keys",
+    metadata,
+    Column("id", String(40), primary_key=True, comment="key_… identifier shown to operators"),
+    Column("name", String(200), nullable=False, comment="operator's label for the key"),
+    Column("key_hash", String(64), nullable=False, unique=True, comment="SHA-256 hex of the key"),
+    Column("hint", String(40), nullable=False, comment="first and last characters, for display"),
+    Column("created_at", Float, nullable=False, comment="set once, on creation"),
+    Column("revoked_at", Float, nullable=True, comment="set once by `keys revoke`; then 401"),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", String(48), primary_key=True, comment="image_ + UUID4"),
+    Column("key_id", String(40), nullable=False, comment="owner; other keys get 404"),
+    Column("model", String(100), nullable=False, comment="public model name as resolved"),
+    Column("engine", String(100), nullable=False, comment="engine chosen when accepted"),
+    Column("prompt", Text, nullable=False),
+    Column("quality", String(16), nullable=True, comment="null when the model ignores quality"),
+    Column("width", Integer, nullable=False),
+    Column("height", Integer, nullable=False),
+    Column("ratio", String(8), nullable=True),
+    Column("resolution", String(4), nullable=False, comment="tier of width×height"),
+    Column("image_urls", Text, nullable=False, comment="JSON array of reference URLs"),
+    Column("status", String(16), nullable=False, comment="moved only by named transitions"),
+    Column("attempt", Integer, nullable=False, comment="claims so far; fencing token"),
+    Column("max_attempts", Integer, nullable=False, comment="claims allowed before failing"),
+    Column("run_after", Float, nullable=False, comment="not claimable before (retry backoff)"),
+    Column("lease_expires_at", Float, nullable=True, comment="set by claim, renewed by heartbeat"),
+    Column("worker_id", String(100), nullable=True, comment="holder of the current lease"),
+    Column("image_key", String(300), nullable=True, comment="storage key, set by complete"),
+    Column("content_type", String(50), nullable=True),
+    Column("error", Text, nullable=True, comment="set by fail (final) or requeue (last error)"),
+    Column("error_code", String(50), nullable=True),
+    Column("usage", Text, nullable=True, comment="JSON: upstream accounting, set by complete"),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False, comment="every transition"),
+    Column("started_at", Float, nullable=True, comment="first claim"),
+    Column("finished_at", Float, nullable=True, comment="complete or fail"),
+)
+
+# The claim query scans only queued rows, the rescuer only processing rows.
+Index(
+    "ix_tasks_claimable",
+    tasks.c.run_after,
+    tasks.c.created_at,
+    sqlite_where=text("status = 'queued'"),
+    postgresql_where=text("status = 'queued'"),
+)
+Index(
+    "ix_tasks_leases",
+    tasks.c.lease_expires_at,
+    sqlite_where=text("status = 'processing'"),
+    postgresql_where=text("status = 'processing'"),
+)
+Index("ix_tasks_key_created", tasks.c.key_id, tasks.c.created_at)

@@ -1,0 +1,83 @@
+"""The task: a frozen record of one generation request and where it is in its life.
+
+State machine (docs/ARCHITECTURE.md draws it)::
+
+    queued ──claim──▶ processing ──complete──▶ completed
+      ▲                   │  │
+      └──requeue/release──┘  └──fail──▶ failed
+
+Every arrow is a conditional UPDATE in the store, named after the transition, that
+applies only while the task is still in the expected state and attempt.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from typing import Any
+
+from imageforge.ids import KeyId, TaskId
+
+
+class TaskStatus(enum.StrEnum):
+    #: Accepted and waiting for a worker (also after a retryable failure or a rescue).
+    QUEUED = "queued"
+    #: Claimed by a worker that holds an unexpired lease on it.
+    PROCESSING = "processing"
+    #: Terminal: the image is stored and `image_key` names it.
+    COMPLETED = "completed"
+    #: Terminal: `error` says why, in words a client can show.
+    FAILED = "failed"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in (TaskStatus.COMPLETED, TaskStatus.FAILED)
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    id: TaskId
+    #: The API key that created the task; only that key can see it.
+    key_id: KeyId
+    model: str
+    #: Engine the task was routed to when it was accepted.
+    engine: str
+    prompt: str
+    #: None when the model ignores quality (gpt-image-2-r).
+    quality: str | None
+    width: int
+    height: int
+    ratio: str | None
+    #: Resolution tier of width×height ("1k", "2k", "4k").
+    resolution: str
+    image_urls: tuple[str, ...]
+    status: TaskStatus
+    #: How many times a worker has claimed it; the fencing token of every worker write.
+    attempt: int
+    max_attempts: int
+    #: Unix seconds (UTC) before which a queued task must not be claimed (retry backoff).
+    run_after: float
+    lease_expires_at: float | None
+    worker_id: str | None
+    image_key: str | None
+    content_type: str | None
+    error: str | None
+    error_code: str | None
+    usage: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+    started_at: float | None
+    finished_at: float | None
+
+    @property
+    def created(self) -> int:
+        """Unix seconds, as the contract's `created` field."""
+        return int(self.created_at)
+
+    @property
+    def created_datetime(self) -> datetime:
+        return datetime.fromtimestamp(self.created_at, UTC)
+
+    def evolve(self, **changes: Any) -> Task:
+        return replace(self, **changes)

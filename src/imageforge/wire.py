@@ -1,0 +1,132 @@
+"""The JSON shapes of the public API, shared by the server, the docs and clients."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from imageforge.sizes import RATIOS
+
+TaskStatusName = Literal["queued", "processing", "completed", "failed"]
+
+
+class CreateImageRequest(BaseModel):
+    """Body of `POST /v1/image2/images`. Unknown fields are ignored, `null` means "not sent"."""
+
+    model_config = ConfigDict(
+        extra="ignore",
+        json_schema_extra={
+            "examples": [
+                {
+                    "model": "gpt-image-2",
+                    "prompt": "A serene mountain lake at sunset, photorealistic",
+                },
+                {
+                    "model": "gpt-image-2",
+                    "prompt": "A lighthouse on a cliff, golden hour",
+                    "quality": "high",
+                    "ratio": "16:9",
+                    "resolution": "4k",
+                },
+                {
+                    "model": "gpt-image-2-r",
+                    "prompt": "Product shot in the style of the references",
+                    "size": "1536x1024",
+                    "image_urls": ["https://example.com/ref-1.png"],
+                },
+            ]
+        },
+    )
+
+    model: str = Field(
+        description="`gpt-image-2` (by quality tier, up to 4K, 6 references) or `gpt-image-2-r` "
+        "(by resolution, 1K only, 16 references); more can be configured.",
+        examples=["gpt-image-2"],
+    )
+    prompt: str = Field(
+        description="What to draw. Must not be empty after trimming; at most 32,000 characters.",
+        examples=["A serene mountain lake at sunset, photorealistic"],
+    )
+    quality: str | None = Field(
+        None,
+        description="`low` (default), `medium` or `high`; case-insensitive. Ignored (not "
+        "rejected) by models billed by resolution such as `gpt-image-2-r`.",
+        json_schema_extra={"enum": ["low", "medium", "high", None]},
+        examples=["low"],
+    )
+    ratio: str | None = Field(
+        None,
+        description="Aspect ratio, default `1:1`. Required when `resolution` is sent "
+        "(unless `size` is).",
+        json_schema_extra={"enum": [*RATIOS, None]},
+        examples=["16:9"],
+    )
+    resolution: str | None = Field(
+        None,
+        description="`1k` (default), `2k` or `4k` (case-insensitive). `2k`/`4k` only for "
+        "`gpt-image-2`; `4k` only with ratios 16:9, 9:16, 2:1, 1:2, 21:9, 9:21.",
+        json_schema_extra={"enum": ["1k", "2k", "4k", None]},
+        examples=["1k"],
+    )
+    size: str | None = Field(
+        None,
+        description="Exact `{W}x{H}` in pixels; overrides `ratio` and `resolution`. Both edges "
+        "multiples of 16, longest edge ≤ 3840, long:short ≤ 3:1, 655,360 ≤ W·H ≤ 8,294,400.",
+        examples=["1536x1024"],
+    )
+    image_urls: list[str] | None = Field(
+        None,
+        description="Reference image URLs (http/https; PNG, JPEG, WebP or GIF): at most 6 for "
+        "`gpt-image-2`, 16 for `gpt-image-2-r`.",
+        examples=[["https://example.com/reference.png"]],
+    )
+
+
+class TaskCreated(BaseModel):
+    """Answer of `POST /v1/image2/images`: the task exists and is queued."""
+
+    id: str = Field(
+        description="`image_` + UUID4.", examples=["image_fd35ee52-2a98-44a6-b930-29a88ce9b8fd"]
+    )
+    object: Literal["image"] = "image"
+    created: int = Field(description="Unix seconds.", examples=[1774836724])
+    model: str = Field(examples=["gpt-image-2"])
+    status: TaskStatusName = Field(description="`queued` or `processing`.", examples=["queued"])
+    error: str | None = Field(None, description="Always null on a successful create.")
+
+
+class TaskResult(BaseModel):
+    """Answer of `GET /v1/result/{id}`."""
+
+    id: str = Field(examples=["image_fd35ee52-2a98-44a6-b930-29a88ce9b8fd"])
+    object: Literal["image.generation"] = "image.generation"
+    created: int = Field(description="Unix seconds.", examples=[1774836724])
+    model: str = Field(examples=["gpt-image-2"])
+    status: TaskStatusName = Field(
+        description="`queued` → `processing` → `completed` | `failed`; terminal states never "
+        "change.",
+        examples=["completed"],
+    )
+    image_url: str | None = Field(
+        None,
+        description="Signed link to the image, only when `completed`; needs no API key and "
+        "expires after 24 hours (configurable).",
+        examples=["http://127.0.0.1:8000/files/2026/11/24/image_fd35….png?expires=…&signature=…"],
+    )
+    error: str | None = Field(
+        None, description="Why the task failed, only when `failed`.", examples=[None]
+    )
+
+
+class ErrorDetail(BaseModel):
+    message: str = Field(examples=["size: both edges must be multiples of 16 (got 1000x1000)"])
+    type: str = Field(examples=["invalid_request_error"])
+    param: str | None = Field(None, examples=["size"])
+    code: str | None = Field(None, examples=["invalid_size"])
+
+
+class ErrorResponse(BaseModel):
+    """Every error: the HTTP status plus an OpenAI-style body."""
+
+    error: ErrorDetail

@@ -1,0 +1,31 @@
+"""The rescuer: tasks whose lease expired go back to the queue, or fail for good.
+
+Safe to run in every process at once: each rescue is a conditional UPDATE
+(still processing, lease still expired), so it can never overwrite a completion
+that raced it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from imageforge.store import Store, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+
+async def rescue_forever(store: Store, *, interval_seconds: float) -> None:
+    while True:
+        try:
+            report = await store.rescue_expired(now=time.time())
+            if report.requeued:
+                log.warning("re-queued %d task(s) with expired leases", len(report.requeued))
+            if report.failed:
+                log.warning("failed %d task(s) out of attempts", len(report.failed))
+        except StoreUnavailable:
+            log.warning("database unavailable; rescuer retries later")
+        except Exception:
+            log.exception("rescuer pass failed")
+        await asyncio.sleep(interval_seconds)

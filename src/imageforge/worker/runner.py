@@ -1,0 +1,286 @@
+"""The worker: claim queued tasks, run them, record the outcome.
+
+Each claimed task holds a lease, renewed by a heartbeat. Every write a worker
+makes carries the attempt number it claimed; when the lease was taken away (the
+rescuer re-queued the task, a newer attempt owns it) the write matches no row,
+and the worker abandons that task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from imageforge.engines import Engine, EngineError, GenerationRequest
+from imageforge.references import ReferenceFetcher, ReferenceFetchError
+from imageforge.storage import Storage
+from imageforge.store import Store, StoreUnavailable
+from imageforge.tasks import Task
+from imageforge.worker.retry import retry_delay
+
+log = logging.getLogger(__name__)
+
+_EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+
+
+@dataclass(frozen=True)
+class RunnerConfig:
+    concurrency: int
+    lease_seconds: float
+    heartbeat_seconds: float
+    poll_interval_seconds: float
+    retry_base_seconds: float
+    retry_max_seconds: float
+    shutdown_grace_seconds: float
+
+
+class LeaseLost(Exception):
+    """Our claim on a task is gone; someone else decides its fate now."""
+
+
+def new_worker_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def storage_key_for(task: Task, content_type: str) -> str:
+    # The attempt is part of the key so that a stale attempt can never overwrite
+    # the image of the attempt that completed the task.
+    day = datetime.fromtimestamp(task.created_at, UTC).strftime("%Y/%m/%d")
+    extension = _EXTENSIONS.get(content_type, "bin")
+    return f"{day}/{task.id}-{task.attempt}.{extension}"
+
+
+class Runner:
+    def __init__(
+        self,
+        *,
+        store: Store,
+        storage: Storage,
+        engines: Mapping[str, Engine],
+        fetcher: ReferenceFetcher,
+        config: RunnerConfig,
+        worker_id: str | None = None,
+    ) -> None:
+        self._store = store
+        self._storage = storage
+        self._engines = engines
+        self._fetcher = fetcher
+        self._config = config
+        self.worker_id = worker_id or new_worker_id()
+        self._wakeup = asyncio.Event()
+        self._slot_freed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._running: dict[asyncio.Task[None], Task] = {}
+
+    def wake(self) -> None:
+        """A task was queued: look for work now instead of at the next poll."""
+        self._wakeup.set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._running)
+
+    async def run(self) -> None:
+        """Claim and run tasks until `stop()`; then drain."""
+        backoff = 0.0
+        while not self._stopping.is_set():
+            free = self._config.concurrency - len(self._running)
+            claimed: list[Task] = []
+            if free > 0:
+                self._wakeup.clear()
+                try:
+                    claimed = await self._store.claim(
+                        worker_id=self.worker_id,
+                        limit=free,
+                        lease_seconds=self._config.lease_seconds,
+                        now=time.time(),
+                    )
+                    backoff = 0.0
+                except StoreUnavailable:
+                    backoff = min(5.0, backoff * 2 or 0.1)
+                    log.warning("database unavailable; worker retries in %.1fs", backoff)
+                    await self._sleep(backoff)
+                    continue
+                for task in claimed:
+                    job = asyncio.create_task(self._execute(task), name=f"run {task.id}")
+                    self._running[job] = task
+                    job.add_done_callback(self._finished)
+            if claimed and len(self._running) < self._config.concurrency:
+                continue  # maybe more is waiting
+            await self._wait_for_work()
+
+    def _finished(self, job: asyncio.Task[None]) -> None:
+        self._running.pop(job, None)
+        self._slot_freed.set()
+        if not job.cancelled() and job.exception() is not None:
+            log.error("task runner crashed", exc_info=job.exception())
+
+    async def _wait_for_work(self) -> None:
+        self._slot_freed.clear()
+        waits = [asyncio.ensure_future(event.wait()) for event in self._events_to_wait()]
+        try:
+            await asyncio.wait(
+                waits,
+                timeout=self._config.poll_interval_seconds,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            for waiter in waits:
+                waiter.cancel()
+
+    def _events_to_wait(self) -> list[asyncio.Event]:
+        if len(self._running) >= self._config.concurrency:
+            return [self._slot_freed, self._stopping]
+        return [self._wakeup, self._slot_freed, self._stopping]
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def stop(self) -> None:
+        """Stop claiming; let running tasks finish within the grace period, then hand
+        the rest back to the queue so another worker picks them up at once."""
+        self._stopping.set()
+        if self._running:
+            await asyncio.wait(list(self._running), timeout=self._config.shutdown_grace_seconds)
+        leftovers = dict(self._running)
+        for job in leftovers:
+            job.cancel()
+        if leftovers:
+            await asyncio.wait(list(leftovers))
+        for task in leftovers.values():
+            with contextlib.suppress(Exception):
+                if await self._store.release(task.id, task.attempt, now=time.time()):
+                    log.info("handed %s back to the queue", task.id)
+
+    # One task ---------------------------------------------------------------
+
+    async def _execute(self, task: Task) -> None:
+        work = asyncio.create_task(self._generate_and_store(task))
+        lease_lost = asyncio.Event()
+        heartbeat = asyncio.create_task(self._keep_lease(task, work, lease_lost))
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not lease_lost.is_set():
+                raise
+            log.warning("lost the lease on %s (attempt %d); abandoning it", task.id, task.attempt)
+        except LeaseLost:
+            log.warning("lost the lease on %s (attempt %d); abandoning it", task.id, task.attempt)
+        finally:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+
+    async def _keep_lease(
+        self, task: Task, work: asyncio.Task[None], lease_lost: asyncio.Event
+    ) -> None:
+        while True:
+            await asyncio.sleep(self._config.heartbeat_seconds)
+            try:
+                still_ours = await self._store.heartbeat(
+                    task.id, task.attempt, lease_until=time.time() + self._config.lease_seconds
+                )
+            except StoreUnavailable:
+                continue  # the lease may still be valid; try again at the next beat
+            if not still_ours:
+                lease_lost.set()
+                work.cancel()
+                return
+
+    async def _generate_and_store(self, task: Task) -> None:
+        engine = self._engines.get(task.engine)
+        try:
+            if engine is None:
+                raise EngineError(
+                    f"engine {task.engine!r} is not configured on this worker", retryable=False
+                )
+            references = await self._fetcher.fetch_all(task.image_urls)
+            image = await engine.generate(
+                GenerationRequest(
+                    prompt=task.prompt,
+                    width=task.width,
+                    height=task.height,
+                    quality=task.quality,  # type: ignore[arg-type]
+                    model=task.model,
+                    references=tuple(references),
+                    task_id=task.id,
+                )
+            )
+        except ReferenceFetchError as exc:
+            await self._record_failure(task, exc.message, "invalid_reference", exc.retryable, None)
+            return
+        except EngineError as exc:
+            await self._record_failure(task, exc.message, exc.code, exc.retryable, exc.retry_after)
+            return
+        except Exception as exc:
+            log.exception("unexpected error generating %s", task.id)
+            await self._record_failure(
+                task, f"internal error: {type(exc).__name__}", "internal_error", True, None
+            )
+            return
+
+        key = storage_key_for(task, image.content_type)
+        try:
+            await self._storage.put(key, image.data, image.content_type)
+        except OSError as exc:
+            log.error("could not store the image of %s: %s", task.id, exc)
+            await self._record_failure(
+                task, "could not store the generated image", "storage_error", True, None
+            )
+            return
+        completed = await self._store.complete(
+            task.id,
+            task.attempt,
+            image_key=key,
+            content_type=image.content_type,
+            usage=image.usage or None,
+            now=time.time(),
+        )
+        if not completed:
+            await self._storage.delete(key)
+            raise LeaseLost()
+        log.info("completed %s (attempt %d)", task.id, task.attempt)
+
+    async def _record_failure(
+        self,
+        task: Task,
+        message: str,
+        code: str,
+        retryable: bool,
+        retry_after: float | None,
+    ) -> None:
+        now = time.time()
+        if retryable and task.attempt < task.max_attempts:
+            delay = retry_delay(
+                task.attempt,
+                base_seconds=self._config.retry_base_seconds,
+                max_seconds=self._config.retry_max_seconds,
+                retry_after=retry_after,
+            )
+            applied = await self._store.requeue(
+                task.id,
+                task.attempt,
+                run_after=now + delay,
+                error=message,
+                error_code=code,
+                now=now,
+            )
+            log.info("retrying %s in %.1fs after: %s", task.id, delay, message)
+        else:
+            if retryable:
+                message = f"generation failed after {task.attempt} attempts: {message}"
+            applied = await self._store.fail(
+                task.id, task.attempt, error=message, error_code=code, now=now
+            )
+            log.info("failed %s: %s", task.id, message)
+        if not applied:
+            raise LeaseLost()

@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from imageforge.api.app import create_app
+from imageforge.keyring import create_api_key
+from imageforge.runtime import Runtime
+from imageforge.settings import Settings
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": data_dir,
+        "lease_seconds": 5.0,
+        "heartbeat_seconds": 1.0,
+        "rescue_interval_seconds": 0.5,
+        "poll_interval_seconds": 0.2,
+        "retry_base_seconds": 0.05,
+        "retry_max_seconds": 0.2,
+        "shutdown_grace_seconds": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class ApiHarness:
+    """An in-process server: the real app and lifespan, reached through httpx."""
+
+    def __init__(self, app: FastAPI, client: httpx.AsyncClient) -> None:
+        self.app = app
+        self.client = client
+
+    @property
+    def runtime(self) -> Runtime:
+        runtime: Runtime = self.app.state.runtime
+        return runtime
+
+    async def new_key(self, name: str = "test") -> str:
+        _, secret = await create_api_key(self.runtime.store, name)
+        return secret
+
+    async def create(self, key: str, **body: Any) -> httpx.Response:
+        body.setdefault("model", "gpt-image-2")
+        body.setdefault("prompt", "a red fox in the snow")
+        return await self.client.post(
+            "/v1/image2/images", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+
+    async def poll(self, key: str, task_id: str) -> httpx.Response:
+        return await self.client.get(
+            f"/v1/result/{task_id}", headers={"Authorization": f"Bearer {key}"}
+        )
+
+    async def wait_terminal(self, key: str, task_id: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            response = await self.poll(key, task_id)
+            assert response.status_code == 200, response.text
+            body: dict[str, Any] = response.json()
+            if body["status"] in ("completed", "failed"):
+                return body
+            if time.monotonic() > deadline:
+                raise AssertionError(f"task {task_id} still {body['status']} after {timeout}s")
+            await asyncio.sleep(0.05)
+
+
+async def start_harness(settings: Settings, *, run_worker: bool = True) -> tuple[Any, ApiHarness]:
+    app = create_app(settings, run_worker=run_worker)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
+    )
+    return lifespan, ApiHarness(app, client)
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path / "data")
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[ApiHarness]:
+    lifespan, harness = await start_harness(settings)
+    try:
+        yield harness
+    finally:
+        await harness.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def key(api: ApiHarness) -> str:
+    return await api.new_key()

@@ -1,0 +1,257 @@
+"""The task API over HTTP, as a client sees it."""
+
+from __future__ import annotations
+
+import io
+import re
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from PIL import Image
+
+from tests.conftest import ApiHarness, make_settings, start_harness
+
+UUID_ID = re.compile(r"^image_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+async def test_create_answers_at_once_with_the_contract_shape(api: ApiHarness, key: str) -> None:
+    before = int(time.time())
+    response = await api.create(key, prompt="A serene mountain lake at sunset")
+    assert response.status_code == 200
+    body = response.json()
+    assert set(body) == {"id", "object", "created", "model", "status", "error"}
+    assert UUID_ID.match(body["id"])
+    assert body["object"] == "image"
+    assert body["model"] == "gpt-image-2"
+    assert body["status"] in ("queued", "processing")
+    assert body["error"] is None
+    assert before <= body["created"] <= int(time.time())
+
+
+async def test_task_completes_with_a_signed_image_of_the_requested_size(
+    api: ApiHarness, key: str
+) -> None:
+    created = (await api.create(key, ratio="16:9", quality="medium")).json()
+    result = await api.wait_terminal(key, created["id"])
+    assert set(result) == {"id", "object", "created", "model", "status", "image_url", "error"}
+    assert result["object"] == "image.generation"
+    assert result["status"] == "completed"
+    assert result["error"] is None
+    assert result["created"] == created["created"]
+    url = httpx.URL(result["image_url"])
+    assert url.host == "testserver" and url.path.startswith("/files/")
+    image = await api.client.get(result["image_url"])  # no API key needed
+    assert image.status_code == 200
+    assert image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (1536, 864)
+
+
+async def test_poll_of_a_queued_task_has_null_image_url(api: ApiHarness, key: str) -> None:
+    created = (await api.create(key)).json()
+    body = (await api.poll(key, created["id"])).json()
+    if body["status"] in ("queued", "processing"):
+        assert body["image_url"] is None and body["error"] is None
+
+
+@pytest.mark.parametrize(
+    ("body", "param", "fragment"),
+    [
+        ({"model": "dall-e-9"}, "model", "unknown model 'dall-e-9'"),
+        ({"prompt": "   "}, "prompt", "must not be empty"),
+        ({"prompt": 42}, "prompt", "prompt:"),
+        ({"quality": "ultra"}, "quality", "low, medium, high"),
+        ({"ratio": "7:5"}, "ratio", "7:5"),
+        ({"resolution": "8k", "ratio": "16:9"}, "resolution", "8k"),
+        ({"resolution": "2k"}, "ratio", "required when resolution is sent"),
+        ({"resolution": "4k", "ratio": "1:1"}, "resolution", "16:9, 9:16, 2:1, 1:2, 21:9, 9:21"),
+        ({"size": "1000x1000"}, "size", "multiples of 16"),
+        ({"size": "4096x1024"}, "size", "3840"),
+        ({"size": "3072x1008"}, "size", "3 times"),
+        ({"size": "512x512"}, "size", "655,360"),
+        ({"size": "banana"}, "size", "banana"),
+        ({"model": "gpt-image-2-r", "resolution": "2k", "ratio": "1:1"}, "resolution", "1k"),
+        ({"model": "gpt-image-2-r", "size": "2048x2048"}, "size", "gpt-image-2-r"),
+        ({"image_urls": ["https://example.com/a.png"] * 7}, "image_urls", "at most 6"),
+        ({"image_urls": ["ftp://example.com/a.png"]}, "image_urls[0]", "http"),
+        ({"image_urls": "https://example.com/a.png"}, "image_urls", "image_urls"),
+    ],
+)
+async def test_bad_input_is_a_400_naming_the_field_and_rule(
+    api: ApiHarness, key: str, body: dict[str, object], param: str, fragment: str
+) -> None:
+    response = await api.create(key, **body)
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["type"] == "invalid_request_error"
+    assert error["param"] == param
+    assert error["message"].startswith(param.split("[")[0])
+    assert fragment in error["message"]
+
+
+async def test_missing_required_fields_are_named(api: ApiHarness, key: str) -> None:
+    for missing in ("model", "prompt"):
+        body = {"model": "gpt-image-2", "prompt": "x"}
+        del body[missing]
+        response = await api.client.post(
+            "/v1/image2/images", json=body, headers={"Authorization": f"Bearer {key}"}
+        )
+        assert response.status_code == 400
+        assert response.json()["error"]["message"] == f"{missing}: is required"
+
+
+async def test_malformed_json_and_non_object_bodies_are_400(api: ApiHarness, key: str) -> None:
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    for content in (b"{not json", b"[1, 2]", b'"text"', b""):
+        response = await api.client.post("/v1/image2/images", content=content, headers=headers)
+        assert response.status_code == 400, (content, response.text)
+        assert response.json()["error"]["param"] == "body"
+
+
+async def test_nulls_empty_lists_case_and_unknown_fields_are_accepted(
+    api: ApiHarness, key: str
+) -> None:
+    response = await api.create(
+        key,
+        quality=None,
+        ratio="9:16",
+        resolution="2K",
+        size=None,
+        image_urls=[],
+        n=1,
+        response_format="url",
+    )
+    assert response.status_code == 200, response.text
+    result = await api.wait_terminal(key, response.json()["id"])
+    image = await api.client.get(result["image_url"])
+    assert Image.open(io.BytesIO(image.content)).size == (1152, 2048)
+
+
+async def test_quality_is_ignored_for_gpt_image_2_r(api: ApiHarness, key: str) -> None:
+    response = await api.create(key, model="gpt-image-2-r", quality="whatever")
+    assert response.status_code == 200, response.text
+    assert response.json()["model"] == "gpt-image-2-r"
+
+
+async def test_size_overrides_ratio_and_resolution(api: ApiHarness, key: str) -> None:
+    response = await api.create(key, size="1024x1536", ratio="16:9", resolution="4k")
+    assert response.status_code == 200, response.text
+    result = await api.wait_terminal(key, response.json()["id"])
+    image = await api.client.get(result["image_url"])
+    assert Image.open(io.BytesIO(image.content)).size == (1024, 1536)
+
+
+async def test_oversized_body_is_413(api: ApiHarness, key: str) -> None:
+    response = await api.create(key, prompt="x" * 2_000_000)
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "payload_too_large"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "", "Bearer", "Bearer ", "Basic abc", "Bearer nope", "Bearer ifk_" + "a" * 38],
+)
+async def test_requests_without_a_valid_key_are_401(
+    api: ApiHarness, key: str, authorization: str | None
+) -> None:
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    created = await api.create(key)
+    task_id = created.json()["id"]
+    for response in (
+        await api.client.post("/v1/image2/images", json={"model": "gpt-image-2", "prompt": "x"}, headers=headers),
+        await api.client.get(f"/v1/result/{task_id}", headers=headers),
+    ):
+        assert response.status_code == 401
+        assert response.json()["error"] == {
+            "message": "Invalid or missing API key.",
+            "type": "authentication_error",
+            "param": None,
+            "code": "invalid_api_key",
+        }
+
+
+async def test_another_keys_task_is_indistinguishable_from_a_missing_one(
+    api: ApiHarness, key: str
+) -> None:
+    other = await api.new_key("other")
+    task_id = (await api.create(key)).json()["id"]
+    foreign = await api.poll(other, task_id)
+    missing_id = "image_00000000-0000-4000-8000-000000000000"
+    missing = await api.poll(other, missing_id)
+    assert foreign.status_code == missing.status_code == 404
+    assert foreign.json()["error"]["message"].replace(task_id, "X") == missing.json()["error"][
+        "message"
+    ].replace(missing_id, "X")
+    garbage = await api.poll(key, "not-an-id")
+    assert garbage.status_code == 404
+
+
+async def test_revoked_key_stops_working(api: ApiHarness) -> None:
+    record_key = await api.new_key("short-lived")
+    assert (await api.create(record_key)).status_code == 200
+    keys = await api.runtime.store.list_keys()
+    target = next(k for k in keys if k.name == "short-lived")
+    await api.runtime.store.revoke_key(target.id, now=time.time())
+    await api.runtime.keyring.refresh()
+    assert (await api.create(record_key)).status_code == 401
+
+
+async def test_same_request_gives_the_same_pixels(api: ApiHarness, key: str) -> None:
+    digests = []
+    for _ in range(2):
+        task_id = (await api.create(key, prompt="determinism", size="1024x640")).json()["id"]
+        result = await api.wait_terminal(key, task_id)
+        digests.append((await api.client.get(result["image_url"])).content)
+    assert digests[0] == digests[1]
+
+
+async def test_image_links_expire_and_cannot_be_forged(api: ApiHarness, key: str) -> None:
+    task_id = (await api.create(key)).json()["id"]
+    url = httpx.URL((await api.wait_terminal(key, task_id))["image_url"])
+    signature = url.params["signature"]
+    tampered = url.copy_set_param("signature", signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB"))
+    assert (await api.client.get(tampered)).status_code == 403
+    assert (await api.client.get(url.copy_remove_param("signature"))).status_code == 403
+    storage = api.runtime.storage
+    key_path = url.path.removeprefix("/files/")
+    past = int(time.time()) - 10
+    expired = url.copy_merge_params(
+        {"expires": str(past), "signature": storage.signer.signature(key_path, past)}
+    )
+    response = await api.client.get(expired)
+    assert response.status_code == 410
+    assert response.json()["error"]["code"] == "link_expired"
+    later = url.copy_set_param("expires", str(int(url.params["expires"]) + 3600))
+    assert (await api.client.get(later)).status_code == 403
+
+
+async def test_public_base_url_builds_links(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "other", public_base_url="https://img.example.com/")
+    lifespan, harness = await start_harness(settings)
+    try:
+        secret = await harness.new_key()
+        task_id = (await harness.create(secret)).json()["id"]
+        result = await harness.wait_terminal(secret, task_id)
+        assert result["image_url"].startswith("https://img.example.com/files/")
+    finally:
+        await harness.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+async def test_healthz_and_openapi(api: ApiHarness) -> None:
+    health = await api.client.get("/healthz")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    schema = (await api.client.get("/openapi.json")).json()
+    create = schema["paths"]["/v1/image2/images"]["post"]
+    assert set(create["responses"]) >= {"200", "400", "401"}
+    body_schema = schema["components"]["schemas"]["CreateImageRequest"]
+    for name in ("model", "prompt", "quality", "ratio", "resolution", "size", "image_urls"):
+        assert body_schema["properties"][name].get("description"), name
+    assert "/v1/result/{task_id}" in schema["paths"]
+
+
+async def test_unknown_route_uses_the_error_body(api: ApiHarness) -> None:
+    response = await api.client.get("/v1/nothing")
+    assert response.status_code == 404
+    assert response.json()["error"]["type"] == "not_found_error"

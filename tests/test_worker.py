@@ -1,0 +1,258 @@
+"""The worker's rules: retries, backoff, giving up, leases, hand-back on stop."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import ClassVar
+
+import pytest
+
+from imageforge.engines import EngineError, GeneratedImage, GenerationRequest
+from imageforge.references import ReferenceFetcher
+from imageforge.storage import LocalStorage, UrlSigner
+from imageforge.store import Store, open_store, upgrade_database
+from imageforge.tasks import Task, TaskStatus
+from imageforge.worker.retry import retry_delay
+from imageforge.worker.runner import Runner, RunnerConfig
+from tests.test_store_contract import make_task
+
+PNG_1X1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+)
+
+
+@dataclass
+class ScriptedEngine:
+    """An engine whose outcome per call is scripted by the test."""
+
+    name: ClassVar[str] = "scripted"
+    script: list[Callable[[], GeneratedImage]] = field(default_factory=list)
+    delay: float = 0.0
+    calls: list[GenerationRequest] = field(default_factory=list)
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        self.calls.append(request)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        step = self.script.pop(0) if self.script else ok
+        return step()
+
+    async def aclose(self) -> None:
+        return None
+
+
+def ok() -> GeneratedImage:
+    return GeneratedImage(data=PNG_1X1, content_type="image/png", width=1, height=1)
+
+
+def transient() -> GeneratedImage:
+    raise EngineError("upstream busy", retryable=True)
+
+
+def permanent() -> GeneratedImage:
+    raise EngineError("prompt rejected by policy", retryable=False)
+
+
+@dataclass
+class Rig:
+    store: Store
+    storage: LocalStorage
+    engine: ScriptedEngine
+
+    def runner(self, **config: float) -> Runner:
+        values: dict[str, float] = {
+            "concurrency": 4,
+            "lease_seconds": 5.0,
+            "heartbeat_seconds": 1.0,
+            "poll_interval_seconds": 0.05,
+            "retry_base_seconds": 0.05,
+            "retry_max_seconds": 0.1,
+            "shutdown_grace_seconds": 0.5,
+        }
+        values.update(config)
+        return Runner(
+            store=self.store,
+            storage=self.storage,
+            engines={"offline": self.engine},
+            fetcher=ReferenceFetcher(),
+            config=RunnerConfig(**values),  # type: ignore[arg-type]
+        )
+
+    async def add(self, **changes: object) -> Task:
+        task = make_task(image_urls=(), **changes)
+        await self.store.insert_task(task)
+        return task
+
+    async def wait_for(self, task: Task, status: TaskStatus, timeout: float = 10.0) -> Task:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            current = await self.store.get_task(task.id)
+            assert current is not None
+            if current.status is status:
+                return current
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{task.id} never reached {status}")
+
+
+@pytest.fixture
+async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'w.db'}"
+    await asyncio.to_thread(upgrade_database, url)
+    store = await open_store(url)
+    storage = LocalStorage(tmp_path / "images", UrlSigner(b"k" * 32))
+    try:
+        yield Rig(store, storage, ScriptedEngine())
+    finally:
+        await store.close()
+
+
+async def run_until(runner: Runner, condition: Callable[[], object]) -> None:
+    job = asyncio.create_task(runner.run())
+    try:
+        await condition()  # type: ignore[misc]
+    finally:
+        await runner.stop()
+        await job
+
+
+async def test_success_stores_the_image_and_completes(rig: Rig) -> None:
+    task = await rig.add()
+    runner = rig.runner()
+
+    async def done() -> None:
+        completed = await rig.wait_for(task, TaskStatus.COMPLETED)
+        assert completed.image_key is not None
+        path = rig.storage.path_for(completed.image_key)
+        assert path is not None and path.read_bytes() == PNG_1X1
+
+    await run_until(runner, done)
+    assert rig.engine.calls[0].prompt == task.prompt
+    assert (rig.engine.calls[0].width, rig.engine.calls[0].height) == (1024, 1024)
+
+
+async def test_retryable_errors_are_retried_then_succeed(rig: Rig) -> None:
+    rig.engine.script = [transient, transient]
+    task = await rig.add(max_attempts=3)
+
+    async def done() -> None:
+        completed = await rig.wait_for(task, TaskStatus.COMPLETED)
+        assert completed.attempt == 3
+
+    await run_until(rig.runner(), done)
+    assert len(rig.engine.calls) == 3
+
+
+async def test_retryable_errors_give_up_after_max_attempts(rig: Rig) -> None:
+    rig.engine.script = [transient] * 5
+    task = await rig.add(max_attempts=3)
+
+    async def done() -> None:
+        failed = await rig.wait_for(task, TaskStatus.FAILED)
+        assert failed.attempt == 3
+        assert failed.error == "generation failed after 3 attempts: upstream busy"
+
+    await run_until(rig.runner(), done)
+    assert len(rig.engine.calls) == 3
+
+
+async def test_permanent_errors_fail_at_once(rig: Rig) -> None:
+    rig.engine.script = [permanent]
+    task = await rig.add(max_attempts=3)
+
+    async def done() -> None:
+        failed = await rig.wait_for(task, TaskStatus.FAILED)
+        assert failed.attempt == 1
+        assert failed.error == "prompt rejected by policy"
+
+    await run_until(rig.runner(), done)
+
+
+async def test_a_worker_that_lost_its_lease_changes_nothing(rig: Rig) -> None:
+    rig.engine.delay = 0.6
+    task = await rig.add()
+    runner = rig.runner(heartbeat_seconds=5.0, lease_seconds=10.0)
+
+    async def steal_then_check() -> None:
+        claimed = await rig.wait_for(task, TaskStatus.PROCESSING)
+        # Another party takes the task over: re-queue it and claim it as attempt 2.
+        assert await rig.store.requeue(
+            task.id, claimed.attempt, run_after=time.time() + 60, error="x", error_code="x",
+            now=time.time(),
+        )
+        await asyncio.sleep(1.0)  # the first worker finishes generating meanwhile
+        current = await rig.store.get_task(task.id)
+        assert current is not None
+        assert current.status is TaskStatus.QUEUED and current.image_key is None
+        assert list(rig.storage.root.rglob("*.png")) == []
+
+    await run_until(runner, steal_then_check)
+
+
+async def test_heartbeat_notices_a_lost_lease_and_abandons_the_work(rig: Rig) -> None:
+    rig.engine.delay = 3.0
+    task = await rig.add()
+    runner = rig.runner(heartbeat_seconds=0.2, lease_seconds=5.0)
+
+    async def steal() -> None:
+        claimed = await rig.wait_for(task, TaskStatus.PROCESSING)
+        await rig.store.requeue(
+            task.id, claimed.attempt, run_after=time.time() + 60, error="x", error_code="x",
+            now=time.time(),
+        )
+        await asyncio.sleep(0.6)
+        assert runner.in_flight == 0
+
+    await run_until(runner, steal)
+
+
+async def test_stop_hands_unfinished_tasks_back(rig: Rig) -> None:
+    rig.engine.delay = 5.0
+    task = await rig.add(max_attempts=1)
+    runner = rig.runner(shutdown_grace_seconds=0.2)
+
+    async def started() -> None:
+        await rig.wait_for(task, TaskStatus.PROCESSING)
+
+    await run_until(runner, started)
+    current = await rig.store.get_task(task.id)
+    assert current is not None
+    assert current.status is TaskStatus.QUEUED
+    assert current.max_attempts == 2  # the hand-back did not spend the only attempt
+
+
+async def test_concurrency_limit_is_respected(rig: Rig) -> None:
+    rig.engine.delay = 0.3
+    tasks = [await rig.add() for _ in range(6)]
+    runner = rig.runner(concurrency=2)
+    peak = 0
+
+    async def watch() -> None:
+        nonlocal peak
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            peak = max(peak, runner.in_flight)
+            counts = await rig.store.count_tasks_by_status()
+            if counts.get("completed") == len(tasks):
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError("tasks did not complete")
+
+    await run_until(runner, watch)
+    assert peak == 2
+
+
+def test_retry_delay_grows_exponentially_within_bounds() -> None:
+    import random
+
+    rng = random.Random(7)
+    for attempt, cap in [(1, 2.0), (2, 4.0), (3, 8.0), (6, 60.0), (20, 60.0)]:
+        for _ in range(50):
+            delay = retry_delay(attempt, base_seconds=2.0, max_seconds=60.0, rng=rng)
+            assert cap / 2 <= delay <= cap
+    assert retry_delay(1, base_seconds=2.0, max_seconds=60.0, retry_after=30.0) == 30.0
+    assert retry_delay(1, base_seconds=2.0, max_seconds=60.0, retry_after=600.0) == 60.0
