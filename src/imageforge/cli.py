@@ -107,6 +107,10 @@ def serve(
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
     server = uvicorn.Server(uvicorn_config)
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it
+    # found installed. A no-op handler here turns a completed drain into exit 0.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: None)
     server.run()
     if not server.started:
         raise typer.Exit(1)

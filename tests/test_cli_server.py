@@ -1,0 +1,89 @@
+"""The `imageforge` command line and server process, exercised as a user would."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import time
+from pathlib import Path
+
+import httpx
+from PIL import Image
+
+from tests.server_process import ServerProcess, create_key, run_cli, wait_terminal
+
+KEY_PATTERN = re.compile(r"ifk_[0-9A-Za-z]{38}")
+
+
+def test_first_start_creates_and_prints_a_working_key(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with ServerProcess(data) as server:
+        output = server.output()
+        keys = KEY_PATTERN.findall(output)
+        assert keys, output
+        assert "curl" in output and "/v1/image2/images" in output
+        with server.client(keys[0]) as client:
+            response = client.post(
+                "/v1/image2/images", json={"model": "gpt-image-2", "prompt": "hello"}
+            )
+            assert response.status_code == 200
+            result = wait_terminal(client, response.json()["id"])
+            assert result["status"] == "completed"
+            image = httpx.get(result["image_url"])
+            assert Image.open(io.BytesIO(image.content)).size == (1024, 1024)
+        assert server.terminate() == 0
+    # A second start does not mint another key.
+    with ServerProcess(data) as server:
+        assert not KEY_PATTERN.findall(server.output())
+        assert len(json.loads(run_cli(data, "keys", "list", "--json").stdout)) == 1
+
+
+def test_keys_created_and_revoked_by_the_cli_take_effect_within_a_second(
+    tmp_path: Path,
+) -> None:
+    data = tmp_path / "data"
+    with ServerProcess(data) as server:
+        created = create_key(data, "ci")
+        assert set(created) == {"id", "key", "name"}
+        assert created["name"] == "ci" and created["id"].startswith("key_")
+        body = {"model": "gpt-image-2", "prompt": "x"}
+        deadline = time.monotonic() + 1.0
+        with server.client(created["key"]) as client:
+            while client.post("/v1/image2/images", json=body).status_code != 200:
+                assert time.monotonic() < deadline, "new key not accepted within 1 s"
+                time.sleep(0.05)
+            listed = json.loads(run_cli(data, "keys", "list", "--json").stdout)
+            assert any(k["id"] == created["id"] and k["active"] for k in listed)
+            assert all(created["key"] not in json.dumps(k) for k in listed)
+            revoked = run_cli(data, "keys", "revoke", created["id"])
+            assert revoked.returncode == 0, revoked.stderr
+            deadline = time.monotonic() + 1.0
+            while client.post("/v1/image2/images", json=body).status_code != 401:
+                assert time.monotonic() < deadline, "revoked key still accepted after 1 s"
+                time.sleep(0.05)
+        assert run_cli(data, "keys", "revoke", created["id"]).returncode == 1
+
+
+def test_sigkill_loses_no_accepted_task(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    key = create_key(data)["key"]
+    with ServerProcess(data, "--no-worker") as server, server.client(key) as client:
+        ids = [
+            client.post(
+                "/v1/image2/images", json={"model": "gpt-image-2", "prompt": f"p{i}"}
+            ).json()["id"]
+            for i in range(5)
+        ]
+        server.kill()
+    with ServerProcess(data) as server, server.client(key) as client:
+        for task_id in ids:
+            assert wait_terminal(client, task_id)["status"] == "completed"
+        assert server.terminate() == 0
+
+
+def test_db_upgrade_and_help(tmp_path: Path) -> None:
+    result = run_cli(tmp_path / "data", "db", "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "data" / "imageforge.db").exists()
+    assert run_cli(tmp_path, "--help").returncode == 0
