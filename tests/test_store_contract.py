@@ -51,6 +51,8 @@ def make_task(key_id: KeyId = KeyId("key_test"), **changes: Any) -> Task:
         error=None,
         error_code=None,
         usage=None,
+        upstream=None,
+        upstream_task_id=None,
         created_at=now,
         updated_at=now,
         started_at=None,
@@ -60,7 +62,9 @@ def make_task(key_id: KeyId = KeyId("key_test"), **changes: Any) -> Task:
 
 
 async def claim_one(store: Store, now: float | None = None, lease: float = 30.0) -> Task:
-    claimed = await store.claim(worker_id="w1", limit=1, lease_seconds=lease, now=now or time.time())
+    claimed = await store.claim(
+        worker_id="w1", limit=1, lease_seconds=lease, now=now or time.time()
+    )
     assert len(claimed) == 1
     return claimed[0]
 
@@ -228,3 +232,27 @@ async def test_counts_by_status(store: Store) -> None:
         await store.insert_task(make_task())
     await claim_one(store)
     assert await store.count_tasks_by_status() == {"queued": 1, "processing": 1}
+
+
+async def test_record_upstream_is_fenced_and_survives_a_rescue(store: Store) -> None:
+    await store.insert_task(make_task())
+    task = await claim_one(store, lease=1)
+    now = time.time()
+    assert not await store.record_upstream(
+        task.id, task.attempt + 1, upstream="relay-a", upstream_task_id="up_1", now=now
+    )
+    assert await store.record_upstream(
+        task.id, task.attempt, upstream="relay-a", upstream_task_id="up_1", now=now
+    )
+    await store.rescue_expired(now=now + 5)
+    again = await claim_one(store, now=now + 6)
+    assert (again.upstream, again.upstream_task_id) == ("relay-a", "up_1")
+    assert await store.complete(
+        again.id,
+        again.attempt,
+        image_key="k",
+        content_type="image/png",
+        usage=None,
+        upstream="relay-a",
+        now=now + 7,
+    )

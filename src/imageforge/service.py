@@ -79,6 +79,8 @@ class ImageService:
             error=None,
             error_code=None,
             usage=None,
+            upstream=None,
+            upstream_task_id=None,
             created_at=now,
             updated_at=now,
             started_at=None,

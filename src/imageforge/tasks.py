@@ -65,6 +65,10 @@ class Task:
     error: str | None
     error_code: str | None
     usage: dict[str, Any] | None
+    #: Upstream that served (or is serving) the task, for routing engines.
+    upstream: str | None
+    #: The task's id at that upstream, saved before waiting on it (resume after a crash).
+    upstream_task_id: str | None
     created_at: float
     updated_at: float
     started_at: float | None

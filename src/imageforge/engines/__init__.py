@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 
 from imageforge.engines.base import (
@@ -31,9 +32,28 @@ def build_engine(name: str, settings: Settings) -> Engine:
         from imageforge.engines.offline import OfflineEngine
 
         return OfflineEngine(max_workers=settings.render_processes)
+    if ":" in name:
+        return _load_plugin(name, settings)
     raise ConfigurationError(
-        f"unknown engine {name!r}; available engines: {', '.join(KNOWN_ENGINES)}"
+        f"unknown engine {name!r}; available engines: {', '.join(KNOWN_ENGINES)}, "
+        "or a plugin as 'package.module:ClassName'"
     )
+
+
+def _load_plugin(path: str, settings: Settings) -> Engine:
+    """An engine of the operator's own, named `package.module:ClassName`.
+
+    The class is constructed with the settings as its only keyword argument
+    (`Class(settings=settings)`) and must implement the Engine protocol.
+    """
+    module_name, _, class_name = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        engine_class = getattr(module, class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigurationError(f"cannot load engine plugin {path!r}: {exc}") from exc
+    engine: Engine = engine_class(settings=settings)
+    return engine
 
 
 def build_engines(names: Iterable[str], settings: Settings) -> dict[str, Engine]:

@@ -6,6 +6,7 @@ the runner owns retries, never the engine.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
@@ -27,6 +28,14 @@ class ReferenceImage:
 
 
 @dataclass(frozen=True)
+class UpstreamRef:
+    """A task submitted to an upstream service: which upstream, and its id there."""
+
+    upstream: str
+    task_id: str
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
     prompt: str
     width: int
@@ -37,6 +46,14 @@ class GenerationRequest:
     references: tuple[ReferenceImage, ...] = ()
     #: Task id, for logs and for engines that must resume work (relay); never in pixels.
     task_id: str = ""
+    #: Upstream work an earlier attempt already submitted (and paid for): resume it.
+    resume: UpstreamRef | None = None
+    #: Engines that submit to an upstream call this before waiting on it, so that a
+    #: crash never leads to a second paid submission. It raises if the task is no
+    #: longer ours; the engine must then stop.
+    checkpoint: Callable[[UpstreamRef], Awaitable[None]] | None = field(
+        default=None, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True)
@@ -48,6 +65,8 @@ class GeneratedImage:
     height: int
     #: Upstream accounting (tokens), when the engine has any.
     usage: dict[str, int] = field(default_factory=dict)
+    #: Name of the upstream that produced the image, for engines that route.
+    upstream: str | None = None
 
 
 class EngineError(ImageforgeError):

@@ -79,9 +79,16 @@ class Store(Protocol):
         image_key: str,
         content_type: str,
         usage: dict[str, Any] | None,
+        upstream: str | None = None,
         now: float,
     ) -> bool:
         """processing → completed, only for the holder of `attempt`."""
+        ...
+
+    async def record_upstream(
+        self, task_id: TaskId, attempt: int, *, upstream: str, upstream_task_id: str, now: float
+    ) -> bool:
+        """Save the upstream's task id before waiting on it (not a status change)."""
         ...
 
     async def fail(

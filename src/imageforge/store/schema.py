@@ -56,6 +56,10 @@ tasks = Table(
     Column("error", Text, nullable=True, comment="set by fail (final) or requeue (last error)"),
     Column("error_code", String(50), nullable=True),
     Column("usage", Text, nullable=True, comment="JSON: upstream accounting, set by complete"),
+    Column("upstream", String(100), nullable=True, comment="set by record_upstream/complete"),
+    Column(
+        "upstream_task_id", String(200), nullable=True, comment="upstream's id, set before polling"
+    ),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False, comment="every transition"),
     Column("started_at", Float, nullable=True, comment="first claim"),

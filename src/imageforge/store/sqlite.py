@@ -27,7 +27,8 @@ from imageforge.tasks import Task, TaskStatus
 _TASK_COLUMNS = (
     "id, key_id, model, engine, prompt, quality, width, height, ratio, resolution, image_urls, "
     "status, attempt, max_attempts, run_after, lease_expires_at, worker_id, image_key, "
-    "content_type, error, error_code, usage, created_at, updated_at, started_at, finished_at"
+    "content_type, error, error_code, usage, upstream, upstream_task_id, created_at, updated_at, "
+    "started_at, finished_at"
 )
 _KEY_COLUMNS = "id, name, hint, created_at, revoked_at"
 
@@ -58,10 +59,12 @@ def task_from_row(row: tuple[Any, ...]) -> Task:
         error=row[19],
         error_code=row[20],
         usage=orjson.loads(row[21]) if row[21] else None,
-        created_at=row[22],
-        updated_at=row[23],
-        started_at=row[24],
-        finished_at=row[25],
+        upstream=row[22],
+        upstream_task_id=row[23],
+        created_at=row[24],
+        updated_at=row[25],
+        started_at=row[26],
+        finished_at=row[27],
     )
 
 
@@ -156,8 +159,7 @@ class SqliteStore:
     async def insert_task(self, task: Task) -> None:
         with self._write() as db:
             db.execute(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES "
-                "(?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({','.join('?' * 28)})",
                 (
                     task.id,
                     task.key_id,
@@ -181,6 +183,8 @@ class SqliteStore:
                     task.error,
                     task.error_code,
                     orjson.dumps(task.usage).decode() if task.usage is not None else None,
+                    task.upstream,
+                    task.upstream_task_id,
                     task.created_at,
                     task.updated_at,
                     task.started_at,
@@ -229,23 +233,36 @@ class SqliteStore:
         image_key: str,
         content_type: str,
         usage: dict[str, Any] | None,
+        upstream: str | None = None,
         now: float,
     ) -> bool:
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE tasks SET status = 'completed', image_key = ?, content_type = ?, "
-                "usage = ?, error = NULL, error_code = NULL, lease_expires_at = NULL, "
-                "finished_at = ?, updated_at = ? "
+                "usage = ?, upstream = coalesce(?, upstream), error = NULL, error_code = NULL, "
+                "lease_expires_at = NULL, finished_at = ?, updated_at = ? "
                 "WHERE id = ? AND attempt = ? AND status = 'processing'",
                 (
                     image_key,
                     content_type,
                     orjson.dumps(usage).decode() if usage is not None else None,
+                    upstream,
                     now,
                     now,
                     task_id,
                     attempt,
                 ),
+            )
+        return cursor.rowcount == 1
+
+    async def record_upstream(
+        self, task_id: TaskId, attempt: int, *, upstream: str, upstream_task_id: str, now: float
+    ) -> bool:
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE tasks SET upstream = ?, upstream_task_id = ?, updated_at = ? "
+                "WHERE id = ? AND attempt = ? AND status = 'processing'",
+                (upstream, upstream_task_id, now, task_id, attempt),
             )
         return cursor.rowcount == 1
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from imageforge.engines import Engine, EngineError, GenerationRequest
+from imageforge.engines.base import UpstreamRef
 from imageforge.references import ReferenceFetcher, ReferenceFetchError
 from imageforge.storage import Storage
 from imageforge.store import Store, StoreUnavailable
@@ -213,8 +214,16 @@ class Runner:
                     model=task.model,
                     references=tuple(references),
                     task_id=task.id,
+                    resume=(
+                        UpstreamRef(task.upstream, task.upstream_task_id)
+                        if task.upstream and task.upstream_task_id
+                        else None
+                    ),
+                    checkpoint=lambda ref: self._record_upstream(task, ref),
                 )
             )
+        except LeaseLost:
+            raise
         except ReferenceFetchError as exc:
             await self._record_failure(task, exc.message, "invalid_reference", exc.retryable, None)
             return
@@ -243,12 +252,23 @@ class Runner:
             image_key=key,
             content_type=image.content_type,
             usage=image.usage or None,
+            upstream=image.upstream,
             now=time.time(),
         )
         if not completed:
             await self._storage.delete(key)
             raise LeaseLost()
         log.info("completed %s (attempt %d)", task.id, task.attempt)
+
+    async def _record_upstream(self, task: Task, ref: UpstreamRef) -> None:
+        if not await self._store.record_upstream(
+            task.id,
+            task.attempt,
+            upstream=ref.upstream,
+            upstream_task_id=ref.task_id,
+            now=time.time(),
+        ):
+            raise LeaseLost()
 
     async def _record_failure(
         self,
