@@ -76,9 +76,7 @@ async def start_harness(settings: Settings, *, run_worker: bool = True) -> tuple
     app = create_app(settings, run_worker=run_worker)
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()
-    client = httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=app), base_url="http://testserver"
-    )
+    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
     return lifespan, ApiHarness(app, client)
 
 

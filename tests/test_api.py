@@ -159,7 +159,9 @@ async def test_requests_without_a_valid_key_are_401(
     created = await api.create(key)
     task_id = created.json()["id"]
     for response in (
-        await api.client.post("/v1/image2/images", json={"model": "gpt-image-2", "prompt": "x"}, headers=headers),
+        await api.client.post(
+            "/v1/image2/images", json={"model": "gpt-image-2", "prompt": "x"}, headers=headers
+        ),
         await api.client.get(f"/v1/result/{task_id}", headers=headers),
     ):
         assert response.status_code == 401
@@ -210,7 +212,9 @@ async def test_image_links_expire_and_cannot_be_forged(api: ApiHarness, key: str
     task_id = (await api.create(key)).json()["id"]
     url = httpx.URL((await api.wait_terminal(key, task_id))["image_url"])
     signature = url.params["signature"]
-    tampered = url.copy_set_param("signature", signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB"))
+    tampered = url.copy_set_param(
+        "signature", signature[:-2] + ("AA" if signature[-2:] != "AA" else "BB")
+    )
     assert (await api.client.get(tampered)).status_code == 403
     assert (await api.client.get(url.copy_remove_param("signature"))).status_code == 403
     storage = api.runtime.storage

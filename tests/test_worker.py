@@ -181,7 +181,11 @@ async def test_a_worker_that_lost_its_lease_changes_nothing(rig: Rig) -> None:
         claimed = await rig.wait_for(task, TaskStatus.PROCESSING)
         # Another party takes the task over: re-queue it and claim it as attempt 2.
         assert await rig.store.requeue(
-            task.id, claimed.attempt, run_after=time.time() + 60, error="x", error_code="x",
+            task.id,
+            claimed.attempt,
+            run_after=time.time() + 60,
+            error="x",
+            error_code="x",
             now=time.time(),
         )
         await asyncio.sleep(1.0)  # the first worker finishes generating meanwhile
@@ -201,7 +205,11 @@ async def test_heartbeat_notices_a_lost_lease_and_abandons_the_work(rig: Rig) ->
     async def steal() -> None:
         claimed = await rig.wait_for(task, TaskStatus.PROCESSING)
         await rig.store.requeue(
-            task.id, claimed.attempt, run_after=time.time() + 60, error="x", error_code="x",
+            task.id,
+            claimed.attempt,
+            run_after=time.time() + 60,
+            error="x",
+            error_code="x",
             now=time.time(),
         )
         await asyncio.sleep(0.6)

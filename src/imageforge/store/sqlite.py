@@ -303,7 +303,8 @@ class SqliteStore:
         with self._write() as db:
             cursor = db.execute(
                 "UPDATE tasks SET status = 'queued', run_after = ?, "
-                "max_attempts = max_attempts + 1, lease_expires_at = NULL, worker_id = NULL, updated_at = ? "
+                "max_attempts = max_attempts + 1, lease_expires_at = NULL, worker_id = NULL, "
+                "updated_at = ? "
                 "WHERE id = ? AND attempt = ? AND status = 'processing'",
                 (now, now, task_id, attempt),
             )
