@@ -1,0 +1,93 @@
+"""Settings: environment, TOML file, derived values and refusals."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from imageforge.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import os
+
+    for name in list(os.environ):
+        if name.startswith("IMAGEFORGE_"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults() -> None:
+    settings = Settings.load()
+    assert settings.data_dir == Path("data")
+    assert settings.resolved_database_url.endswith("/data/imageforge.db")
+    assert settings.resolved_database_url.startswith("sqlite+aiosqlite:///")
+    assert settings.image_url_ttl_seconds == 86_400
+    assert settings.public_base_url is None
+    assert settings.reference_allowlist == []
+    specs = settings.model_specs()
+    assert set(specs) == {"gpt-image-2", "gpt-image-2-r"}
+    assert specs["gpt-image-2"].engine == "offline"
+
+
+def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("IMAGEFORGE_DATA_DIR", "/srv/forge")
+    monkeypatch.setenv("IMAGEFORGE_PUBLIC_BASE_URL", "https://img.example.com/")
+    monkeypatch.setenv("IMAGEFORGE_REFERENCE_ALLOWLIST", " 127.0.0.1, images.intranet ,10.0.0.0/8")
+    monkeypatch.setenv("IMAGEFORGE_WORKER_CONCURRENCY", "16")
+    settings = Settings.load()
+    assert settings.data_dir == Path("/srv/forge")
+    assert settings.public_base_url == "https://img.example.com"
+    assert settings.reference_allowlist == ["127.0.0.1", "images.intranet", "10.0.0.0/8"]
+    assert settings.worker_concurrency == 16
+
+
+def test_toml_file_with_models_and_env_precedence(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "imageforge.toml").write_text(
+        'data_dir = "/from/file"\n'
+        "image_url_ttl_seconds = 600\n"
+        'reference_allowlist = ["10.1.0.0/16"]\n'
+        '[models."gpt-image-2-r"]\n'
+        "max_references = 8\n"
+        '[models."house-style"]\n'
+        'max_resolution = "2k"\n'
+    )
+    monkeypatch.setenv("IMAGEFORGE_IMAGE_URL_TTL_SECONDS", "120")
+    settings = Settings.load()
+    assert settings.data_dir == Path("/from/file")
+    assert settings.image_url_ttl_seconds == 120  # the environment wins over the file
+    assert settings.reference_allowlist == ["10.1.0.0/16"]
+    specs = settings.model_specs()
+    assert specs["gpt-image-2-r"].max_references == 8
+    assert specs["gpt-image-2-r"].uses_quality is False
+    house = specs["house-style"]
+    assert (house.max_resolution, house.max_references, house.uses_quality) == ("2k", 6, True)
+
+
+def test_explicit_config_file_must_exist(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        Settings.load(tmp_path / "missing.toml")
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("public_base_url", "ftp://x"),
+        ("image_url_ttl_seconds", 5),
+        ("worker_concurrency", 0),
+        ("poll_interval_seconds", 5),
+    ],
+)
+def test_bad_values_are_refused(field: str, value: object) -> None:
+    with pytest.raises(ValidationError, match=field):
+        Settings(**{field: value})
+
+
+def test_heartbeat_must_be_shorter_than_the_lease() -> None:
+    with pytest.raises(ValidationError, match="heartbeat_seconds"):
+        Settings(lease_seconds=5, heartbeat_seconds=5)
