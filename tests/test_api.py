@@ -21,7 +21,8 @@ async def test_create_answers_at_once_with_the_contract_shape(api: ApiHarness, k
     response = await api.create(key, prompt="A serene mountain lake at sunset")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"id", "object", "created", "model", "status", "error"}
+    assert set(body) == {"id", "object", "created", "model", "status", "error", "amount"}
+    assert body["amount"] == 0.006  # gpt-image-2, low quality
     assert UUID_ID.match(body["id"])
     assert body["object"] == "image"
     assert body["model"] == "gpt-image-2"
@@ -35,7 +36,10 @@ async def test_task_completes_with_a_signed_image_of_the_requested_size(
 ) -> None:
     created = (await api.create(key, ratio="16:9", quality="medium")).json()
     result = await api.wait_terminal(key, created["id"])
-    assert set(result) == {"id", "object", "created", "model", "status", "image_url", "error"}
+    assert set(result) == {
+        "id", "object", "created", "model", "status", "image_url", "error", "amount"
+    }
+    assert result["amount"] == 0.053
     assert result["object"] == "image.generation"
     assert result["status"] == "completed"
     assert result["error"] is None

@@ -87,3 +87,34 @@ def test_db_upgrade_and_help(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "data" / "imageforge.db").exists()
     assert run_cli(tmp_path, "--help").returncode == 0
+
+
+def test_credits_from_the_command_line(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    created = run_cli(data, "keys", "create", "--name", "paid", "--credits", "0.012", "--json")
+    assert created.returncode == 0, created.stderr
+    key = json.loads(created.stdout.strip().splitlines()[-1])
+    listed = json.loads(run_cli(data, "keys", "list", "--json").stdout)
+    assert listed[0]["balance"] == 0.012
+    with ServerProcess(data, "--no-worker") as server, server.client(key["key"]) as client:
+        body = {"model": "gpt-image-2", "prompt": "x"}
+        assert [client.post("/v1/image2/images", json=body).status_code for _ in range(3)] == [
+            200,
+            200,
+            402,
+        ]
+        added = run_cli(data, "keys", "credit", key["id"], "--add", "0.006")
+        assert added.returncode == 0 and "0.006 USD" in added.stdout, added.stdout
+        assert client.post("/v1/image2/images", json=body).status_code == 200
+        usage = json.loads(run_cli(data, "keys", "usage", key["id"], "--json").stdout)
+        assert usage["balance"] == 0 and usage["spend"] == 0.018
+        assert usage["days"][0]["tasks"] == 3
+    assert run_cli(data, "keys", "credit", key["id"], "--set", "5").returncode == 0
+    assert json.loads(run_cli(data, "keys", "list", "--json").stdout)[0]["balance"] == 5
+    assert run_cli(data, "keys", "credit", key["id"], "--unlimited").returncode == 0
+    assert json.loads(run_cli(data, "keys", "list", "--json").stdout)[0]["balance"] is None
+    refused = run_cli(data, "keys", "credit", key["id"], "--add", "1")
+    assert refused.returncode == 1 and "unlimited" in refused.stderr
+    assert run_cli(data, "keys", "create", "--name", "x", "--credits", "-1").returncode == 2
+    assert run_cli(data, "keys", "credit", key["id"]).returncode == 2
+    assert run_cli(data, "keys", "credit", "key_nope", "--set", "1").returncode == 1

@@ -15,10 +15,18 @@ from imageforge.store import Store, open_store, upgrade_database
 from imageforge.tasks import Task, TaskStatus
 
 
-@pytest.fixture(params=["sqlite"])
+# PostgreSQL comes from tests/pg.py: one migrated database per session, emptied
+# before each test (skipped with instructions when no server is reachable).
+pytest_plugins = ["tests.pg"]
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
 async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
-    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-    await asyncio.to_thread(upgrade_database, url)
+    if request.param == "postgres":
+        url: str = request.getfixturevalue("pg_url")
+    else:
+        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+        await asyncio.to_thread(upgrade_database, url)
     opened = await open_store(url)
     try:
         yield opened
@@ -51,6 +59,7 @@ def make_task(key_id: KeyId = KeyId("key_test"), **changes: Any) -> Task:
         error=None,
         error_code=None,
         usage=None,
+        price_micros=0,
         upstream=None,
         upstream_task_id=None,
         created_at=now,

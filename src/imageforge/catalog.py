@@ -301,3 +301,10 @@ def price_key(spec: ModelSpec, resolved: ResolvedRequest) -> str:
         # between the spec and the request it is asked to price.
         raise ConfigurationError(f"model {spec.name}: billed by quality but quality is unset")
     return resolved.quality
+
+
+def billing_tiers(spec: ModelSpec) -> tuple[str, ...]:
+    """Every tier `price_key` can return for this model: what a price table must cover."""
+    if spec.billing == "resolution":
+        return _resolutions_up_to(spec.max_resolution)
+    return QUALITIES

@@ -18,10 +18,13 @@ from rich.console import Console
 from rich.panel import Panel
 from rich.table import Table
 
+from imageforge.billing import format_amount, parse_amount, to_json_number
+from imageforge.errors import ImageforgeError
 from imageforge.ids import KeyId
 from imageforge.keyring import create_api_key
 from imageforge.settings import Settings
-from imageforge.store import Store, open_store, upgrade_database
+from imageforge.store import ApiKeyRecord, Store, open_store, upgrade_database
+from imageforge.store.base import UsageRow
 
 app = typer.Typer(
     name="imageforge",
@@ -195,9 +198,27 @@ def _format_time(seconds: float | None) -> str:
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
+def _amount(value: str | None, option: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return parse_amount(value, what=option)
+    except ValueError as exc:
+        err_console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
+
+
+def _balance_text(balance: int | None, currency: str) -> str:
+    return "unlimited" if balance is None else format_amount(balance, currency)
+
+
 @keys_app.command("create")
 def keys_create(
     name: Annotated[str, typer.Option("--name", "-n", help="A label for the key.")],
+    credits: Annotated[
+        str | None,
+        typer.Option(help="Starting credits in currency units, e.g. 12.50 (default: unlimited)."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON on the last line.")] = False,
     config: ConfigOption = None,
 ) -> None:
@@ -206,18 +227,120 @@ def keys_create(
     if not name or len(name) > 200:
         err_console.print("[red]--name must be 1 to 200 characters[/red]")
         raise typer.Exit(2)
+    balance = _amount(credits, "--credits")
     settings = _settings(config)
 
     async def create(store: Store) -> tuple[str, str]:
-        record, secret = await create_api_key(store, name)
+        record, secret = await create_api_key(store, name, balance_micros=balance)
         return record.id, secret
 
     key_id, secret = asyncio.run(_with_store(settings, create))
     if as_json:
         print(json.dumps({"id": key_id, "key": secret, "name": name}))
         return
-    console.print(f"Created API key [bold]{key_id}[/bold] ({name}). Store the secret now:")
+    console.print(
+        f"Created API key [bold]{key_id}[/bold] ({name}, credits: "
+        f"{_balance_text(balance, settings.currency)}). Store the secret now:"
+    )
     print(secret)
+
+
+@keys_app.command("credit")
+def keys_credit(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    add: Annotated[str | None, typer.Option(help="Add this many currency units.")] = None,
+    set_to: Annotated[str | None, typer.Option("--set", help="Set the balance to this.")] = None,
+    unlimited: Annotated[bool, typer.Option(help="Remove the limit.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Add to or set a key's credits (every change is written to the ledger)."""
+    if (add is not None) + (set_to is not None) + unlimited != 1:
+        err_console.print("[red]give exactly one of --add, --set, --unlimited[/red]")
+        raise typer.Exit(2)
+    add_micros = _amount(add, "--add")
+    set_micros = _amount(set_to, "--set")
+    settings = _settings(config)
+
+    async def adjust(store: Store) -> ApiKeyRecord:
+        return await store.adjust_balance(
+            KeyId(key_id),
+            add_micros=add_micros,
+            set_micros=set_micros,
+            unlimited=unlimited,
+            note="keys credit",
+            now=time.time(),
+        )
+
+    try:
+        record = asyncio.run(_with_store(settings, adjust))
+    except ImageforgeError as exc:
+        err_console.print(f"[red]{exc.message}[/red]")
+        raise typer.Exit(1) from exc
+    console.print(f"{record.id}: balance {_balance_text(record.balance_micros, settings.currency)}")
+
+
+@keys_app.command("usage")
+def keys_usage(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    days: Annotated[int, typer.Option(min=1, max=366, help="Days to report.")] = 30,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """A key's balance, spend and task counts by model and day."""
+    settings = _settings(config)
+
+    async def report(store: Store) -> tuple[ApiKeyRecord | None, list[UsageRow]]:
+        key = await store.get_key(KeyId(key_id))
+        rows = await store.usage(KeyId(key_id), since=time.time() - days * 86_400)
+        return key, rows
+
+    key, rows = asyncio.run(_with_store(settings, report))
+    if key is None:
+        err_console.print(f"[red]no key with id {key_id}[/red]")
+        raise typer.Exit(1)
+    currency = settings.currency
+    if as_json:
+        print(
+            json.dumps(
+                {
+                    "key_id": key.id,
+                    "currency": currency,
+                    "balance": None
+                    if key.balance_micros is None
+                    else to_json_number(key.balance_micros),
+                    "spend": to_json_number(sum(r.spend_micros for r in rows)),
+                    "days": [
+                        {
+                            "day": r.day,
+                            "model": r.model,
+                            "tasks": r.tasks,
+                            "completed": r.completed,
+                            "failed": r.failed,
+                            "unfinished": r.unfinished,
+                            "spend": to_json_number(r.spend_micros),
+                        }
+                        for r in rows
+                    ],
+                }
+            )
+        )
+        return
+    console.print(
+        f"{key.id} ({key.name}): balance {_balance_text(key.balance_micros, currency)}, "
+        f"spend {format_amount(sum(r.spend_micros for r in rows), currency)} in {days} days"
+    )
+    table = Table("day", "model", "tasks", "completed", "failed", "unfinished", "spend")
+    for r in rows:
+        table.add_row(
+            r.day,
+            r.model,
+            str(r.tasks),
+            str(r.completed),
+            str(r.failed),
+            str(r.unfinished),
+            format_amount(r.spend_micros, currency),
+        )
+    console.print(table)
 
 
 @keys_app.command("list")
@@ -239,15 +362,25 @@ def keys_list(
                         "created_at": r.created_at,
                         "revoked_at": r.revoked_at,
                         "active": r.is_active,
+                        "balance": None
+                        if r.balance_micros is None
+                        else to_json_number(r.balance_micros),
                     }
                     for r in records
                 ]
             )
         )
         return
-    table = Table("id", "name", "key", "created", "revoked")
+    table = Table("id", "name", "key", "credits", "created", "revoked")
     for r in records:
-        table.add_row(r.id, r.name, r.hint, _format_time(r.created_at), _format_time(r.revoked_at))
+        table.add_row(
+            r.id,
+            r.name,
+            r.hint,
+            _balance_text(r.balance_micros, settings.currency),
+            _format_time(r.created_at),
+            _format_time(r.revoked_at),
+        )
     console.print(table)
 
 

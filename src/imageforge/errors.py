@@ -76,3 +76,23 @@ class ConfigurationError(ImageforgeError):
     """Settings that cannot work; raised at start-up, never for a request."""
 
     code = "configuration_error"
+
+
+class IdempotencyConflict(ImageforgeError):
+    """The Idempotency-Key was used before with a different request body (422)."""
+
+    status_code = 422
+    error_type = "idempotency_error"
+    code = "idempotency_key_reused"
+
+
+class RateLimited(ImageforgeError):
+    """Too many requests, or too many unfinished tasks, for this key (429)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
+        super().__init__(message, code=code)
+        self.retry_after = max(1, retry_after)

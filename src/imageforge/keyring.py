@@ -76,7 +76,9 @@ class KeyRing:
             await asyncio.sleep(WATCH_INTERVAL_SECONDS)
 
 
-async def create_api_key(store: Store, name: str) -> tuple[ApiKeyRecord, str]:
+async def create_api_key(
+    store: Store, name: str, *, balance_micros: int | None = None
+) -> tuple[ApiKeyRecord, str]:
     """A new key: the record and the only copy of its secret."""
     secret = apikeys.generate_api_key()
     record = await store.create_key(
@@ -85,5 +87,6 @@ async def create_api_key(store: Store, name: str) -> tuple[ApiKeyRecord, str]:
         key_hash=apikeys.hash_api_key(secret),
         hint=apikeys.display_hint(secret),
         now=time.time(),
+        balance_micros=balance_micros,
     )
     return record, secret

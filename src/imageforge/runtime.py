@@ -13,13 +13,16 @@ from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
+from imageforge.catalog import billing_tiers
 from imageforge.engines import Engine, build_engines
 from imageforge.keyring import KeyRing
+from imageforge.ratelimit import RequestRateLimiter
 from imageforge.references import FetchLimits, ReferenceFetcher
 from imageforge.service import ImageService
 from imageforge.settings import Settings
 from imageforge.storage import LocalStorage, UrlSigner, load_or_create_secret
 from imageforge.store import Store, open_store, upgrade_database
+from imageforge.store.base import WakesWorkers
 from imageforge.worker.rescuer import rescue_forever
 from imageforge.worker.runner import Runner, RunnerConfig
 
@@ -35,6 +38,7 @@ class Runtime:
     service: ImageService
     engines: dict[str, Engine] = field(default_factory=dict)
     runner: Runner | None = None
+    rate_limiter: RequestRateLimiter | None = None
     fetcher: ReferenceFetcher | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -49,11 +53,25 @@ class Runtime:
             settings.data_dir / "images", UrlSigner(load_or_create_secret(settings.data_dir))
         )
         models = settings.model_specs()
+        prices = settings.price_book()
+        for spec in models.values():
+            prices.check_covers(spec.name, billing_tiers(spec))
         keyring = KeyRing(store)
-        service = ImageService(store, models, max_attempts=settings.max_attempts)
+        service = ImageService(
+            store,
+            models,
+            max_attempts=settings.max_attempts,
+            prices=prices,
+            idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+            max_unfinished_tasks=settings.max_unfinished_tasks,
+        )
         runtime = cls(
             settings=settings, store=store, storage=storage, keyring=keyring, service=service
         )
+        if settings.rate_limit_per_minute is not None:
+            runtime.rate_limiter = RequestRateLimiter(
+                settings.rate_limit_per_minute, redis_url=settings.redis_url
+            )
         if run_api:
             await keyring.refresh()
             runtime._spawn(keyring.watch(), "key watcher")
@@ -89,9 +107,17 @@ class Runtime:
         )
         # Tasks created in this process wake this process's worker at once.
         self.service.on_task_queued = self.runner.wake
+        if isinstance(self.store, WakesWorkers):
+            # Tasks created on other nodes (or re-queued by their rescuers) wake this
+            # worker through the database; the runner's poll covers lost wake-ups.
+            self._spawn(self.store.listen_for_queued_tasks(self.runner.wake), "task wake-ups")
         self._spawn(self.runner.run(), "worker")
         self._spawn(
-            rescue_forever(self.store, interval_seconds=settings.rescue_interval_seconds),
+            rescue_forever(
+                self.store,
+                interval_seconds=settings.rescue_interval_seconds,
+                idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+            ),
             "rescuer",
         )
 

@@ -7,13 +7,19 @@ never touch the database.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from imageforge.catalog import ModelSpec, resolve_request
-from imageforge.errors import NotFound
+import orjson
+
+from imageforge.billing import InsufficientCredits, PriceBook
+from imageforge.catalog import ModelSpec, ResolvedRequest, price_key, resolve_request
+from imageforge.errors import InvalidRequest, NotFound
 from imageforge.ids import TaskId, looks_like_task_id, new_task_id
 from imageforge.store import ApiKeyRecord, Store
+from imageforge.store.base import IdempotencyClaim, UsageRow
 from imageforge.tasks import Task, TaskStatus
 from imageforge.wire import CreateImageRequest
 
@@ -25,6 +31,42 @@ def task_not_found(task_id: str) -> NotFound:
     return NotFound(f"No task found with id '{task_id[:100]}'.", param="id", code="task_not_found")
 
 
+MAX_IDEMPOTENCY_KEY_CHARS = 255
+
+
+def check_idempotency_key(value: str) -> str:
+    if not 1 <= len(value) <= MAX_IDEMPOTENCY_KEY_CHARS or not all(
+        "!" <= char <= "~" for char in value
+    ):
+        raise InvalidRequest(
+            "Idempotency-Key: must be 1 to 255 visible ASCII characters (e.g. a UUID)",
+            param="Idempotency-Key",
+            code="invalid_idempotency_key",
+        )
+    return value
+
+
+def request_fingerprint(body: CreateImageRequest) -> str:
+    """Same fields, same values → same hash, whatever the key order or ignored extras."""
+    canonical = orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)
+    return hashlib.sha256(canonical).hexdigest()
+
+
+@dataclass(frozen=True)
+class Quote:
+    resolved: ResolvedRequest
+    tier: str
+    price_micros: int
+    currency: str
+
+
+@dataclass(frozen=True)
+class Usage:
+    key: ApiKeyRecord
+    currency: str
+    rows: list[UsageRow]
+
+
 class ImageService:
     def __init__(
         self,
@@ -32,11 +74,17 @@ class ImageService:
         models: Mapping[str, ModelSpec],
         *,
         max_attempts: int,
+        prices: PriceBook | None = None,
+        idempotency_ttl_seconds: float = 86_400,
+        max_unfinished_tasks: int | None = None,
         on_task_queued: Callable[[], None] = lambda: None,
     ) -> None:
         self._store = store
         self._models = models
         self._max_attempts = max_attempts
+        self._prices = prices or PriceBook(currency="USD", prices={})
+        self._idempotency_ttl = idempotency_ttl_seconds
+        self._max_unfinished = max_unfinished_tasks
         self.on_task_queued = on_task_queued
         self._terminal: dict[str, Task] = {}
 
@@ -44,8 +92,23 @@ class ImageService:
     def models(self) -> Mapping[str, ModelSpec]:
         return self._models
 
-    async def create(self, owner: ApiKeyRecord, body: CreateImageRequest) -> Task:
-        resolved = resolve_request(
+    @property
+    def currency(self) -> str:
+        return self._prices.currency
+
+    def quote(self, body: CreateImageRequest) -> Quote:
+        """Validate and price a request without creating or charging anything."""
+        resolved = self._resolve(body)
+        tier = price_key(self._models[resolved.model], resolved)
+        return Quote(
+            resolved=resolved,
+            tier=tier,
+            price_micros=self._prices.price(resolved.model, tier),
+            currency=self._prices.currency,
+        )
+
+    def _resolve(self, body: CreateImageRequest) -> ResolvedRequest:
+        return resolve_request(
             model=body.model,
             prompt=body.prompt,
             quality=body.quality,
@@ -55,6 +118,25 @@ class ImageService:
             image_urls=body.image_urls,
             models=self._models,
         )
+
+    async def create(
+        self,
+        owner: ApiKeyRecord,
+        body: CreateImageRequest,
+        *,
+        idempotency_key: str | None = None,
+    ) -> tuple[Task, bool]:
+        """Accept a task: validate, price, charge and insert in one transaction.
+        → (task, replayed); replayed is True when an Idempotency-Key matched."""
+        quote = self.quote(body)
+        resolved = quote.resolved
+        claim = None
+        if idempotency_key is not None:
+            claim = IdempotencyClaim(
+                key=check_idempotency_key(idempotency_key),
+                request_hash=request_fingerprint(body),
+                ttl_seconds=self._idempotency_ttl,
+            )
         now = time.time()
         task = Task(
             id=new_task_id(),
@@ -79,6 +161,7 @@ class ImageService:
             error=None,
             error_code=None,
             usage=None,
+            price_micros=quote.price_micros,
             upstream=None,
             upstream_task_id=None,
             created_at=now,
@@ -86,9 +169,24 @@ class ImageService:
             started_at=None,
             finished_at=None,
         )
-        await self._store.insert_task(task)
-        self.on_task_queued()
-        return task
+        try:
+            stored, replayed = await self._store.insert_task(
+                task, idempotency=claim, max_unfinished=self._max_unfinished
+            )
+        except InsufficientCredits as exc:
+            raise InsufficientCredits(
+                price=exc.price, balance=exc.balance, currency=self.currency
+            ) from None
+        if not replayed:
+            self.on_task_queued()
+        return stored, replayed
+
+    async def usage(self, owner: ApiKeyRecord, *, days: int) -> Usage:
+        key = await self._store.get_key(owner.id)
+        if key is None:
+            raise NotFound("no such key", code="key_not_found")
+        rows = await self._store.usage(owner.id, since=time.time() - days * 86_400)
+        return Usage(key=key, currency=self.currency, rows=rows)
 
     async def get(self, owner: ApiKeyRecord, task_id: str) -> Task:
         task = self._terminal.get(task_id)

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -20,7 +21,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from imageforge.billing import PriceBook, build_price_book
 from imageforge.catalog import DEFAULT_MODELS, ModelSpec
+from imageforge.engines.config import UpstreamConfig
 
 DEFAULT_CONFIG_FILE = "imageforge.toml"
 
@@ -34,6 +37,22 @@ class ModelConfig(BaseModel):
     max_references: int | None = Field(None, ge=0, le=64)
     uses_quality: bool | None = None
     billing: Literal["quality", "resolution"] | None = None
+    prices: dict[str, Decimal | str] | None = Field(
+        None,
+        description='Price per billing tier in currency units, e.g. {low = "0.006"}; '
+        "an empty table makes the model free.",
+    )
+    # Upstream engines (openai, relay): see engines/upstreams.py.
+    upstreams: list[str] | None = Field(
+        None, description="Upstreams that serve this model, in failover order; default: all."
+    )
+    routing: Literal["ordered", "weighted"] = "ordered"
+    upstream_weights: dict[str, float] = Field(
+        default_factory=dict, description="Weighted routing: upstream name → weight (default 1)."
+    )
+    upstream_model: str | None = Field(
+        None, description="Model name sent upstream; default: the public name."
+    )
 
 
 class Settings(BaseSettings):
@@ -57,6 +76,13 @@ class Settings(BaseSettings):
     engine: str = Field("offline", description="Engine for every model without its own routing.")
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     render_processes: int = Field(1, ge=1, le=64, description="Offline engine render processes.")
+    upstreams: dict[str, UpstreamConfig] = Field(
+        default_factory=dict, description="Named upstreams of the openai and relay engines."
+    )
+    relay_base_url: str | None = Field(
+        None, description="Zero-config relay (engine = relay): the upstream task API's origin."
+    )
+    relay_api_key: SecretStr | None = Field(None, description="Key of the zero-config relay.")
 
     worker_concurrency: int = Field(
         4, ge=1, le=10_000, description="Tasks one worker runs at once."
@@ -81,6 +107,19 @@ class Settings(BaseSettings):
     reference_timeout_seconds: float = Field(30.0, gt=0)
 
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest accepted request body.")
+
+    # Money and limits.
+    currency: str = Field("USD", min_length=1, max_length=12, description="Unit of every price.")
+    idempotency_ttl_seconds: int = Field(86_400, ge=60, description="How long keys are kept.")
+    rate_limit_per_minute: int | None = Field(
+        None, ge=1, description="Requests per minute per API key (429 beyond); unset: no limit."
+    )
+    max_unfinished_tasks: int | None = Field(
+        None, ge=1, description="Queued or processing tasks per API key (429 beyond)."
+    )
+    redis_url: str | None = Field(
+        None, description="Shares rate-limit counters between API nodes (redis://host:6379/0)."
+    )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
     #: Mounts `/_bench/*` baseline routes; only the benchmark turns this on.
@@ -93,7 +132,7 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("public_base_url")
+    @field_validator("public_base_url", "relay_base_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
         if value is None or not value.strip():
@@ -184,3 +223,8 @@ class Settings(BaseSettings):
                 engine=config.engine or base.engine,
             )
         return specs
+
+    def price_book(self) -> PriceBook:
+        """Prices of every model: built-in defaults, replaced per model by configured ones."""
+        configured = {name: config.prices for name, config in self.models.items()}
+        return build_price_book(self.currency, configured)

@@ -65,6 +65,8 @@ class Task:
     error: str | None
     error_code: str | None
     usage: dict[str, Any] | None
+    #: What the key was charged on acceptance, in micro-units; refunded if it fails.
+    price_micros: int
     #: Upstream that served (or is serving) the task, for routing engines.
     upstream: str | None
     #: The task's id at that upstream, saved before waiting on it (resume after a crash).

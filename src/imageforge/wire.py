@@ -94,6 +94,11 @@ class TaskCreated(BaseModel):
     model: str = Field(examples=["gpt-image-2"])
     status: TaskStatusName = Field(description="`queued` or `processing`.", examples=["queued"])
     error: str | None = Field(None, description="Always null on a successful create.")
+    amount: float = Field(
+        description="What the task costs, in currency units (charged now, refunded if the "
+        "task fails).",
+        examples=[0.053],
+    )
 
 
 class TaskResult(BaseModel):
@@ -117,6 +122,52 @@ class TaskResult(BaseModel):
     error: str | None = Field(
         None, description="Why the task failed, only when `failed`.", examples=[None]
     )
+    amount: float = Field(
+        description="The task's price in currency units (refunded when it failed).",
+        examples=[0.053],
+    )
+
+
+class QuoteResponse(BaseModel):
+    """Answer of `POST /v1/image2/images/quote`: nothing was created or charged."""
+
+    object: Literal["image.quote"] = "image.quote"
+    model: str = Field(examples=["gpt-image-2"])
+    size: str = Field(description="The resolved `WxH`.", examples=["1536x864"])
+    width: int = Field(examples=[1536])
+    height: int = Field(examples=[864])
+    quality: str | None = Field(
+        description="Resolved quality; null for models that ignore it.", examples=["medium"]
+    )
+    resolution: str = Field(description="Resolution tier of the size.", examples=["1k"])
+    billing_tier: str = Field(
+        description="What the price depends on: the quality tier or the resolution.",
+        examples=["medium"],
+    )
+    amount: float = Field(description="Price in currency units.", examples=[0.053])
+    currency: str = Field(examples=["USD"])
+
+
+class UsageDay(BaseModel):
+    day: str = Field(description="UTC date, YYYY-MM-DD.", examples=["2026-11-24"])
+    model: str = Field(examples=["gpt-image-2"])
+    tasks: int = Field(description="Tasks created that day.")
+    completed: int
+    failed: int
+    unfinished: int = Field(description="Still queued or processing.")
+    spend: float = Field(description="Charges minus refunds, in currency units.")
+
+
+class UsageResponse(BaseModel):
+    """Answer of `GET /v1/usage`: the calling key's balance and spend."""
+
+    object: Literal["usage"] = "usage"
+    key_id: str = Field(examples=["key_3f9a0c1d2e4b5a69"])
+    currency: str = Field(examples=["USD"])
+    balance: float | None = Field(description="Credits left; null means unlimited.")
+    spend: float = Field(description="Total of `days` in currency units.")
+    tasks: int
+    days: list[UsageDay]
 
 
 class ErrorDetail(BaseModel):

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from imageforge import __version__
 from imageforge.api.body_limit import BodyLimitMiddleware
 from imageforge.api.errors import install_error_handlers
-from imageforge.api.routes import bench, files, health, images, results
+from imageforge.api.routes import bench, files, health, images, results, usage
 from imageforge.runtime import Runtime
 from imageforge.settings import Settings
 
@@ -44,6 +44,7 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     install_error_handlers(app)
     app.include_router(images.router)
     app.include_router(results.router)
+    app.include_router(usage.router)
     app.include_router(files.router)
     app.include_router(health.router)
     if settings.bench_endpoints:

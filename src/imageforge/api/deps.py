@@ -27,7 +27,10 @@ async def authenticate(
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer_scheme)],
 ) -> ApiKeyRecord:
     runtime: Runtime = request.app.state.runtime
-    return await runtime.keyring.authenticate(credentials.credentials if credentials else None)
+    caller = await runtime.keyring.authenticate(credentials.credentials if credentials else None)
+    if runtime.rate_limiter is not None:
+        await runtime.rate_limiter.check(caller.id)
+    return caller
 
 
 RuntimeDep = Annotated[Runtime, Depends(get_runtime)]

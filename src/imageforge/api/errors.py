@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from imageforge.errors import ImageforgeError
+from imageforge.errors import ImageforgeError, RateLimited
 
 log = logging.getLogger(__name__)
 
@@ -75,13 +75,18 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _imageforge_error(request: Request, exc: ImageforgeError) -> Response:
         if exc.status_code >= 500:
             log.warning("%s %s: %s", request.method, request.url.path, exc.message)
+        headers = None
+        if isinstance(exc, RateLimited):
+            headers = {"Retry-After": str(exc.retry_after)}
+        elif exc.status_code == 503:
+            headers = {"Retry-After": "5"}
         return error_response(
             exc.status_code,
             exc.message,
             error_type=exc.error_type,
             code=exc.code,
             param=exc.param,
-            headers={"Retry-After": "5"} if exc.status_code == 503 else None,
+            headers=headers,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -34,6 +34,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
             "code": "invalid_api_key",
         },
     ),
+    402: _error(
+        "The key's credits do not cover the price; nothing was created or charged.",
+        {
+            "message": "insufficient credits: this image costs 0.053 USD and the balance is "
+            "0.02 USD",
+            "type": "insufficient_credits",
+            "param": None,
+            "code": "insufficient_credits",
+        },
+    ),
     404: _error(
         "No such task for this API key.",
         {
@@ -50,6 +60,25 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
             "type": "invalid_request_error",
             "param": "body",
             "code": "payload_too_large",
+        },
+    ),
+    422: _error(
+        "The Idempotency-Key was already used with a different body.",
+        {
+            "message": "Idempotency-Key: this key was already used with a different request "
+            "body; use a new key for a different request",
+            "type": "idempotency_error",
+            "param": "Idempotency-Key",
+            "code": "idempotency_key_reused",
+        },
+    ),
+    429: _error(
+        "Rate limited, or too many unfinished tasks; retry after `Retry-After` seconds.",
+        {
+            "message": "rate limit exceeded: at most 60 requests per minute per API key",
+            "type": "rate_limit_error",
+            "param": None,
+            "code": "rate_limited",
         },
     ),
     503: _error(

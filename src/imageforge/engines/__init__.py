@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from imageforge.engines.base import (
     Engine,
@@ -13,7 +14,10 @@ from imageforge.engines.base import (
     ReferenceImage,
 )
 from imageforge.errors import ConfigurationError
-from imageforge.settings import Settings
+
+if TYPE_CHECKING:
+    # Not at run time: settings imports engines.config, which imports this package.
+    from imageforge.settings import Settings
 
 __all__ = [
     "Engine",
@@ -24,7 +28,7 @@ __all__ = [
     "build_engines",
 ]
 
-KNOWN_ENGINES = ("offline",)
+KNOWN_ENGINES = ("offline", "openai", "relay")
 
 
 def build_engine(name: str, settings: Settings) -> Engine:
@@ -32,6 +36,14 @@ def build_engine(name: str, settings: Settings) -> Engine:
         from imageforge.engines.offline import OfflineEngine
 
         return OfflineEngine(max_workers=settings.render_processes)
+    if name == "openai":
+        from imageforge.engines.openai import OpenAIEngine
+
+        return OpenAIEngine(settings)
+    if name == "relay":
+        from imageforge.engines.relay import RelayEngine
+
+        return RelayEngine(settings)
     if ":" in name:
         return _load_plugin(name, settings)
     raise ConfigurationError(

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from sqlalchemy.engine import make_url
-
 from imageforge.errors import ConfigurationError
 from imageforge.store.base import ApiKeyRecord, RescueReport, Store, StoreUnavailable
 from imageforge.store.migrate import upgrade_database
+from imageforge.store.urls import database_backend
 
 __all__ = [
     "ApiKeyRecord",
@@ -20,12 +19,14 @@ __all__ = [
 
 async def open_store(database_url: str) -> Store:
     """Connect to the database named by the URL. Migrations are applied separately."""
-    backend = make_url(database_url).get_backend_name()
-    if backend == "sqlite":
-        from imageforge.store.sqlite import SqliteStore, sqlite_path
+    if database_backend(database_url) == "postgresql":
+        try:
+            from imageforge.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                "PostgreSQL needs the asyncpg driver: pip install 'imageforge[postgres]'"
+            ) from exc
+        return await PostgresStore.connect(database_url)
+    from imageforge.store.sqlite import SqliteStore, sqlite_path
 
-        return SqliteStore(sqlite_path(database_url))
-    raise ConfigurationError(
-        f"unsupported database {backend!r}: imageforge supports SQLite "
-        "(sqlite+aiosqlite:///path) in this version"
-    )
+    return SqliteStore(sqlite_path(database_url))

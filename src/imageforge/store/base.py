@@ -7,10 +7,16 @@ newer attempt). Callers treat False as "this task is not ours any more".
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
-from imageforge.errors import ServiceUnavailable
+from imageforge.errors import (
+    IdempotencyConflict,
+    InvalidRequest,
+    RateLimited,
+    ServiceUnavailable,
+)
 from imageforge.ids import KeyId, TaskId
 from imageforge.tasks import Task
 
@@ -30,10 +36,86 @@ class ApiKeyRecord:
     hint: str
     created_at: float
     revoked_at: float | None
+    #: Credits left in micro-units at the time of reading; None is unlimited.
+    balance_micros: int | None = None
 
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class IdempotencyClaim:
+    """An Idempotency-Key sent with a create, scoped to the calling API key."""
+
+    key: str
+    #: SHA-256 of the normalised request body: same key + other body → 422.
+    request_hash: str
+    #: How long a key is remembered (24 h).
+    ttl_seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerEntry:
+    key_id: KeyId
+    task_id: TaskId | None
+    #: "charge" (negative), "refund" (positive) or "credit" (operator's grant/adjustment).
+    kind: str
+    amount_micros: int
+    model: str | None
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class UsageRow:
+    """One model on one UTC day for one key."""
+
+    day: str
+    model: str
+    tasks: int
+    completed: int
+    failed: int
+    unfinished: int
+    #: Charges minus refunds of the tasks created that day, in micro-units.
+    spend_micros: int
+
+
+def plan_balance_change(
+    balance: int | None, ledger_sum: int, add_micros: int | None, set_micros: int | None
+) -> tuple[int, int]:
+    """(ledger entry amount, new balance) for an operator's `add` or `set` of credits."""
+    if (add_micros is None) == (set_micros is None):
+        raise InvalidRequest("give exactly one of add or set", param="amount")
+    if add_micros is not None:
+        if balance is None:
+            raise InvalidRequest(
+                "this key has unlimited credits; use set to give it a balance", param="amount"
+            )
+        target = balance + add_micros
+        if target < 0:
+            raise InvalidRequest("the balance cannot go below zero", param="amount")
+        return add_micros, target
+    assert set_micros is not None
+    if set_micros < 0:
+        raise InvalidRequest("the balance cannot go below zero", param="amount")
+    return set_micros - ledger_sum, set_micros
+
+
+def idempotency_mismatch() -> IdempotencyConflict:
+    return IdempotencyConflict(
+        "Idempotency-Key: this key was already used with a different request body; "
+        "use a new key for a different request",
+        param="Idempotency-Key",
+    )
+
+
+def too_many_unfinished(limit: int) -> RateLimited:
+    return RateLimited(
+        f"too many unfinished tasks: at most {limit} queued or processing per API key; "
+        "wait for some to finish",
+        retry_after=5,
+        code="too_many_unfinished_tasks",
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +127,40 @@ class RescueReport:
 class Store(Protocol):
     # Keys -------------------------------------------------------------------
     async def create_key(
-        self, *, key_id: KeyId, name: str, key_hash: str, hint: str, now: float
-    ) -> ApiKeyRecord: ...
+        self,
+        *,
+        key_id: KeyId,
+        name: str,
+        key_hash: str,
+        hint: str,
+        now: float,
+        balance_micros: int | None = None,
+    ) -> ApiKeyRecord:
+        """A limited key (balance given) starts its ledger with a credit entry."""
+        ...
+
+    async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None: ...
+
+    async def adjust_balance(
+        self,
+        key_id: KeyId,
+        *,
+        add_micros: int | None = None,
+        set_micros: int | None = None,
+        unlimited: bool = False,
+        note: str | None = None,
+        now: float,
+    ) -> ApiKeyRecord:
+        """Add to or set a key's credits, with a ledger entry; or make it unlimited.
+        Raises NotFound for an unknown key, InvalidRequest for `add` on an unlimited key or
+        a result below zero."""
+        ...
+
+    async def ledger_entries(self, key_id: KeyId) -> list[LedgerEntry]: ...
+
+    async def usage(self, key_id: KeyId, *, since: float) -> list[UsageRow]: ...
+
+    async def prune_idempotency_keys(self, *, older_than: float) -> int: ...
 
     async def list_keys(self) -> list[ApiKeyRecord]: ...
 
@@ -59,7 +173,17 @@ class Store(Protocol):
         ...
 
     # Tasks ------------------------------------------------------------------
-    async def insert_task(self, task: Task) -> None: ...
+    async def insert_task(
+        self,
+        task: Task,
+        *,
+        idempotency: IdempotencyClaim | None = None,
+        max_unfinished: int | None = None,
+    ) -> tuple[Task, bool]:
+        """Accept a task in one transaction: replay an Idempotency-Key's task (→ its task,
+        True), enforce the unfinished-task quota (RateLimited), charge `price_micros`
+        with a ledger entry (InsufficientCredits), insert. → (task, False)."""
+        ...
 
     async def get_task(self, task_id: TaskId) -> Task | None: ...
 
@@ -94,7 +218,8 @@ class Store(Protocol):
     async def fail(
         self, task_id: TaskId, attempt: int, *, error: str, error_code: str, now: float
     ) -> bool:
-        """processing → failed, only for the holder of `attempt`."""
+        """processing → failed, only for the holder of `attempt`; refunds the charge in the
+        same transaction."""
         ...
 
     async def requeue(
@@ -123,3 +248,14 @@ class Store(Protocol):
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class WakesWorkers(Protocol):
+    """Optional store capability: the database itself tells workers on every node that a
+    task became claimable (PostgreSQL LISTEN/NOTIFY). Workers still poll: wake-ups can
+    be lost."""
+
+    async def listen_for_queued_tasks(self, callback: Callable[[], None]) -> None:
+        """Run until cancelled, calling `callback` whenever a task may be claimable."""
+        ...

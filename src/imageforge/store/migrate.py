@@ -9,6 +9,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy.engine import make_url
 
+from imageforge.store.urls import migration_url
+
 _MIGRATIONS = Path(__file__).with_name("migrations")
 
 
@@ -16,7 +18,9 @@ def alembic_config(database_url: str) -> Config:
     config = Config()
     config.set_main_option("script_location", str(_MIGRATIONS))
     # Alembic's ini interpolation treats % specially (URL-encoded passwords).
-    config.set_main_option("sqlalchemy.url", database_url.replace("%", "%%"))
+    # Any spelling of a PostgreSQL URL becomes postgresql+asyncpg:// for the async engine;
+    # concurrent upgrades there are serialised by an advisory lock (see migrations/env.py).
+    config.set_main_option("sqlalchemy.url", migration_url(database_url).replace("%", "%%"))
     return config
 
 

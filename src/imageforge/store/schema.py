@@ -7,6 +7,7 @@ database, cheap to compare in the claim and rescue queries.
 from __future__ import annotations
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     Float,
     Index,
@@ -29,6 +30,12 @@ api_keys = Table(
     Column("hint", String(40), nullable=False, comment="first and last characters, for display"),
     Column("created_at", Float, nullable=False, comment="set once, on creation"),
     Column("revoked_at", Float, nullable=True, comment="set once by `keys revoke`; then 401"),
+    Column(
+        "balance_micros",
+        BigInteger,
+        nullable=True,
+        comment="credits left; null = unlimited; moved with a ledger row in one transaction",
+    ),
 )
 
 tasks = Table(
@@ -56,6 +63,7 @@ tasks = Table(
     Column("error", Text, nullable=True, comment="set by fail (final) or requeue (last error)"),
     Column("error_code", String(50), nullable=True),
     Column("usage", Text, nullable=True, comment="JSON: upstream accounting, set by complete"),
+    Column("price_micros", BigInteger, nullable=False, comment="charged on accept", default=0),
     Column("upstream", String(100), nullable=True, comment="set by record_upstream/complete"),
     Column(
         "upstream_task_id", String(200), nullable=True, comment="upstream's id, set before polling"
@@ -81,3 +89,50 @@ Index(
     postgresql_where=text("status = 'processing'"),
 )
 Index("ix_tasks_key_created", tasks.c.key_id, tasks.c.created_at)
+# The per-key quota of unfinished tasks counts only these rows.
+Index(
+    "ix_tasks_unfinished_by_key",
+    tasks.c.key_id,
+    sqlite_where=text("status IN ('queued', 'processing')"),
+    postgresql_where=text("status IN ('queued', 'processing')"),
+)
+
+ledger = Table(
+    "ledger",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("key_id", String(40), nullable=False),
+    Column("task_id", String(48), nullable=True, comment="charge/refund: the task"),
+    Column("kind", String(16), nullable=False, comment="charge | refund | credit"),
+    Column(
+        "amount_micros",
+        BigInteger,
+        nullable=False,
+        comment="signed change of the balance: charge < 0, refund > 0",
+    ),
+    Column("model", String(100), nullable=True),
+    Column("note", String(200), nullable=True),
+    Column("created_at", Float, nullable=False),
+    comment="append-only: every charge, refund and credit; never updated or deleted",
+)
+# A task is charged at most once and refunded at most once, whatever races.
+Index(
+    "ux_ledger_task_kind",
+    ledger.c.task_id,
+    ledger.c.kind,
+    unique=True,
+    sqlite_where=text("task_id IS NOT NULL"),
+    postgresql_where=text("task_id IS NOT NULL"),
+)
+Index("ix_ledger_key_created", ledger.c.key_id, ledger.c.created_at)
+
+idempotency_keys = Table(
+    "idempotency_keys",
+    metadata,
+    Column("key_id", String(40), primary_key=True),
+    Column("idempotency_key", String(255), primary_key=True),
+    Column("request_hash", String(64), nullable=False, comment="SHA-256 of the normalised body"),
+    Column("task_id", String(48), nullable=False, comment="the task the first request created"),
+    Column("created_at", Float, nullable=False, comment="kept 24 h, then pruned"),
+)
+Index("ix_idempotency_created", idempotency_keys.c.created_at)

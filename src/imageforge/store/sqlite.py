@@ -20,17 +20,29 @@ from typing import Any
 
 import orjson
 
+from imageforge.billing import InsufficientCredits
+from imageforge.errors import NotFound
 from imageforge.ids import KeyId, TaskId
-from imageforge.store.base import ApiKeyRecord, RescueReport, StoreUnavailable
+from imageforge.store.base import (
+    ApiKeyRecord,
+    IdempotencyClaim,
+    LedgerEntry,
+    RescueReport,
+    StoreUnavailable,
+    UsageRow,
+    idempotency_mismatch,
+    plan_balance_change,
+    too_many_unfinished,
+)
 from imageforge.tasks import Task, TaskStatus
 
 _TASK_COLUMNS = (
     "id, key_id, model, engine, prompt, quality, width, height, ratio, resolution, image_urls, "
     "status, attempt, max_attempts, run_after, lease_expires_at, worker_id, image_key, "
-    "content_type, error, error_code, usage, upstream, upstream_task_id, created_at, updated_at, "
-    "started_at, finished_at"
+    "content_type, error, error_code, usage, price_micros, upstream, upstream_task_id, created_at, "
+    "updated_at, started_at, finished_at"
 )
-_KEY_COLUMNS = "id, name, hint, created_at, revoked_at"
+_KEY_COLUMNS = "id, name, hint, created_at, revoked_at, balance_micros"
 
 RESCUE_ERROR = "the worker processing this task stopped responding (lease expired)"
 
@@ -59,18 +71,24 @@ def task_from_row(row: tuple[Any, ...]) -> Task:
         error=row[19],
         error_code=row[20],
         usage=orjson.loads(row[21]) if row[21] else None,
-        upstream=row[22],
-        upstream_task_id=row[23],
-        created_at=row[24],
-        updated_at=row[25],
-        started_at=row[26],
-        finished_at=row[27],
+        price_micros=row[22],
+        upstream=row[23],
+        upstream_task_id=row[24],
+        created_at=row[25],
+        updated_at=row[26],
+        started_at=row[27],
+        finished_at=row[28],
     )
 
 
 def _key_from_row(row: tuple[Any, ...]) -> ApiKeyRecord:
     return ApiKeyRecord(
-        id=KeyId(row[0]), name=row[1], hint=row[2], created_at=row[3], revoked_at=row[4]
+        id=KeyId(row[0]),
+        name=row[1],
+        hint=row[2],
+        created_at=row[3],
+        revoked_at=row[4],
+        balance_micros=row[5],
     )
 
 
@@ -118,14 +136,140 @@ class SqliteStore:
     # Keys -------------------------------------------------------------------
 
     async def create_key(
-        self, *, key_id: KeyId, name: str, key_hash: str, hint: str, now: float
+        self,
+        *,
+        key_id: KeyId,
+        name: str,
+        key_hash: str,
+        hint: str,
+        now: float,
+        balance_micros: int | None = None,
     ) -> ApiKeyRecord:
         with self._write() as db:
             db.execute(
-                "INSERT INTO api_keys (id, name, key_hash, hint, created_at) VALUES (?,?,?,?,?)",
-                (key_id, name, key_hash, hint, now),
+                "INSERT INTO api_keys (id, name, key_hash, hint, created_at, balance_micros) "
+                "VALUES (?,?,?,?,?,?)",
+                (key_id, name, key_hash, hint, now, balance_micros),
             )
-        return ApiKeyRecord(id=key_id, name=name, hint=hint, created_at=now, revoked_at=None)
+            if balance_micros is not None:
+                self._credit_entry(db, key_id, balance_micros, "initial credits", now)
+        return ApiKeyRecord(
+            id=key_id,
+            name=name,
+            hint=hint,
+            created_at=now,
+            revoked_at=None,
+            balance_micros=balance_micros,
+        )
+
+    def _credit_entry(
+        self, db: sqlite3.Connection, key_id: KeyId, amount: int, note: str | None, now: float
+    ) -> None:
+        db.execute(
+            "INSERT INTO ledger (key_id, kind, amount_micros, note, created_at) "
+            "VALUES (?, 'credit', ?, ?, ?)",
+            (key_id, amount, note, now),
+        )
+
+    async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None:
+        with self._guard():
+            row = self._db.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
+        return _key_from_row(row) if row else None
+
+    async def adjust_balance(
+        self,
+        key_id: KeyId,
+        *,
+        add_micros: int | None = None,
+        set_micros: int | None = None,
+        unlimited: bool = False,
+        note: str | None = None,
+        now: float,
+    ) -> ApiKeyRecord:
+        with self._write() as db:
+            row = db.execute(
+                "SELECT balance_micros FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
+            if row is None:
+                raise NotFound(f"no key with id {key_id}", param="key_id", code="key_not_found")
+            (balance,) = row
+            if unlimited:
+                db.execute("UPDATE api_keys SET balance_micros = NULL WHERE id = ?", (key_id,))
+            else:
+                # The ledger of a limited key always sums to its balance, so a `set` books
+                # exactly the difference to the ledger's sum (which, for a key that was
+                # unlimited, also absorbs its earlier unlimited spend).
+                (ledger_sum,) = db.execute(
+                    "SELECT coalesce(sum(amount_micros), 0) FROM ledger WHERE key_id = ?",
+                    (key_id,),
+                ).fetchone()
+                delta, target = plan_balance_change(balance, ledger_sum, add_micros, set_micros)
+                db.execute("UPDATE api_keys SET balance_micros = ? WHERE id = ?", (target, key_id))
+                if delta:
+                    self._credit_entry(db, key_id, delta, note, now)
+            updated = db.execute(
+                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+            ).fetchone()
+        return _key_from_row(updated)
+
+    async def ledger_entries(self, key_id: KeyId) -> list[LedgerEntry]:
+        with self._guard():
+            rows = self._db.execute(
+                "SELECT key_id, task_id, kind, amount_micros, model, created_at FROM ledger "
+                "WHERE key_id = ? ORDER BY id",
+                (key_id,),
+            ).fetchall()
+        return [
+            LedgerEntry(
+                key_id=KeyId(r[0]),
+                task_id=TaskId(r[1]) if r[1] else None,
+                kind=r[2],
+                amount_micros=r[3],
+                model=r[4],
+                created_at=r[5],
+            )
+            for r in rows
+        ]
+
+    async def usage(self, key_id: KeyId, *, since: float) -> list[UsageRow]:
+        with self._guard():
+            counts = self._db.execute(
+                "SELECT date(created_at, 'unixepoch') AS day, model, count(*), "
+                "sum(status = 'completed'), sum(status = 'failed'), "
+                "sum(status IN ('queued', 'processing')) "
+                "FROM tasks WHERE key_id = ? AND created_at >= ? GROUP BY day, model",
+                (key_id, since),
+            ).fetchall()
+            spend = self._db.execute(
+                "SELECT date(t.created_at, 'unixepoch') AS day, t.model, "
+                "-sum(l.amount_micros) FROM ledger l JOIN tasks t ON t.id = l.task_id "
+                "WHERE l.key_id = ? AND t.created_at >= ? AND l.kind IN ('charge', 'refund') "
+                "GROUP BY day, t.model",
+                (key_id, since),
+            ).fetchall()
+        spent = {(day, model): amount for day, model, amount in spend}
+        return sorted(
+            (
+                UsageRow(
+                    day=day,
+                    model=model,
+                    tasks=total,
+                    completed=completed,
+                    failed=failed,
+                    unfinished=unfinished,
+                    spend_micros=spent.get((day, model), 0),
+                )
+                for day, model, total, completed, failed, unfinished in counts
+            ),
+            key=lambda row: (row.day, row.model),
+        )
+
+    async def prune_idempotency_keys(self, *, older_than: float) -> int:
+        with self._write() as db:
+            cursor = db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (older_than,))
+        return cursor.rowcount
 
     async def list_keys(self) -> list[ApiKeyRecord]:
         with self._guard():
@@ -156,41 +300,141 @@ class SqliteStore:
 
     # Tasks ------------------------------------------------------------------
 
-    async def insert_task(self, task: Task) -> None:
+    async def insert_task(
+        self,
+        task: Task,
+        *,
+        idempotency: IdempotencyClaim | None = None,
+        max_unfinished: int | None = None,
+    ) -> tuple[Task, bool]:
         with self._write() as db:
+            if idempotency is not None:
+                replayed = self._replay(db, task, idempotency)
+                if replayed is not None:
+                    return replayed, True
+            if max_unfinished is not None:
+                (unfinished,) = db.execute(
+                    "SELECT count(*) FROM tasks WHERE key_id = ? "
+                    "AND status IN ('queued', 'processing')",
+                    (task.key_id,),
+                ).fetchone()
+                if unfinished >= max_unfinished:
+                    raise too_many_unfinished(max_unfinished)
+            if task.price_micros > 0:
+                self._charge(db, task)
+            self._insert_task_row(db, task)
+            if idempotency is not None:
+                db.execute(
+                    "INSERT INTO idempotency_keys "
+                    "(key_id, idempotency_key, request_hash, task_id, created_at) "
+                    "VALUES (?,?,?,?,?)",
+                    (
+                        task.key_id,
+                        idempotency.key,
+                        idempotency.request_hash,
+                        task.id,
+                        task.created_at,
+                    ),
+                )
+        return task, False
+
+    def _replay(self, db: sqlite3.Connection, task: Task, claim: IdempotencyClaim) -> Task | None:
+        row = db.execute(
+            "SELECT request_hash, task_id, created_at FROM idempotency_keys "
+            "WHERE key_id = ? AND idempotency_key = ?",
+            (task.key_id, claim.key),
+        ).fetchone()
+        if row is None:
+            return None
+        request_hash, task_id, created_at = row
+        if created_at < task.created_at - claim.ttl_seconds:
             db.execute(
-                f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({','.join('?' * 28)})",
-                (
-                    task.id,
-                    task.key_id,
-                    task.model,
-                    task.engine,
-                    task.prompt,
-                    task.quality,
-                    task.width,
-                    task.height,
-                    task.ratio,
-                    task.resolution,
-                    orjson.dumps(list(task.image_urls)).decode(),
-                    task.status.value,
-                    task.attempt,
-                    task.max_attempts,
-                    task.run_after,
-                    task.lease_expires_at,
-                    task.worker_id,
-                    task.image_key,
-                    task.content_type,
-                    task.error,
-                    task.error_code,
-                    orjson.dumps(task.usage).decode() if task.usage is not None else None,
-                    task.upstream,
-                    task.upstream_task_id,
-                    task.created_at,
-                    task.updated_at,
-                    task.started_at,
-                    task.finished_at,
-                ),
+                "DELETE FROM idempotency_keys WHERE key_id = ? AND idempotency_key = ?",
+                (task.key_id, claim.key),
             )
+            return None
+        if request_hash != claim.request_hash:
+            raise idempotency_mismatch()
+        original = db.execute(
+            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+        ).fetchone()
+        return task_from_row(original)
+
+    def _charge(self, db: sqlite3.Connection, task: Task) -> None:
+        # Conditional on the balance covering the price: concurrent creates can never
+        # take a key below zero, whatever their interleaving.
+        cursor = db.execute(
+            "UPDATE api_keys SET balance_micros = balance_micros - ? "
+            "WHERE id = ? AND (balance_micros IS NULL OR balance_micros >= ?)",
+            (task.price_micros, task.key_id, task.price_micros),
+        )
+        if cursor.rowcount != 1:
+            row = db.execute(
+                "SELECT balance_micros FROM api_keys WHERE id = ?", (task.key_id,)
+            ).fetchone()
+            raise InsufficientCredits(price=task.price_micros, balance=row[0] if row else 0)
+        db.execute(
+            "INSERT INTO ledger (key_id, task_id, kind, amount_micros, model, created_at) "
+            "VALUES (?, ?, 'charge', ?, ?, ?)",
+            (task.key_id, task.id, -task.price_micros, task.model, task.created_at),
+        )
+
+    def _refund(self, db: sqlite3.Connection, rows: list[tuple[Any, ...]], now: float) -> None:
+        """Refund failed tasks given as (id, key_id, price_micros, model) rows.
+
+        Runs in the transaction that failed them; the unique ledger index makes a
+        second refund of one task impossible even if this were reached twice."""
+        for task_id, key_id, price, model in rows:
+            if price <= 0:
+                continue
+            inserted = db.execute(
+                "INSERT OR IGNORE INTO ledger "
+                "(key_id, task_id, kind, amount_micros, model, created_at) "
+                "VALUES (?, ?, 'refund', ?, ?, ?)",
+                (key_id, task_id, price, model, now),
+            )
+            if inserted.rowcount == 1:
+                db.execute(
+                    "UPDATE api_keys SET balance_micros = balance_micros + ? "
+                    "WHERE id = ? AND balance_micros IS NOT NULL",
+                    (price, key_id),
+                )
+
+    def _insert_task_row(self, db: sqlite3.Connection, task: Task) -> None:
+        db.execute(
+            f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({','.join('?' * 29)})",
+            (
+                task.id,
+                task.key_id,
+                task.model,
+                task.engine,
+                task.prompt,
+                task.quality,
+                task.width,
+                task.height,
+                task.ratio,
+                task.resolution,
+                orjson.dumps(list(task.image_urls)).decode(),
+                task.status.value,
+                task.attempt,
+                task.max_attempts,
+                task.run_after,
+                task.lease_expires_at,
+                task.worker_id,
+                task.image_key,
+                task.content_type,
+                task.error,
+                task.error_code,
+                orjson.dumps(task.usage).decode() if task.usage is not None else None,
+                task.price_micros,
+                task.upstream,
+                task.upstream_task_id,
+                task.created_at,
+                task.updated_at,
+                task.started_at,
+                task.finished_at,
+            ),
+        )
 
     async def get_task(self, task_id: TaskId) -> Task | None:
         with self._guard():
@@ -270,13 +514,15 @@ class SqliteStore:
         self, task_id: TaskId, attempt: int, *, error: str, error_code: str, now: float
     ) -> bool:
         with self._write() as db:
-            cursor = db.execute(
+            rows = db.execute(
                 "UPDATE tasks SET status = 'failed', error = ?, error_code = ?, "
                 "lease_expires_at = NULL, finished_at = ?, updated_at = ? "
-                "WHERE id = ? AND attempt = ? AND status = 'processing'",
+                "WHERE id = ? AND attempt = ? AND status = 'processing' "
+                "RETURNING id, key_id, price_micros, model",
                 (error, error_code, now, now, task_id, attempt),
-            )
-        return cursor.rowcount == 1
+            ).fetchall()
+            self._refund(db, rows, now)
+        return len(rows) == 1
 
     async def requeue(
         self,
@@ -328,9 +574,11 @@ class SqliteStore:
                 "updated_at = ? "
                 "WHERE id IN (SELECT id FROM tasks WHERE status = 'processing' "
                 "AND lease_expires_at < ? AND attempt >= max_attempts LIMIT ?) "
-                "AND status = 'processing' AND lease_expires_at < ? RETURNING id",
+                "AND status = 'processing' AND lease_expires_at < ? "
+                "RETURNING id, key_id, price_micros, model",
                 (RESCUE_ERROR, now, now, now, limit, now),
             ).fetchall()
+            self._refund(db, failed, now)
         return RescueReport(
             requeued=tuple(TaskId(row[0]) for row in requeued),
             failed=tuple(TaskId(row[0]) for row in failed),

@@ -16,10 +16,21 @@ from imageforge.store import Store, StoreUnavailable
 log = logging.getLogger(__name__)
 
 
-async def rescue_forever(store: Store, *, interval_seconds: float) -> None:
+#: Idempotency keys are kept this long; pruning runs about once a minute.
+PRUNE_EVERY_SECONDS = 60.0
+
+
+async def rescue_forever(
+    store: Store, *, interval_seconds: float, idempotency_ttl_seconds: float = 86_400
+) -> None:
+    next_prune = 0.0
     while True:
         try:
-            report = await store.rescue_expired(now=time.time())
+            now = time.time()
+            if now >= next_prune:
+                next_prune = now + PRUNE_EVERY_SECONDS
+                await store.prune_idempotency_keys(older_than=now - idempotency_ttl_seconds)
+            report = await store.rescue_expired(now=now)
             if report.requeued:
                 log.warning("re-queued %d task(s) with expired leases", len(report.requeued))
             if report.failed:

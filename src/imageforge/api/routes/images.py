@@ -1,14 +1,17 @@
-"""POST /v1/image2/images: create a generation task."""
+"""POST /v1/image2/images (create a task) and its dry run, /quote."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import orjson
-from fastapi import APIRouter
+from fastapi import APIRouter, Header
 from starlette.responses import Response
 
 from imageforge.api.deps import CallerDep, RuntimeDep
 from imageforge.api.responses import ERROR_RESPONSES
-from imageforge.wire import CreateImageRequest, TaskCreated
+from imageforge.billing import to_json_number
+from imageforge.wire import CreateImageRequest, QuoteResponse, TaskCreated
 
 router = APIRouter(tags=["images"])
 
@@ -17,20 +20,60 @@ router = APIRouter(tags=["images"])
     "/v1/image2/images",
     response_model=TaskCreated,
     summary="Create an image generation task",
-    description="Validates the request, queues a task and answers at once with its id. "
-    "Poll `GET /v1/result/{id}` until the status is `completed` or `failed`.",
+    description="Validates the request, charges the key, queues a task and answers at once "
+    "with its id. Poll `GET /v1/result/{id}` until the status is `completed` or `failed` (a "
+    "failed task is refunded). With an `Idempotency-Key` header, a retry of the same request "
+    "returns the original task (header `Idempotent-Replayed: true`) and charges nothing more.",
     responses=ERROR_RESPONSES,
 )
 async def create_image(
-    body: CreateImageRequest, caller: CallerDep, runtime: RuntimeDep
+    body: CreateImageRequest,
+    caller: CallerDep,
+    runtime: RuntimeDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            description="Up to 255 visible ASCII characters; kept 24 hours per API key.",
+        ),
+    ] = None,
 ) -> Response:
-    task = await runtime.service.create(caller, body)
+    task, replayed = await runtime.service.create(caller, body, idempotency_key=idempotency_key)
     payload = {
         "id": task.id,
         "object": "image",
         "created": task.created,
         "model": task.model,
-        "status": task.status.value,
+        # A replay answers exactly what the first request was told.
+        "status": "queued" if replayed else task.status.value,
         "error": None,
+        "amount": to_json_number(task.price_micros),
     }
-    return Response(orjson.dumps(payload), media_type="application/json")
+    headers = {"Idempotent-Replayed": "true"} if replayed else None
+    return Response(orjson.dumps(payload), media_type="application/json", headers=headers)
+
+
+@router.post(
+    "/v1/image2/images/quote",
+    response_model=QuoteResponse,
+    summary="Price a request without creating it",
+    description="Validates the body exactly like create and returns the resolved size and "
+    "price. Nothing is created or charged.",
+    responses=ERROR_RESPONSES,
+)
+async def quote_image(
+    body: CreateImageRequest, caller: CallerDep, runtime: RuntimeDep
+) -> QuoteResponse:
+    quote = runtime.service.quote(body)
+    resolved = quote.resolved
+    return QuoteResponse(
+        model=resolved.model,
+        size=f"{resolved.width}x{resolved.height}",
+        width=resolved.width,
+        height=resolved.height,
+        quality=resolved.quality,
+        resolution=resolved.resolution,
+        billing_tier=quote.tier,
+        amount=to_json_number(quote.price_micros),
+        currency=quote.currency,
+    )

@@ -10,6 +10,7 @@ from starlette.responses import Response
 
 from imageforge.api.deps import CallerDep, RuntimeDep, base_url_of
 from imageforge.api.responses import ERROR_RESPONSES
+from imageforge.billing import to_json_number
 from imageforge.tasks import TaskStatus
 from imageforge.wire import TaskResult
 
@@ -47,5 +48,6 @@ async def get_result(
         "status": task.status.value,
         "image_url": image_url,
         "error": task.error if task.status is TaskStatus.FAILED else None,
+        "amount": to_json_number(task.price_micros),
     }
     return Response(orjson.dumps(payload), media_type="application/json")

@@ -13,6 +13,9 @@ from imageforge.store.schema import metadata
 
 config = context.config
 
+#: Arbitrary constant naming imageforge's migration lock among advisory locks.
+_MIGRATION_LOCK_ID = 4_242_001
+
 
 def _run(connection: Connection) -> None:
     context.configure(
@@ -21,6 +24,12 @@ def _run(connection: Connection) -> None:
         render_as_batch=connection.dialect.name == "sqlite",
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":
+            # Every API node and worker upgrades at start-up; on PostgreSQL the whole
+            # upgrade is one transaction, so a transaction-scoped advisory lock taken
+            # before Alembic reads the version table makes the others wait, then find
+            # nothing to do. (SQLite is serialised by a file lock in migrate.py.)
+            connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({_MIGRATION_LOCK_ID})")
         context.run_migrations()
 
 

@@ -1,0 +1,48 @@
+"""GET /v1/usage: the calling key's balance, spend and task counts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Query
+
+from imageforge.api.deps import CallerDep, RuntimeDep
+from imageforge.api.responses import ERROR_RESPONSES
+from imageforge.billing import to_json_number
+from imageforge.wire import UsageDay, UsageResponse
+
+router = APIRouter(tags=["usage"])
+
+
+@router.get(
+    "/v1/usage",
+    response_model=UsageResponse,
+    summary="Balance and spend of the calling API key",
+    description="Credits left, and tasks and spend by model and UTC day (charges minus "
+    "refunds, attributed to the day the task was created).",
+    responses=ERROR_RESPONSES,
+)
+async def get_usage(
+    caller: CallerDep,
+    runtime: RuntimeDep,
+    days: int = Query(30, ge=1, le=366, description="How many days back to report."),
+) -> UsageResponse:
+    usage = await runtime.service.usage(caller, days=days)
+    balance = usage.key.balance_micros
+    return UsageResponse(
+        key_id=usage.key.id,
+        currency=usage.currency,
+        balance=None if balance is None else to_json_number(balance),
+        spend=to_json_number(sum(row.spend_micros for row in usage.rows)),
+        tasks=sum(row.tasks for row in usage.rows),
+        days=[
+            UsageDay(
+                day=row.day,
+                model=row.model,
+                tasks=row.tasks,
+                completed=row.completed,
+                failed=row.failed,
+                unfinished=row.unfinished,
+                spend=to_json_number(row.spend_micros),
+            )
+            for row in usage.rows
+        ],
+    )

@@ -1,0 +1,143 @@
+"""Money: prices, credits and refunds as integer micro-units of one currency.
+
+Never floats: an amount is an `int` count of micro-units (1 USD = 1,000,000). The
+only conversion to a JSON number happens at the edge (`to_json_number`), and it is
+exact because every micro-unit amount below 2**53 has a shortest float repr equal to
+its decimal text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal, InvalidOperation
+from types import MappingProxyType
+
+from imageforge.errors import ConfigurationError, ImageforgeError
+
+MICROS_PER_UNIT = 1_000_000
+#: Largest amount accepted anywhere: far above any real balance, far below 2**53.
+MAX_MICROS = 10**15
+
+#: OpenAI's list prices for one 1024×1024 image (gpt-image-2 by quality tier),
+#: and the seed's 1K price for gpt-image-2-r (by resolution).
+DEFAULT_PRICES: Mapping[str, Mapping[str, str]] = MappingProxyType(
+    {
+        "gpt-image-2": MappingProxyType({"low": "0.006", "medium": "0.053", "high": "0.211"}),
+        "gpt-image-2-r": MappingProxyType({"1k": "0.005"}),
+    }
+)
+
+
+class InsufficientCredits(ImageforgeError):
+    """402: the key's balance does not cover the price. Nothing was created or charged."""
+
+    status_code = 402
+    error_type = "insufficient_credits"
+    code = "insufficient_credits"
+
+    def __init__(self, *, price: int, balance: int, currency: str | None = None) -> None:
+        self.price = price
+        self.balance = balance
+        if currency is None:
+            cost, left = f"{price} micro-units", f"{balance} micro-units"
+        else:
+            cost, left = format_amount(price, currency), format_amount(balance, currency)
+        super().__init__(f"insufficient credits: this image costs {cost} and the balance is {left}")
+
+
+def parse_amount(value: str | int | Decimal, *, what: str = "amount") -> int:
+    """Currency units (`"12.50"`) → micro-units. At most 6 decimals, never negative."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what}: must be a number of currency units")
+    try:
+        amount = Decimal(str(value).strip())
+    except InvalidOperation:
+        raise ValueError(f"{what}: must be a number like 12.50 (got {str(value)[:40]!r})") from None
+    if not amount.is_finite():
+        raise ValueError(f"{what}: must be a finite number")
+    micros = amount * MICROS_PER_UNIT
+    if micros != micros.to_integral_value():
+        raise ValueError(f"{what}: at most 6 decimal places (got {value})")
+    if micros < 0:
+        raise ValueError(f"{what}: must not be negative (got {value})")
+    if micros > MAX_MICROS:
+        raise ValueError(f"{what}: must be at most {MAX_MICROS // MICROS_PER_UNIT:,}")
+    return int(micros)
+
+
+def to_json_number(micros: int) -> float | int:
+    """The amount in currency units as a JSON number, exact to the micro-unit."""
+    if micros % MICROS_PER_UNIT == 0:
+        return micros // MICROS_PER_UNIT
+    return micros / MICROS_PER_UNIT
+
+
+def format_amount(micros: int, currency: str) -> str:
+    """For people: `12.50 USD`, `0.053 USD`, `-0.006 USD`."""
+    sign = "-" if micros < 0 else ""
+    units, fraction = divmod(abs(micros), MICROS_PER_UNIT)
+    digits = f"{fraction:06d}".rstrip("0").ljust(2, "0")
+    return f"{sign}{units}.{digits} {currency}"
+
+
+@dataclass(frozen=True)
+class PriceBook:
+    """Prices per public model and billing tier; a model without prices is free."""
+
+    currency: str
+    prices: Mapping[str, Mapping[str, int]]
+
+    def price(self, model: str, tier: str) -> int:
+        table = self.prices.get(model)
+        if not table:
+            return 0
+        try:
+            return table[tier]
+        except KeyError:
+            # Validated at start-up (`check_covers`); reaching this is a configuration bug.
+            raise ConfigurationError(f"no price for model {model!r} tier {tier!r}") from None
+
+    def check_covers(self, model: str, tiers: tuple[str, ...]) -> None:
+        """A priced model must price every tier it can be asked for."""
+        table = self.prices.get(model)
+        if not table:
+            return
+        missing = [tier for tier in tiers if tier not in table]
+        if missing:
+            raise ConfigurationError(
+                f"model {model!r} has prices but none for {', '.join(missing)}; "
+                "price every tier or none (free)"
+            )
+
+
+def build_price_book(
+    currency: str, configured: Mapping[str, Mapping[str, str | Decimal] | None]
+) -> PriceBook:
+    """Built-in prices, replaced per model by configured ones (an empty table: free)."""
+    merged: dict[str, Mapping[str, str | Decimal]] = dict(DEFAULT_PRICES)
+    for model, table in configured.items():
+        if table is not None:
+            merged[model] = table
+    prices = {
+        model: {
+            tier.lower(): parse_amount(amount, what=f"models.{model}.prices.{tier}")
+            for tier, amount in table.items()
+        }
+        for model, table in merged.items()
+    }
+    return PriceBook(currency=currency, prices=prices)
+
+
+def charge(balance: int | None, price: int) -> int | None:
+    """The balance after charging `price`; None is unlimited. Never below zero."""
+    if balance is None:
+        return None
+    if price > balance:
+        raise InsufficientCredits(price=price, balance=balance)
+    return balance - price
+
+
+def refund(balance: int | None, charged: int) -> int | None:
+    """The balance after returning exactly what a task was charged."""
+    return None if balance is None else balance + charged

@@ -1,0 +1,176 @@
+"""The `openai` engine: images from OpenAI's Images API, through the official SDK.
+
+No references: `images.generate`; with references: `images.edit` with the fetched bytes. The
+SDK's own retries are off (`max_retries=0`): the runner owns retries across attempts, and
+`Router` moves a failed call to the next upstream within one attempt.
+
+One `AsyncOpenAI` per upstream, created on first use, its connection pool sized to the
+upstream's concurrency limit so a call never queues for a connection behind the semaphore.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import io
+from typing import TYPE_CHECKING, ClassVar
+
+import openai
+from PIL import Image
+
+from imageforge.engines.base import GeneratedImage, GenerationRequest, ReferenceImage
+from imageforge.engines.upstream_errors import (
+    bad_answer_error,
+    connection_error,
+    error_for_status,
+    parse_retry_after,
+    timeout_error,
+)
+from imageforge.engines.upstreams import Route, Router, Upstream, describe_image
+
+if TYPE_CHECKING:
+    from openai.types import ImagesResponse
+
+    from imageforge.settings import Settings
+
+_UPLOAD_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+#: Decoding base64 costs ~1 ms per MB; above this it moves off the event loop.
+_INLINE_DECODE_BYTES = 1024 * 1024
+
+
+class OpenAIEngine:
+    name: ClassVar[str] = "openai"
+
+    def __init__(self, settings: Settings, *, router: Router | None = None) -> None:
+        self._router = router or Router.from_settings(settings, "openai")
+        self._clients: dict[str, openai.AsyncOpenAI] = {}
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        route = self._router.route_for(request.model)
+        return await self._router.run(
+            route, lambda upstream: self._generate_on(upstream, route, request)
+        )
+
+    async def aclose(self) -> None:
+        """Close every client; a later `generate` opens new ones."""
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.close()
+
+    def _client(self, upstream: Upstream) -> openai.AsyncOpenAI:
+        client = self._clients.get(upstream.name)
+        if client is None:
+            config = upstream.config
+            timeout = openai.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds)
+            # The SDK's own Limits type, whichever HTTP library this SDK version uses.
+            limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
+                max_connections=upstream.max_concurrency,
+                max_keepalive_connections=upstream.max_concurrency,
+            )
+            client = openai.AsyncOpenAI(
+                api_key=upstream.api_key,
+                base_url=upstream.base_url,
+                timeout=timeout,
+                max_retries=0,
+                http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout),
+            )
+            self._clients[upstream.name] = client
+        return client
+
+    async def _generate_on(
+        self, upstream: Upstream, route: Route, request: GenerationRequest
+    ) -> GeneratedImage:
+        client = self._client(upstream)
+        model = upstream.model_for(request.model, route.upstream_model)
+        size = f"{request.width}x{request.height}"
+        quality = request.quality if request.quality is not None else openai.omit
+        output_format = upstream.config.output_format
+        try:
+            if request.references:
+                uploads = [await _upload(i, ref) for i, ref in enumerate(request.references)]
+                response = await client.images.edit(
+                    image=uploads,
+                    prompt=request.prompt,
+                    model=model,
+                    size=size,
+                    quality=quality,
+                    n=1,
+                    output_format=output_format,
+                )
+            else:
+                response = await client.images.generate(
+                    prompt=request.prompt,
+                    model=model,
+                    size=size,
+                    quality=quality,
+                    n=1,
+                    output_format=output_format,
+                )
+        # `from None` throughout: the SDK's exceptions carry the request (with its
+        # Authorization header) and raw upstream text; nothing of them may reach a log.
+        except openai.APIStatusError as exc:
+            raise error_for_status(
+                upstream.name,
+                exc.status_code,
+                body=exc.body,
+                retry_after=parse_retry_after(exc.response.headers.get("retry-after")),
+                secrets=self._router.secrets,
+            ) from None
+        except openai.APITimeoutError:
+            raise timeout_error(upstream.name, upstream.config.timeout_seconds) from None
+        except openai.APIConnectionError as exc:
+            raise connection_error(upstream.name, exc) from None
+        except openai.OpenAIError:
+            raise bad_answer_error(upstream.name, "answered with an unreadable response") from None
+        return await _image_from(upstream, response)
+
+
+async def _upload(index: int, reference: ReferenceImage) -> tuple[str, bytes, str]:
+    """A reference as a multipart file; GIF (which the Images API refuses) becomes PNG."""
+    content_type = _UPLOAD_TYPES.get(reference.format)
+    if content_type is not None:
+        extension = content_type.rsplit("/", 1)[1]
+        return f"reference-{index}.{extension}", reference.data, content_type
+    data = await asyncio.to_thread(_to_png, reference.data)
+    return f"reference-{index}.png", data, "image/png"
+
+
+def _to_png(data: bytes) -> bytes:
+    with Image.open(io.BytesIO(data)) as image:
+        out = io.BytesIO()
+        image.convert("RGBA").save(out, format="PNG")
+        return out.getvalue()
+
+
+async def _image_from(upstream: Upstream, response: ImagesResponse) -> GeneratedImage:
+    encoded = response.data[0].b64_json if response.data else None
+    if not encoded:
+        raise bad_answer_error(upstream.name, "answered without an image")
+    try:
+        if len(encoded) > _INLINE_DECODE_BYTES:
+            data = await asyncio.to_thread(base64.b64decode, encoded, validate=True)
+        else:
+            data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise bad_answer_error(upstream.name, "answered with invalid base64") from None
+    content_type, width, height = describe_image(upstream.name, data)
+    usage: dict[str, int] = {}
+    if response.usage is not None:
+        usage = {
+            "input_tokens": response.usage.input_tokens,
+            "output_tokens": response.usage.output_tokens,
+            "total_tokens": response.usage.total_tokens,
+        }
+    return GeneratedImage(
+        data=data,
+        content_type=content_type,
+        width=width,
+        height=height,
+        usage=usage,
+        upstream=upstream.name,
+    )

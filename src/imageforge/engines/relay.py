@@ -1,0 +1,316 @@
+"""The `relay` engine: images from another GPT Image 2 task API (another imageforge, or a
+vendor's), by submitting a task there and polling it.
+
+Paying twice is the failure to avoid: the upstream's task id is checkpointed on our task right
+after the submission and before any waiting, so an attempt that crashes mid-poll is resumed by
+the next attempt (`request.resume`) instead of submitted again. The submission also carries
+`Idempotency-Key: <our task id>`, which covers the gap between the upstream accepting the task
+and our checkpoint on upstreams that honour the header.
+
+Polling backs off from `poll_initial_seconds` by ×1.5 to `poll_max_seconds`; the whole wait is
+bounded by the upstream's `timeout_seconds`. The finished image is downloaded into our own
+storage by the runner, since the upstream's link expires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import quote, urljoin, urlsplit
+
+import httpx
+
+from imageforge.engines.base import GeneratedImage, GenerationRequest, UpstreamRef
+from imageforge.engines.upstream_errors import (
+    UpstreamError,
+    bad_answer_error,
+    connection_error,
+    error_for_status,
+    parse_retry_after,
+    scrub,
+    timeout_error,
+)
+from imageforge.engines.upstreams import Route, Router, Upstream, describe_image
+
+if TYPE_CHECKING:
+    from imageforge.settings import Settings
+
+log = logging.getLogger(__name__)
+
+#: Polls in a row that may fail on the upstream's side before this attempt gives up (the
+#: next attempt resumes the same upstream task).
+_MAX_POLL_FAILURES = 5
+_POLL_GROWTH = 1.5
+_PENDING = frozenset({"queued", "processing"})
+_MAX_REMOTE_ID_CHARS = 200
+_USER_AGENT = "imageforge-relay/0.1"
+
+
+class _UpstreamTaskGone(Exception):
+    """The upstream answered 404 for a task id we hold: it no longer knows the task."""
+
+
+class RelayEngine:
+    name: ClassVar[str] = "relay"
+
+    def __init__(self, settings: Settings, *, router: Router | None = None) -> None:
+        self._router = router or Router.from_settings(settings, "relay")
+        self._clients: dict[str, httpx.AsyncClient] = {}
+
+    @property
+    def router(self) -> Router:
+        return self._router
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        if request.resume is not None:
+            resumed = await self._resume(request, request.resume)
+            if resumed is not None:
+                return resumed
+        route = self._router.route_for(request.model)
+        return await self._router.run(
+            route, lambda upstream: self._submit_and_collect(upstream, route, request)
+        )
+
+    async def aclose(self) -> None:
+        """Close every client; a later `generate` opens new ones."""
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
+            await client.aclose()
+
+    # One upstream task --------------------------------------------------------
+
+    async def _resume(self, request: GenerationRequest, ref: UpstreamRef) -> GeneratedImage | None:
+        """Collect the task an earlier attempt submitted; None when it must be submitted anew."""
+        upstream = self._router.upstreams.get(ref.upstream)
+        if upstream is None:
+            log.warning(
+                "task %s was submitted to upstream %r, which is not configured any more; "
+                "submitting it anew",
+                request.task_id,
+                ref.upstream,
+            )
+            return None
+        try:
+            return await self._router.call_on(
+                upstream, lambda up: self._collect(up, ref.task_id, first_wait=0.0)
+            )
+        except _UpstreamTaskGone:
+            log.warning(
+                "upstream %r no longer knows task %s (ours: %s); submitting it anew",
+                upstream.name,
+                ref.task_id,
+                request.task_id,
+            )
+            return None
+
+    async def _submit_and_collect(
+        self, upstream: Upstream, route: Route, request: GenerationRequest
+    ) -> GeneratedImage:
+        remote_id = await self._submit(upstream, route, request)
+        if request.checkpoint is not None:
+            await request.checkpoint(UpstreamRef(upstream.name, remote_id))
+        try:
+            return await self._collect(
+                upstream, remote_id, first_wait=upstream.config.poll_initial_seconds
+            )
+        except _UpstreamTaskGone:
+            raise UpstreamError(
+                f"upstream '{upstream.name}' lost the task it had just accepted",
+                upstream=upstream.name,
+                retryable=True,
+                code="upstream_bad_response",
+                failover=False,
+            ) from None
+
+    async def _submit(self, upstream: Upstream, route: Route, request: GenerationRequest) -> str:
+        body: dict[str, Any] = {
+            "model": upstream.model_for(request.model, route.upstream_model),
+            "prompt": request.prompt,
+            "size": f"{request.width}x{request.height}",
+        }
+        if request.quality is not None:
+            body["quality"] = request.quality
+        if request.references:
+            # The upstream fetches the references itself, from where the client put them.
+            body["image_urls"] = [reference.url for reference in request.references]
+        headers = self._auth(upstream)
+        if request.task_id:
+            headers["Idempotency-Key"] = request.task_id
+        response = await self._send(
+            upstream, "POST", "/v1/image2/images", json=body, headers=headers
+        )
+        remote_id = _json(upstream, response).get("id")
+        if not isinstance(remote_id, str) or not 0 < len(remote_id) <= _MAX_REMOTE_ID_CHARS:
+            raise bad_answer_error(upstream.name, "accepted the task without a usable id")
+        return remote_id
+
+    async def _collect(
+        self, upstream: Upstream, remote_id: str, *, first_wait: float
+    ) -> GeneratedImage:
+        config = upstream.config
+        try:
+            async with asyncio.timeout(config.timeout_seconds):
+                return await self._poll_and_download(upstream, remote_id, first_wait)
+        except TimeoutError:
+            raise UpstreamError(
+                f"upstream '{upstream.name}' did not finish the task within "
+                f"{config.timeout_seconds:g}s",
+                upstream=upstream.name,
+                retryable=True,
+                code="upstream_timeout",
+                failover=False,
+            ) from None
+        except UpstreamError as exc:
+            # Submitted (and paid for) here: collecting it anywhere else is impossible.
+            raise exc.not_failing_over() from None
+
+    async def _poll_and_download(
+        self, upstream: Upstream, remote_id: str, first_wait: float
+    ) -> GeneratedImage:
+        config = upstream.config
+        wait = first_wait
+        interval = config.poll_initial_seconds
+        failures = 0
+        path = f"/v1/result/{quote(remote_id, safe='')}"
+        while True:
+            if wait > 0:
+                await asyncio.sleep(wait)
+            try:
+                response = await self._send(upstream, "GET", path, headers=self._auth(upstream))
+            except UpstreamError as exc:
+                if exc.status == 404:
+                    raise _UpstreamTaskGone() from None
+                failures += 1
+                if not exc.retryable or failures >= _MAX_POLL_FAILURES:
+                    raise
+                wait = max(interval, exc.retry_after or 0.0)
+                interval = min(interval * _POLL_GROWTH, config.poll_max_seconds)
+                continue
+            failures = 0
+            body = _json(upstream, response)
+            status = body.get("status")
+            if status == "completed":
+                image_url = body.get("image_url")
+                if not isinstance(image_url, str) or not image_url:
+                    raise bad_answer_error(upstream.name, "completed the task without an image_url")
+                return await self._download(upstream, image_url)
+            if status == "failed":
+                error = body.get("error")
+                detail = scrub(error if isinstance(error, str) else "", self._router.secrets)
+                raise UpstreamError(
+                    f"upstream '{upstream.name}' failed the task"
+                    + (f": {detail}" if detail else ""),
+                    upstream=upstream.name,
+                    retryable=False,
+                    code="upstream_failed",
+                )
+            if status not in _PENDING:
+                raise bad_answer_error(upstream.name, f"reported an unknown status {status!r}")
+            wait = interval
+            interval = min(interval * _POLL_GROWTH, config.poll_max_seconds)
+
+    async def _download(self, upstream: Upstream, image_url: str) -> GeneratedImage:
+        url = urljoin(upstream.base_url + "/", image_url)
+        # The key goes only where it was meant to go: a CDN link gets no Authorization.
+        headers = self._auth(upstream) if _same_origin(url, upstream.base_url) else {}
+        cap = upstream.config.max_image_bytes
+        client = self._client(upstream)
+        data = bytearray()
+        try:
+            async with client.stream("GET", url, headers=headers) as response:
+                if not response.is_success:
+                    raise bad_answer_error(
+                        upstream.name, f"answered {response.status_code} to the image download"
+                    )
+                declared = response.headers.get("content-length", "")
+                if declared.isdigit() and int(declared) > cap:
+                    raise _too_large(upstream.name, cap)
+                async for chunk in response.aiter_bytes():
+                    data += chunk
+                    if len(data) > cap:
+                        raise _too_large(upstream.name, cap)
+        except httpx.TimeoutException:
+            raise timeout_error(upstream.name, upstream.config.request_timeout_seconds) from None
+        except httpx.HTTPError as exc:
+            raise connection_error(upstream.name, exc) from None
+        image = bytes(data)
+        content_type, width, height = describe_image(upstream.name, image)
+        return GeneratedImage(
+            data=image,
+            content_type=content_type,
+            width=width,
+            height=height,
+            upstream=upstream.name,
+        )
+
+    # HTTP ----------------------------------------------------------------------
+
+    def _client(self, upstream: Upstream) -> httpx.AsyncClient:
+        client = self._clients.get(upstream.name)
+        if client is None:
+            config = upstream.config
+            # Users often copy an OpenAI-style base URL ending in /v1; our paths carry it.
+            base_url = upstream.base_url.removesuffix("/v1")
+            client = httpx.AsyncClient(
+                base_url=base_url,
+                timeout=httpx.Timeout(
+                    config.request_timeout_seconds, connect=config.connect_timeout_seconds
+                ),
+                limits=httpx.Limits(
+                    max_connections=upstream.max_concurrency,
+                    max_keepalive_connections=upstream.max_concurrency,
+                ),
+                headers={"User-Agent": _USER_AGENT},
+            )
+            self._clients[upstream.name] = client
+        return client
+
+    @staticmethod
+    def _auth(upstream: Upstream) -> dict[str, str]:
+        # Per request, never a client default: downloads may go to another host.
+        return {"Authorization": f"Bearer {upstream.api_key}"}
+
+    async def _send(
+        self, upstream: Upstream, method: str, path: str, **kwargs: Any
+    ) -> httpx.Response:
+        client = self._client(upstream)
+        try:
+            response = await client.request(method, path, **kwargs)
+        except httpx.TimeoutException:
+            raise timeout_error(upstream.name, upstream.config.request_timeout_seconds) from None
+        except httpx.HTTPError as exc:
+            raise connection_error(upstream.name, exc) from None
+        if response.is_success:
+            return response
+        raise error_for_status(
+            upstream.name,
+            response.status_code,
+            body=response.content,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            secrets=self._router.secrets,
+        )
+
+
+def _json(upstream: Upstream, response: httpx.Response) -> dict[str, Any]:
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if not isinstance(body, dict):
+        raise bad_answer_error(upstream.name, "answered with something that is not a JSON object")
+    return body
+
+
+def _same_origin(url: str, base_url: str) -> bool:
+    a, b = urlsplit(url), urlsplit(base_url)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+def _too_large(upstream: str, cap: int) -> UpstreamError:
+    return UpstreamError(
+        f"upstream '{upstream}' returned an image larger than {cap} bytes",
+        upstream=upstream,
+        retryable=False,
+        code="upstream_bad_response",
+    )

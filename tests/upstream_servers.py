@@ -1,0 +1,456 @@
+"""Real HTTP upstreams on 127.0.0.1 for the upstream engines' tests and benchmark.
+
+- `FakeImagesAPI`: a small OpenAI-style Images API (`POST /v1/images/generations`, JSON, and
+  `POST /v1/images/edits`, multipart) answering b64 PNGs of the requested size with usage,
+  whose answers a test scripts call by call (`Reply`: status, Retry-After, delay).
+- `ImageforgeUpstream`: a second imageforge (the real app, worker included) behind a counting
+  and fault-injecting wrapper, for the relay engine.
+- `ServerThread`: either one served by uvicorn in a background thread on a pre-bound port.
+
+`python -m tests.upstream_servers --port N --delay 2` runs the fake Images API alone (the
+benchmark's upstream).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import email.parser
+import email.policy
+import io
+import json
+import socket
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, ClassVar
+
+import uvicorn
+from PIL import Image
+
+from imageforge.engines.base import GeneratedImage, GenerationRequest
+from imageforge.engines.offline import render_png
+from imageforge.settings import Settings
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+@lru_cache(maxsize=32)
+def solid_png(width: int, height: int, colour: tuple[int, int, int] = (40, 90, 160)) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (width, height), colour).save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+async def _read_body(receive: Receive) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _respond(
+    send: Send, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+) -> None:
+    raw = [(b"content-type", content_type.encode()), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode().lower(): v.decode("latin-1") for k, v in scope.get("headers", [])}
+
+
+# --------------------------------------------------------------------------------------------
+# OpenAI-style Images API
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reply:
+    """How the fake answers one call."""
+
+    status: int = 200
+    delay: float = 0.0
+    retry_after: str | None = None
+    message: str = "scripted failure"
+    #: A raw body instead of the usual JSON (e.g. not JSON at all).
+    body: bytes | None = None
+
+
+@dataclass(frozen=True)
+class Call:
+    path: str
+    authorization: str
+    #: JSON fields (generations) or form fields (edits).
+    fields: dict[str, Any]
+    #: (field name, filename, content type, size in bytes) of each uploaded file.
+    files: tuple[tuple[str, str, str, int], ...] = ()
+
+
+@dataclass
+class FakeImagesAPI:
+    """The fake's state; the ASGI app is `self` (call it with scope, receive, send)."""
+
+    default: Reply = field(default_factory=Reply)
+    record: bool = True
+    script: deque[Reply] = field(default_factory=deque)
+    calls: list[Call] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    completed: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _stopping: asyncio.Event | None = None
+    _loop: asyncio.AbstractEventLoop | None = None
+
+    def push(self, *replies: Reply) -> None:
+        """Answer the next calls with these replies, in order, then with `default` again."""
+        with self._lock:
+            self.script.extend(replies)
+
+    def calls_to(self, path: str) -> list[Call]:
+        with self._lock:
+            return [call for call in self.calls if call.path == path]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        if method == "GET" and path.startswith("/files/") and path.endswith(".png"):
+            # Reference images for the relay tests: /files/WxH.png
+            width, _, height = path.removeprefix("/files/").removesuffix(".png").partition("x")
+            await _respond(
+                send, 200, solid_png(int(width), int(height), (200, 60, 40)), "image/png"
+            )
+            return
+        if method != "POST" or path not in ("/v1/images/generations", "/v1/images/edits"):
+            await _respond(
+                send, 404, b'{"error": {"message": "no such route"}}', "application/json"
+            )
+            return
+        body = await _read_body(receive)
+        headers = _headers(scope)
+        fields, files = _parse_request(headers.get("content-type", ""), body)
+        with self._lock:
+            reply = self.script.popleft() if self.script else self.default
+            if self.record:
+                self.calls.append(Call(path, headers.get("authorization", ""), fields, files))
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            if reply.delay:
+                await self._sleep(reply.delay)
+            await self._answer(send, reply, fields, files)
+        finally:
+            with self._lock:
+                self.in_flight -= 1
+                self.completed += 1
+
+    async def _sleep(self, seconds: float) -> None:
+        # Interruptible, so stopping the server never waits out a "slow upstream" delay.
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+            self._loop = asyncio.get_running_loop()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def _answer(
+        self,
+        send: Send,
+        reply: Reply,
+        fields: dict[str, Any],
+        files: tuple[tuple[str, str, str, int], ...],
+    ) -> None:
+        headers = {"retry-after": reply.retry_after} if reply.retry_after else {}
+        if reply.body is not None:
+            await _respond(send, reply.status, reply.body, "text/plain", headers)
+            return
+        if reply.status != 200:
+            error = {"error": {"message": reply.message, "type": "test", "code": None}}
+            await _respond(
+                send, reply.status, json.dumps(error).encode(), "application/json", headers
+            )
+            return
+        width, _, height = str(fields.get("size", "1024x1024")).partition("x")
+        png = solid_png(int(width), int(height))
+        prompt = str(fields.get("prompt", ""))
+        usage = {
+            "input_tokens": 10 + len(prompt) // 4 + 100 * len(files),
+            "output_tokens": 1000,
+            "input_tokens_details": {"image_tokens": 100 * len(files), "text_tokens": 10},
+        }
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]  # type: ignore[operator]
+        payload = {
+            "created": int(time.time()),
+            "data": [{"b64_json": base64.b64encode(png).decode()}],
+            "output_format": fields.get("output_format", "png"),
+            "usage": usage,
+        }
+        await _respond(send, 200, json.dumps(payload).encode(), "application/json")
+
+    def stop(self) -> None:
+        """Cut every pending delay short (called from another thread)."""
+        if self._stopping is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(self._stopping.set)
+
+
+def _parse_request(
+    content_type: str, body: bytes
+) -> tuple[dict[str, Any], tuple[tuple[str, str, str, int], ...]]:
+    if content_type.startswith("application/json"):
+        parsed = json.loads(body or b"{}")
+        return (parsed if isinstance(parsed, dict) else {}), ()
+    if not content_type.startswith("multipart/form-data"):
+        return {}, ()
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    fields: dict[str, Any] = {}
+    files: list[tuple[str, str, str, int]] = []
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        assert isinstance(name, str) and isinstance(payload, bytes)
+        filename = part.get_filename()
+        if filename is not None:
+            files.append((name, filename, part.get_content_type(), len(payload)))
+        else:
+            fields[name] = payload.decode()
+    return fields, tuple(files)
+
+
+async def _lifespan(receive: Receive, send: Send) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
+# --------------------------------------------------------------------------------------------
+# A second imageforge as the relay's upstream
+# --------------------------------------------------------------------------------------------
+
+
+class HeldEngine:
+    """The offline renderer behind a gate the test opens: a slow upstream on demand.
+
+    Loaded by the upstream imageforge as the plugin `tests.upstream_servers:HeldEngine`; the
+    gate is found by the upstream's data dir, so each test's upstream has its own.
+    """
+
+    name: ClassVar[str] = "held"
+    gates: ClassVar[dict[str, threading.Event]] = {}
+
+    def __init__(self, settings: Settings) -> None:
+        self._gate = self.gates.setdefault(str(settings.data_dir), threading.Event())
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        # A threading.Event, since the test thread opens it; so poll it from the loop.
+        while not self._gate.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        # In a thread, not the offline engine's process pool: no pool start-up per test.
+        data = await asyncio.to_thread(render_png, request)
+        return GeneratedImage(
+            data=data, content_type="image/png", width=request.width, height=request.height
+        )
+
+    async def aclose(self) -> None:
+        return None
+
+
+@dataclass
+class Faults:
+    """What the wrapper does to the next requests before the real app sees them."""
+
+    submits: deque[Reply] = field(default_factory=deque)
+    polls: deque[Reply] = field(default_factory=deque)
+
+
+class CountingWrapper:
+    """Counts the relay-facing requests and injects scripted failures in front of `app`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+        self.counts: Counter[str] = Counter()
+        self.faults = Faults()
+        self.idempotency_keys: list[str] = []
+        self._lock = threading.Lock()
+
+    @property
+    def submissions(self) -> int:
+        with self._lock:
+            return self.counts["submit"]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        kind = None
+        if scope["method"] == "POST" and scope["path"] == "/v1/image2/images":
+            kind = "submit"
+        elif scope["method"] == "GET" and scope["path"].startswith("/v1/result/"):
+            kind = "poll"
+        reply = None
+        if kind is not None:
+            with self._lock:
+                queue = self.faults.submits if kind == "submit" else self.faults.polls
+                reply = queue.popleft() if queue else None
+                self.counts[f"{kind}_fault" if reply else kind] += 1
+                key = _headers(scope).get("idempotency-key")
+                if kind == "submit" and key and not reply:
+                    self.idempotency_keys.append(key)
+        if reply is not None:
+            headers = {"retry-after": reply.retry_after} if reply.retry_after else {}
+            body = json.dumps({"error": {"message": reply.message}}).encode()
+            await _respond(send, reply.status, body, "application/json", headers)
+            return
+        await self.app(scope, receive, send)
+
+
+# --------------------------------------------------------------------------------------------
+# Serving
+# --------------------------------------------------------------------------------------------
+
+
+class ServerThread:
+    """Serve an ASGI app with uvicorn in a daemon thread, on a port bound before start."""
+
+    def __init__(self, app: ASGIApp, *, lifespan: str = "on") -> None:
+        self.app = app
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", 0))
+        self.port: int = self._sock.getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app,
+            lifespan=lifespan,  # type: ignore[arg-type]
+            log_level="warning",
+            access_log=False,
+            ws="none",
+            loop="asyncio",
+            http="h11",
+            timeout_graceful_shutdown=1,
+        )
+        self._server = uvicorn.Server(config)
+        self._thread = threading.Thread(target=self._run, name=f"upstream:{self.port}", daemon=True)
+        self._error: BaseException | None = None
+
+    def _run(self) -> None:
+        try:
+            self._server.run(sockets=[self._sock])
+        except BaseException as exc:  # reported by start()
+            self._error = exc
+
+    def start(self, timeout: float = 30.0) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not self._server.started:
+            if self._error is not None or not self._thread.is_alive():
+                raise RuntimeError(f"upstream server failed to start: {self._error!r}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("upstream server did not start in time")
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        stop = getattr(self.app, "stop", None)
+        if callable(stop):
+            stop()
+        self._server.should_exit = True
+        self._thread.join(timeout=15)
+        self._sock.close()
+
+
+class ImageforgeUpstream:
+    """A second imageforge on a real port: the upstream of the relay engine."""
+
+    def __init__(self, settings: Settings, api_key: str) -> None:
+        from imageforge.api.app import create_app
+
+        self.settings = settings
+        self.api_key = api_key
+        self.gate = HeldEngine.gates.setdefault(str(settings.data_dir), threading.Event())
+        self.gate.set()
+        self.wrapper = CountingWrapper(create_app(settings))  # type: ignore[arg-type]
+        self.server = ServerThread(self.wrapper)
+        self.base_url = self.server.base_url
+
+    @classmethod
+    async def start(cls, data_dir: Path, **overrides: Any) -> ImageforgeUpstream:
+        from imageforge.keyring import create_api_key
+        from imageforge.store import open_store, upgrade_database
+        from tests.conftest import make_settings
+
+        values: dict[str, Any] = {
+            "engine": "tests.upstream_servers:HeldEngine",
+            "reference_allowlist": ["127.0.0.1"],
+            "worker_concurrency": 16,
+            "poll_interval_seconds": 0.05,
+        }
+        values.update(overrides)
+        settings = make_settings(data_dir, **values)
+        # The key is made before the server starts, so its key cache has it from the start.
+        await asyncio.to_thread(data_dir.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
+        store = await open_store(settings.resolved_database_url)
+        try:
+            _, secret = await create_api_key(store, "relay")
+        finally:
+            await store.close()
+        upstream = cls(settings, secret)
+        await asyncio.to_thread(upstream.server.start)
+        return upstream
+
+    def hold(self) -> None:
+        """Generations wait until `release()`."""
+        self.gate.clear()
+
+    def release(self) -> None:
+        self.gate.set()
+
+    async def stop(self) -> None:
+        self.gate.set()
+        await asyncio.to_thread(self.server.stop)
+        HeldEngine.gates.pop(str(self.settings.data_dir), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--delay", type=float, default=0.0, help="seconds per image")
+    args = parser.parse_args()
+    app = FakeImagesAPI(default=Reply(delay=args.delay), record=False)
+    uvicorn.run(
+        app,
+        host="127.0.0.1",
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        ws="none",
+        loop="uvloop",
+        http="httptools",
+        backlog=4096,
+    )
+
+
+if __name__ == "__main__":
+    main()
