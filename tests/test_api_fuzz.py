@@ -6,7 +6,7 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import make_settings, start_harness
@@ -61,6 +61,8 @@ def test_random_bodies_never_cause_a_server_error(tmp_path: Path) -> None:
         suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
     )
     @given(body=bodies)
+    @example(body={"model": "gpt-image-2", "prompt": "a valid request"})
+    @example(body={"model": "gpt-image-2", "prompt": "x", "size": "1x1"})
     def check(body: Any) -> None:
         for path in ("/v1/image2/images", "/v1/image2/images/quote"):
             response = loop.run_until_complete(

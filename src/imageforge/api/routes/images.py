@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 import orjson
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from imageforge.api.deps import CallerDep, RuntimeDep
+from imageforge.api.deps import (
+    REQUIRES_API_KEY,
+    CallerDep,
+    RuntimeDep,
+    authenticate,
+    runtime_of,
+)
+from imageforge.api.request_body import json_body_schema, parse_json_body
 from imageforge.api.responses import ERROR_RESPONSES
 from imageforge.billing import to_json_number
 from imageforge.wire import CreateImageRequest, QuoteResponse, TaskCreated
@@ -25,19 +30,25 @@ router = APIRouter(tags=["images"])
     "failed task is refunded). With an `Idempotency-Key` header, a retry of the same request "
     "returns the original task (header `Idempotent-Replayed: true`) and charges nothing more.",
     responses=ERROR_RESPONSES,
+    openapi_extra={
+        **REQUIRES_API_KEY,
+        **json_body_schema(CreateImageRequest),
+        "parameters": [
+            {
+                "name": "Idempotency-Key",
+                "in": "header",
+                "required": False,
+                "description": "Up to 255 visible ASCII characters; kept 24 hours per API key.",
+                "schema": {"type": "string", "maxLength": 255},
+            }
+        ],
+    },
 )
-async def create_image(
-    body: CreateImageRequest,
-    caller: CallerDep,
-    runtime: RuntimeDep,
-    idempotency_key: Annotated[
-        str | None,
-        Header(
-            alias="Idempotency-Key",
-            description="Up to 255 visible ASCII characters; kept 24 hours per API key.",
-        ),
-    ] = None,
-) -> Response:
+async def create_image(request: Request) -> Response:
+    caller = await authenticate(request)
+    idempotency_key = request.headers.get("idempotency-key")
+    body = await parse_json_body(request, CreateImageRequest)
+    runtime = runtime_of(request)
     task, replayed = await runtime.service.create(caller, body, idempotency_key=idempotency_key)
     payload = {
         "id": task.id,

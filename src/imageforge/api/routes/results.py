@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from imageforge.api.deps import CallerDep, RuntimeDep, base_url_of
+from imageforge.api.deps import REQUIRES_API_KEY, authenticate, base_url_of, runtime_of
 from imageforge.api.responses import ERROR_RESPONSES
 from imageforge.billing import to_json_number
 from imageforge.tasks import TaskStatus
@@ -24,13 +24,14 @@ router = APIRouter(tags=["images"])
     description="Returns the task's status; `image_url` once it is `completed`, `error` once "
     "it has `failed`. A task created with another API key is a 404, like an unknown id.",
     responses=ERROR_RESPONSES,
+    openapi_extra=REQUIRES_API_KEY,
 )
 async def get_result(
     request: Request,
-    caller: CallerDep,
-    runtime: RuntimeDep,
     task_id: str = Path(description="The task id returned on create (`image_…`)."),
 ) -> Response:
+    caller = await authenticate(request)
+    runtime = runtime_of(request)
     task = await runtime.service.get(caller, task_id)
     image_url = None
     if task.status is TaskStatus.COMPLETED and task.image_key is not None:
