@@ -15,7 +15,6 @@ from typing import Annotated, TypeVar
 
 import typer
 from rich.console import Console
-from rich.panel import Panel
 from rich.table import Table
 
 from imageforge.billing import format_amount, parse_amount, to_json_number
@@ -65,6 +64,8 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Migrations announce every step at INFO; only problems are worth a line at start-up.
+    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
 
 
 async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:
@@ -138,20 +139,29 @@ async def _announce_first_key(settings: Settings, host: str, port: int) -> None:
         )
         return
     body = '{"model": "gpt-image-2", "prompt": "A serene mountain lake at sunset"}'
-    console.print(
-        Panel.fit(
-            f"[bold]API key[/bold] (shown once, store it now):\n{secret}\n\n"
-            "[bold]Create an image:[/bold]\n"
-            f"curl -s {base}/v1/image2/images \\\n"
-            f'  -H "Authorization: Bearer {secret}" \\\n'
-            '  -H "Content-Type: application/json" \\\n'
-            f"  -d '{body}'\n\n"
-            "[bold]Then poll it with the id you got:[/bold]\n"
-            f'curl -s {base}/v1/result/IMAGE_ID -H "Authorization: Bearer {secret}"',
-            title="imageforge is ready",
-        ),
-        soft_wrap=True,
-    )
+    # Plain prints, not a rich panel: a panel wraps or cuts long lines, and these are
+    # meant to be copied and pasted whole.
+    lines = [
+        "",
+        "imageforge is ready. An API key was created for you (shown once, store it now):",
+        "",
+        f"  {secret}",
+        "",
+        "Create an image:",
+        "",
+        f"  curl -s {base}/v1/image2/images \\",
+        f'    -H "Authorization: Bearer {secret}" \\',
+        '    -H "Content-Type: application/json" \\',
+        f"    -d '{body}'",
+        "",
+        "Then poll it with the id you got until its status is completed:",
+        "",
+        f'  curl -s {base}/v1/result/IMAGE_ID -H "Authorization: Bearer {secret}"',
+        "",
+        f"API reference: {base}/docs",
+        "",
+    ]
+    print("\n".join(lines), flush=True)
 
 
 @app.command()
