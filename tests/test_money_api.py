@@ -175,8 +175,13 @@ async def test_quote_prices_without_creating(queued_api: ApiHarness) -> None:
     auth = {"Authorization": f"Bearer {secret}"}
     quote = await api.client.post(
         "/v1/image2/images/quote",
-        json={"model": "gpt-image-2", "prompt": "x", "ratio": "16:9", "resolution": "4k",
-              "quality": "high"},
+        json={
+            "model": "gpt-image-2",
+            "prompt": "x",
+            "ratio": "16:9",
+            "resolution": "4k",
+            "quality": "high",
+        },
         headers=auth,
     )
     assert quote.status_code == 200
@@ -275,3 +280,40 @@ async def test_rescuer_failure_refunds(queued_api: ApiHarness) -> None:
     assert report.failed == (created["id"],)
     assert await balance_of(store, key_id) == 100_000
     assert [e.kind for e in await store.ledger_entries(key_id)] == ["credit", "charge", "refund"]
+
+
+def _redis_reachable() -> bool:
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", 6379), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _redis_reachable(), reason="Redis not reachable on 127.0.0.1:6379")
+async def test_rate_limit_is_shared_between_nodes_through_redis(tmp_path: Path) -> None:
+    import uuid
+
+    # Two API nodes on one database and one Redis: together they allow 6 a minute.
+    redis_url = "redis://127.0.0.1:6379/15"
+    first_lifespan, first = await harness_for(
+        tmp_path, run_worker=False, rate_limit_per_minute=6, redis_url=redis_url
+    )
+    second_lifespan, second = await start_harness(
+        make_settings(tmp_path / "data", rate_limit_per_minute=6, redis_url=redis_url),
+        run_worker=False,
+    )
+    try:
+        secret = await first.new_key(f"shared-{uuid.uuid4().hex[:8]}")
+        await second.runtime.keyring.refresh()
+        statuses = []
+        for i in range(8):
+            node = first if i % 2 == 0 else second
+            statuses.append((await node.create(secret)).status_code)
+        assert statuses.count(200) == 6 and statuses.count(429) == 2
+    finally:
+        for harness, lifespan in ((first, first_lifespan), (second, second_lifespan)):
+            await harness.client.aclose()
+            await lifespan.__aexit__(None, None, None)

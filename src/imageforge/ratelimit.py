@@ -10,9 +10,8 @@ import math
 import time
 
 from limits import RateLimitItemPerMinute
-from limits.aio.storage import MemoryStorage, Storage
+from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
-from limits.storage import storage_from_string
 
 from imageforge.errors import RateLimited
 
@@ -22,10 +21,11 @@ class RequestRateLimiter:
         self._item = RateLimitItemPerMinute(per_minute)
         storage: Storage
         if redis_url:
-            # limits' async Redis storage speaks the "async+redis://" scheme.
-            shared = storage_from_string(redis_url.replace("redis://", "async+redis://", 1))
-            assert isinstance(shared, Storage)
-            storage = shared
+            # limits' async Redis storage speaks the "async+redis://" scheme; the redis-py
+            # client is the one the `redis` extra installs.
+            storage = RedisStorage(
+                redis_url.replace("redis://", "async+redis://", 1), implementation="redispy"
+            )
         else:
             storage = MemoryStorage()
         self._limiter = FixedWindowRateLimiter(storage)
