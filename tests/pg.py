@@ -6,6 +6,9 @@ postgresql://postgres@127.0.0.1:5432/postgres). Each test session creates its
 databases under a unique name and drops them when it ends. Without a reachable server
 the tests are skipped with a message saying how to enable them, except where they must
 run: with `CI` set or `IMAGEFORGE_REQUIRE_POSTGRES=1` they fail instead.
+
+Test modules also import its helpers, so it opts out of assertion rewriting (which a
+plugin imported before pytest registers it cannot get): PYTEST_DONT_REWRITE.
 """
 
 from __future__ import annotations
@@ -128,11 +131,14 @@ def _process_alive(pid: int) -> bool:
 def _unreachable(reason: str) -> None:
     message = (
         f"PostgreSQL not reachable ({reason}); start it (e.g. `pg_ctlcluster "
-        f"--skip-systemctl-redirect 15 main start`) or set {SERVER_URL_ENV}="
+        "--skip-systemctl-redirect $(ls /etc/postgresql) main start`) or set "
+        f"{SERVER_URL_ENV}="
         "postgresql://USER@HOST:PORT/postgres to run the PostgreSQL tests"
     )
     if postgres_required():
-        pytest.fail(f"{message} (required here: CI or IMAGEFORGE_REQUIRE_POSTGRES=1)", pytrace=False)
+        pytest.fail(
+            f"{message} (required here: CI or IMAGEFORGE_REQUIRE_POSTGRES=1)", pytrace=False
+        )
     pytest.skip(message)
 
 

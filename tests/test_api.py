@@ -37,7 +37,14 @@ async def test_task_completes_with_a_signed_image_of_the_requested_size(
     created = (await api.create(key, ratio="16:9", quality="medium")).json()
     result = await api.wait_terminal(key, created["id"])
     assert set(result) == {
-        "id", "object", "created", "model", "status", "image_url", "error", "amount"
+        "id",
+        "object",
+        "created",
+        "model",
+        "status",
+        "image_url",
+        "error",
+        "amount",
     }
     assert result["amount"] == 0.053
     assert result["object"] == "image.generation"

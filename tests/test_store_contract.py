@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
+from imageforge.billing import InsufficientCredits
+from imageforge.errors import IdempotencyConflict, NotFound, RateLimited
 from imageforge.ids import KeyId, TaskId, new_key_id, new_task_id
-from imageforge.store import Store, open_store, upgrade_database
+from imageforge.store import RescueReport, Store, open_store, upgrade_database
+from imageforge.store.base import IdempotencyClaim
 from imageforge.tasks import Task, TaskStatus
-
 
 # PostgreSQL comes from tests/pg.py: one migrated database per session, emptied
 # before each test (skipped with instructions when no server is reachable).
@@ -265,3 +267,243 @@ async def test_record_upstream_is_fenced_and_survives_a_rescue(store: Store) -> 
         upstream="relay-a",
         now=now + 7,
     )
+
+
+# Races and conflicts -----------------------------------------------------------
+# On PostgreSQL these run on real concurrent connections (the pool); on SQLite the
+# statements serialise, which is the point of that store.
+
+
+async def test_concurrent_claimers_never_share_a_task(store: Store) -> None:
+    now = time.time()
+    ids = set()
+    for index in range(200):
+        task = make_task(now=now - 1 + index * 1e-4)
+        ids.add(task.id)
+        await store.insert_task(task)
+    claimed: list[TaskId] = []
+
+    async def claimer(number: int) -> None:
+        while True:
+            batch = await store.claim(
+                worker_id=f"w{number}", limit=1 + number % 5, lease_seconds=30, now=now
+            )
+            if not batch:
+                return
+            claimed.extend(task.id for task in batch)
+
+    await asyncio.gather(*(claimer(number) for number in range(32)))
+    assert len(claimed) == len(set(claimed)) == 200
+    assert set(claimed) == ids
+
+
+async def test_a_rescued_attempt_can_no_longer_write(store: Store) -> None:
+    await store.insert_task(make_task())
+    now = time.time()
+    task = await claim_one(store, now=now, lease=1)
+    assert (await store.rescue_expired(now=now + 2)).requeued == (task.id,)
+    before = await store.get_task(task.id)
+    stale = task.attempt
+    assert not await store.heartbeat(task.id, stale, lease_until=now + 100)
+    assert not await store.complete(
+        task.id, stale, image_key="k", content_type="image/png", usage=None, now=now + 3
+    )
+    assert not await store.fail(task.id, stale, error="x", error_code="x", now=now + 3)
+    assert not await store.requeue(
+        task.id, stale, run_after=now, error="x", error_code="x", now=now + 3
+    )
+    assert not await store.release(task.id, stale, now=now + 3)
+    assert not await store.record_upstream(
+        task.id, stale, upstream="u", upstream_task_id="x", now=now + 3
+    )
+    assert await store.get_task(task.id) == before
+
+
+async def test_rescue_never_overwrites_a_completion(store: Store) -> None:
+    await store.insert_task(make_task())
+    now = time.time()
+    task = await claim_one(store, now=now, lease=1)
+    # The lease ran out but no rescuer came yet: the holder may still finish.
+    assert await store.complete(
+        task.id, task.attempt, image_key="k", content_type="image/png", usage=None, now=now + 2
+    )
+    assert (await store.rescue_expired(now=now + 3)) == RescueReport(requeued=(), failed=())
+    stored = await store.get_task(task.id)
+    assert stored is not None and stored.status is TaskStatus.COMPLETED
+
+
+async def test_completion_racing_a_rescue_has_exactly_one_winner(store: Store) -> None:
+    now = time.time()
+    for _ in range(40):
+        await store.insert_task(make_task(now=now - 1))
+    tasks = await store.claim(worker_id="w1", limit=40, lease_seconds=1, now=now)
+
+    async def finish(task: Task) -> bool:
+        return await store.complete(
+            task.id, task.attempt, image_key="k", content_type="image/png", usage=None, now=now
+        )
+
+    results = await asyncio.gather(
+        *(finish(task) for task in tasks[::2]),
+        store.rescue_expired(now=now + 2),
+        *(finish(task) for task in tasks[1::2]),
+    )
+    report = next(result for result in results if isinstance(result, RescueReport))
+    finishers = tasks[::2] + tasks[1::2]
+    completed = [task.id for task, done in zip(finishers, _bools(results), strict=True) if done]
+    assert set(completed).isdisjoint(report.requeued)
+    assert len(completed) + len(report.requeued) == 40
+    for task in tasks:
+        stored = await store.get_task(task.id)
+        assert stored is not None
+        expected = TaskStatus.COMPLETED if task.id in completed else TaskStatus.QUEUED
+        assert stored.status is expected
+
+
+def _bools(results: list[Any]) -> list[bool]:
+    return [result for result in results if isinstance(result, bool)]
+
+
+# Money on the store: charge on accept, refund once on failure -------------------
+
+
+async def _limited_key(store: Store, balance: int) -> KeyId:
+    key_id = new_key_id()
+    await store.create_key(
+        key_id=key_id,
+        name="limited",
+        key_hash=key_id.encode().hex().ljust(64, "0")[:64],
+        hint="ifk_…",
+        now=time.time(),
+        balance_micros=balance,
+    )
+    return key_id
+
+
+async def _balance(store: Store, key_id: KeyId) -> int | None:
+    record = await store.get_key(key_id)
+    assert record is not None
+    return record.balance_micros
+
+
+async def _ledger_sum(store: Store, key_id: KeyId) -> int:
+    return sum(entry.amount_micros for entry in await store.ledger_entries(key_id))
+
+
+async def test_charge_on_accept_and_refund_once_on_failure(store: Store) -> None:
+    key_id = await _limited_key(store, 100)
+    _, replayed = await store.insert_task(make_task(key_id, price_micros=30))
+    assert not replayed
+    assert await _balance(store, key_id) == 70
+    claimed = await claim_one(store)
+    assert await store.fail(claimed.id, claimed.attempt, error="x", error_code="x", now=1.0)
+    assert not await store.fail(claimed.id, claimed.attempt, error="x", error_code="x", now=1.0)
+    assert await _balance(store, key_id) == 100
+    kinds = [entry.kind for entry in await store.ledger_entries(key_id)]
+    assert kinds == ["credit", "charge", "refund"]
+    assert await _ledger_sum(store, key_id) == 100
+
+
+async def test_a_rescue_that_fails_a_task_refunds_it(store: Store) -> None:
+    key_id = await _limited_key(store, 100)
+    await store.insert_task(make_task(key_id, price_micros=40, max_attempts=1))
+    now = time.time()
+    task = await claim_one(store, now=now, lease=1)
+    assert (await store.rescue_expired(now=now + 2)).failed == (task.id,)
+    assert await _balance(store, key_id) == 100 == await _ledger_sum(store, key_id)
+
+
+async def test_insufficient_credits_create_nothing(store: Store) -> None:
+    key_id = await _limited_key(store, 10)
+    task = make_task(key_id, price_micros=30)
+    with pytest.raises(InsufficientCredits):
+        await store.insert_task(task)
+    assert await store.get_task(task.id) is None
+    assert await _balance(store, key_id) == 10
+
+
+async def test_concurrent_charges_never_overdraw(store: Store) -> None:
+    key_id = await _limited_key(store, 100)
+    outcomes = await asyncio.gather(
+        *(store.insert_task(make_task(key_id, price_micros=30)) for _ in range(10)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(outcome, tuple) for outcome in outcomes) == 3
+    assert all(isinstance(o, tuple | InsufficientCredits) for o in outcomes)
+    assert await _balance(store, key_id) == 10 == await _ledger_sum(store, key_id)
+
+
+async def test_idempotency_key_replays_conflicts_and_expires(store: Store) -> None:
+    key_id = await _limited_key(store, 1000)
+    claim = IdempotencyClaim(key="req-1", request_hash="a" * 64, ttl_seconds=60)
+    now = time.time()
+    first, replayed = await store.insert_task(
+        make_task(key_id, price_micros=5, now=now), idempotency=claim
+    )
+    assert not replayed
+    again, replayed = await store.insert_task(
+        make_task(key_id, price_micros=5, now=now + 1), idempotency=claim
+    )
+    assert replayed and again.id == first.id
+    assert await _balance(store, key_id) == 995
+    with pytest.raises(IdempotencyConflict):
+        await store.insert_task(
+            make_task(key_id, now=now + 2),
+            idempotency=IdempotencyClaim(key="req-1", request_hash="b" * 64, ttl_seconds=60),
+        )
+    later, replayed = await store.insert_task(make_task(key_id, now=now + 61), idempotency=claim)
+    assert not replayed and later.id != first.id
+
+
+async def test_concurrent_requests_with_one_idempotency_key_create_one_task(
+    store: Store,
+) -> None:
+    key_id = await _limited_key(store, 1000)
+    claim = IdempotencyClaim(key="same", request_hash="c" * 64, ttl_seconds=60)
+    outcomes = await asyncio.gather(
+        *(
+            store.insert_task(make_task(key_id, price_micros=7), idempotency=claim)
+            for _ in range(10)
+        )
+    )
+    assert sorted(replayed for _, replayed in outcomes) == [False] + [True] * 9
+    assert len({task.id for task, _ in outcomes}) == 1
+    assert await _balance(store, key_id) == 993
+
+
+async def test_unfinished_quota_holds_under_concurrent_creates(store: Store) -> None:
+    key_id = await _limited_key(store, 1000)
+    outcomes = await asyncio.gather(
+        *(store.insert_task(make_task(key_id), max_unfinished=3) for _ in range(10)),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(outcome, tuple) for outcome in outcomes) == 3
+    assert all(isinstance(o, tuple | RateLimited) for o in outcomes)
+
+
+async def test_adjust_balance_keeps_the_ledger_equal_to_the_balance(store: Store) -> None:
+    key_id = await _limited_key(store, 100)
+    await store.insert_task(make_task(key_id, price_micros=30))
+    assert (await store.adjust_balance(key_id, add_micros=50, now=1.0)).balance_micros == 120
+    assert (await store.adjust_balance(key_id, set_micros=500, now=2.0)).balance_micros == 500
+    assert await _ledger_sum(store, key_id) == 500
+    assert (await store.adjust_balance(key_id, unlimited=True, now=3.0)).balance_micros is None
+    with pytest.raises(NotFound):
+        await store.adjust_balance(KeyId("key_missing"), add_micros=1, now=4.0)
+
+
+async def test_setting_a_balance_while_creates_run_keeps_ledger_and_balance_equal(
+    store: Store,
+) -> None:
+    key_id = new_key_id()
+    await store.create_key(
+        key_id=key_id, name="u", key_hash="ef" * 32, hint="ifk_…", now=time.time()
+    )
+    creates = [store.insert_task(make_task(key_id, price_micros=5)) for _ in range(20)]
+    adjust = store.adjust_balance(key_id, set_micros=1000, now=time.time())
+    outcomes = await asyncio.gather(*creates[:10], adjust, *creates[10:])
+    assert all(isinstance(o, tuple) for o in outcomes[:10] + outcomes[11:])
+    balance = await _balance(store, key_id)
+    assert balance is not None and balance == await _ledger_sum(store, key_id)
+    charges = [e for e in await store.ledger_entries(key_id) if e.kind == "charge"]
+    assert len(charges) == 20

@@ -25,7 +25,7 @@ import socket
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -34,7 +34,7 @@ from typing import Any, ClassVar
 import uvicorn
 from PIL import Image
 
-from imageforge.engines.base import GeneratedImage, GenerationRequest
+from imageforge.engines.base import EngineError, GeneratedImage, GenerationRequest
 from imageforge.engines.offline import render_png
 from imageforge.settings import Settings
 
@@ -99,6 +99,8 @@ class Call:
     fields: dict[str, Any]
     #: (field name, filename, content type, size in bytes) of each uploaded file.
     files: tuple[tuple[str, str, str, int], ...] = ()
+    #: time.monotonic() when the call arrived.
+    at: float = 0.0
 
 
 @dataclass
@@ -107,11 +109,17 @@ class FakeImagesAPI:
 
     default: Reply = field(default_factory=Reply)
     record: bool = True
+    #: Set by `serve_images_api`.
+    base_url: str = ""
     script: deque[Reply] = field(default_factory=deque)
     calls: list[Call] = field(default_factory=list)
     in_flight: int = 0
     max_in_flight: int = 0
     completed: int = 0
+    #: Wall-clock (time.time()) arrival and answer of each call, for the benchmark.
+    timings: list[tuple[float, float]] = field(default_factory=list)
+    #: Client ports seen: how many connections the callers opened.
+    client_ports: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stopping: asyncio.Event | None = None
     _loop: asyncio.AbstractEventLoop | None = None
@@ -137,6 +145,16 @@ class FakeImagesAPI:
                 send, 200, solid_png(int(width), int(height), (200, 60, 40)), "image/png"
             )
             return
+        if method == "GET" and path == "/stats":
+            with self._lock:
+                stats = {
+                    "completed": self.completed,
+                    "max_in_flight": self.max_in_flight,
+                    "timings": self.timings,
+                    "connections": len(self.client_ports),
+                }
+            await _respond(send, 200, json.dumps(stats).encode(), "application/json")
+            return
         if method != "POST" or path not in ("/v1/images/generations", "/v1/images/edits"):
             await _respond(
                 send, 404, b'{"error": {"message": "no such route"}}', "application/json"
@@ -148,9 +166,12 @@ class FakeImagesAPI:
         with self._lock:
             reply = self.script.popleft() if self.script else self.default
             if self.record:
-                self.calls.append(Call(path, headers.get("authorization", ""), fields, files))
+                call = Call(path, headers.get("authorization", ""), fields, files, time.monotonic())
+                self.calls.append(call)
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
+            self.client_ports.add((scope.get("client") or ("", 0))[1])
+        arrived = time.time()
         try:
             if reply.delay:
                 await self._sleep(reply.delay)
@@ -159,6 +180,7 @@ class FakeImagesAPI:
             with self._lock:
                 self.in_flight -= 1
                 self.completed += 1
+                self.timings.append((arrived, time.time()))
 
     async def _sleep(self, seconds: float) -> None:
         # Interruptible, so stopping the server never waits out a "slow upstream" delay.
@@ -262,6 +284,8 @@ class HeldEngine:
         self._gate = self.gates.setdefault(str(settings.data_dir), threading.Event())
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        if "REJECT" in request.prompt:
+            raise EngineError(f"content policy violation in {request.prompt!r}", retryable=False)
         # A threading.Event, since the test thread opens it; so poll it from the loop.
         while not self._gate.is_set():  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -291,6 +315,8 @@ class CountingWrapper:
         self.counts: Counter[str] = Counter()
         self.faults = Faults()
         self.idempotency_keys: list[str] = []
+        #: JSON bodies of the submissions that reached the app.
+        self.submitted: list[dict[str, Any]] = []
         self._lock = threading.Lock()
 
     @property
@@ -321,7 +347,28 @@ class CountingWrapper:
             body = json.dumps({"error": {"message": reply.message}}).encode()
             await _respond(send, reply.status, body, "application/json", headers)
             return
+        if kind == "submit":
+            raw = await _read_body(receive)
+            with self._lock:
+                self.submitted.append(json.loads(raw or b"{}"))
+            receive = _replay(raw)
         await self.app(scope, receive, send)
+
+
+def _replay(body: bytes) -> Receive:
+    """A `receive` that hands the app a body already read, then waits for a disconnect."""
+    sent = False
+    never = asyncio.Event()
+
+    async def receive() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    return receive
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,6 +424,18 @@ class ServerThread:
         self._server.should_exit = True
         self._thread.join(timeout=15)
         self._sock.close()
+
+
+@contextlib.contextmanager
+def serve_images_api(**options: Any) -> Iterator[FakeImagesAPI]:
+    """A FakeImagesAPI on a real port for the duration of the block."""
+    api = FakeImagesAPI(**options)
+    server = ServerThread(api).start()
+    api.base_url = server.base_url
+    try:
+        yield api
+    finally:
+        server.stop()
 
 
 class ImageforgeUpstream:

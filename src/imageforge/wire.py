@@ -89,9 +89,9 @@ class TaskCreated(BaseModel):
     id: str = Field(
         description="`image_` + UUID4.", examples=["image_fd35ee52-2a98-44a6-b930-29a88ce9b8fd"]
     )
-    object: Literal["image"] = "image"
+    object: Literal["image"] = Field("image", description="Always `image`.")
     created: int = Field(description="Unix seconds.", examples=[1774836724])
-    model: str = Field(examples=["gpt-image-2"])
+    model: str = Field(description="The model the task was created for.", examples=["gpt-image-2"])
     status: TaskStatusName = Field(description="`queued` or `processing`.", examples=["queued"])
     error: str | None = Field(None, description="Always null on a successful create.")
     amount: float = Field(
@@ -104,10 +104,15 @@ class TaskCreated(BaseModel):
 class TaskResult(BaseModel):
     """Answer of `GET /v1/result/{id}`."""
 
-    id: str = Field(examples=["image_fd35ee52-2a98-44a6-b930-29a88ce9b8fd"])
-    object: Literal["image.generation"] = "image.generation"
+    id: str = Field(
+        description="The task id (`image_` + UUID4).",
+        examples=["image_fd35ee52-2a98-44a6-b930-29a88ce9b8fd"],
+    )
+    object: Literal["image.generation"] = Field(
+        "image.generation", description="Always `image.generation`."
+    )
     created: int = Field(description="Unix seconds.", examples=[1774836724])
-    model: str = Field(examples=["gpt-image-2"])
+    model: str = Field(description="The model the task was created for.", examples=["gpt-image-2"])
     status: TaskStatusName = Field(
         description="`queued` → `processing` → `completed` | `failed`; terminal states never "
         "change.",
@@ -131,11 +136,11 @@ class TaskResult(BaseModel):
 class QuoteResponse(BaseModel):
     """Answer of `POST /v1/image2/images/quote`: nothing was created or charged."""
 
-    object: Literal["image.quote"] = "image.quote"
-    model: str = Field(examples=["gpt-image-2"])
+    object: Literal["image.quote"] = Field("image.quote", description="Always `image.quote`.")
+    model: str = Field(description="The resolved model name.", examples=["gpt-image-2"])
     size: str = Field(description="The resolved `WxH`.", examples=["1536x864"])
-    width: int = Field(examples=[1536])
-    height: int = Field(examples=[864])
+    width: int = Field(description="Width in pixels.", examples=[1536])
+    height: int = Field(description="Height in pixels.", examples=[864])
     quality: str | None = Field(
         description="Resolved quality; null for models that ignore it.", examples=["medium"]
     )
@@ -145,15 +150,15 @@ class QuoteResponse(BaseModel):
         examples=["medium"],
     )
     amount: float = Field(description="Price in currency units.", examples=[0.053])
-    currency: str = Field(examples=["USD"])
+    currency: str = Field(description="Currency of `amount`.", examples=["USD"])
 
 
 class UsageDay(BaseModel):
     day: str = Field(description="UTC date, YYYY-MM-DD.", examples=["2026-11-24"])
-    model: str = Field(examples=["gpt-image-2"])
+    model: str = Field(description="Model name.", examples=["gpt-image-2"])
     tasks: int = Field(description="Tasks created that day.")
-    completed: int
-    failed: int
+    completed: int = Field(description="Of those, completed.")
+    failed: int = Field(description="Of those, failed (and refunded).")
     unfinished: int = Field(description="Still queued or processing.")
     spend: float = Field(description="Charges minus refunds, in currency units.")
 
@@ -161,23 +166,36 @@ class UsageDay(BaseModel):
 class UsageResponse(BaseModel):
     """Answer of `GET /v1/usage`: the calling key's balance and spend."""
 
-    object: Literal["usage"] = "usage"
-    key_id: str = Field(examples=["key_3f9a0c1d2e4b5a69"])
-    currency: str = Field(examples=["USD"])
+    object: Literal["usage"] = Field("usage", description="Always `usage`.")
+    key_id: str = Field(description="The calling key's id.", examples=["key_3f9a0c1d2e4b5a69"])
+    currency: str = Field(description="Currency of every amount.", examples=["USD"])
     balance: float | None = Field(description="Credits left; null means unlimited.")
     spend: float = Field(description="Total of `days` in currency units.")
-    tasks: int
-    days: list[UsageDay]
+    tasks: int = Field(description="Tasks created in the period.")
+    days: list[UsageDay] = Field(description="One row per UTC day and model, oldest first.")
 
 
 class ErrorDetail(BaseModel):
-    message: str = Field(examples=["size: both edges must be multiples of 16 (got 1000x1000)"])
-    type: str = Field(examples=["invalid_request_error"])
-    param: str | None = Field(None, examples=["size"])
-    code: str | None = Field(None, examples=["invalid_size"])
+    message: str = Field(
+        description="What went wrong, in words a client can show; for bad input it starts "
+        "with the field and names the rule.",
+        examples=["size: both edges must be multiples of 16 (got 1000x1000)"],
+    )
+    type: str = Field(
+        description="Error class: invalid_request_error, authentication_error, "
+        "not_found_error, insufficient_credits, idempotency_error, rate_limit_error, "
+        "server_error.",
+        examples=["invalid_request_error"],
+    )
+    param: str | None = Field(
+        None, description="The request field or header at fault, if any.", examples=["size"]
+    )
+    code: str | None = Field(
+        None, description="Machine-readable reason.", examples=["invalid_size"]
+    )
 
 
 class ErrorResponse(BaseModel):
     """Every error: the HTTP status plus an OpenAI-style body."""
 
-    error: ErrorDetail
+    error: ErrorDetail = Field(description="The error.")

@@ -91,3 +91,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         },
     ),
 }
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of one route."""
+    return {status: ERROR_RESPONSES[status] for status in statuses}

@@ -4,8 +4,9 @@ No references: `images.generate`; with references: `images.edit` with the fetche
 SDK's own retries are off (`max_retries=0`): the runner owns retries across attempts, and
 `Router` moves a failed call to the next upstream within one attempt.
 
-One `AsyncOpenAI` per upstream, created on first use, its connection pool sized to the
-upstream's concurrency limit so a call never queues for a connection behind the semaphore.
+`AsyncOpenAI` clients are created on first use, one per `SHARD_CONNECTIONS` connections of an
+upstream's concurrency limit (see `pools.py`), so a call never queues for a connection behind
+the upstream's semaphore and hundreds in flight stay cheap.
 """
 
 from __future__ import annotations
@@ -16,10 +17,20 @@ import binascii
 import io
 from typing import TYPE_CHECKING, ClassVar
 
-import openai
 from PIL import Image
 
+from imageforge.errors import ConfigurationError
+
+try:
+    import openai
+    from openai.types import ImagesResponse
+except ImportError as exc:  # pragma: no cover - depends on how imageforge was installed
+    raise ConfigurationError(
+        "the openai engine needs the openai package: pip install 'imageforge[openai]'"
+    ) from exc
+
 from imageforge.engines.base import GeneratedImage, GenerationRequest, ReferenceImage
+from imageforge.engines.pools import ClientShards
 from imageforge.engines.upstream_errors import (
     bad_answer_error,
     connection_error,
@@ -30,8 +41,6 @@ from imageforge.engines.upstream_errors import (
 from imageforge.engines.upstreams import Route, Router, Upstream, describe_image
 
 if TYPE_CHECKING:
-    from openai.types import ImagesResponse
-
     from imageforge.settings import Settings
 
 _UPLOAD_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
@@ -44,7 +53,7 @@ class OpenAIEngine:
 
     def __init__(self, settings: Settings, *, router: Router | None = None) -> None:
         self._router = router or Router.from_settings(settings, "openai")
-        self._clients: dict[str, openai.AsyncOpenAI] = {}
+        self._clients: dict[str, ClientShards[openai.AsyncOpenAI]] = {}
 
     @property
     def router(self) -> Router:
@@ -59,58 +68,61 @@ class OpenAIEngine:
     async def aclose(self) -> None:
         """Close every client; a later `generate` opens new ones."""
         clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.close()
+        for shards in clients.values():
+            await shards.aclose()
 
-    def _client(self, upstream: Upstream) -> openai.AsyncOpenAI:
-        client = self._clients.get(upstream.name)
-        if client is None:
+    def _shards(self, upstream: Upstream) -> ClientShards[openai.AsyncOpenAI]:
+        shards = self._clients.get(upstream.name)
+        if shards is None:
             config = upstream.config
             timeout = openai.Timeout(config.timeout_seconds, connect=config.connect_timeout_seconds)
-            # The SDK's own Limits type, whichever HTTP library this SDK version uses.
-            limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
-                max_connections=upstream.max_concurrency,
-                max_keepalive_connections=upstream.max_concurrency,
-            )
-            client = openai.AsyncOpenAI(
-                api_key=upstream.api_key,
-                base_url=upstream.base_url,
-                timeout=timeout,
-                max_retries=0,
-                http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout),
-            )
-            self._clients[upstream.name] = client
-        return client
+
+            def make(connections: int) -> openai.AsyncOpenAI:
+                # The SDK's own Limits type, whichever HTTP library this SDK version uses.
+                limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
+                    max_connections=connections, max_keepalive_connections=connections
+                )
+                return openai.AsyncOpenAI(
+                    api_key=upstream.api_key,
+                    base_url=upstream.base_url,
+                    timeout=timeout,
+                    max_retries=0,
+                    http_client=openai.DefaultAsyncHttpxClient(limits=limits, timeout=timeout),
+                )
+
+            shards = ClientShards(upstream.max_concurrency, make, _close)
+            self._clients[upstream.name] = shards
+        return shards
 
     async def _generate_on(
         self, upstream: Upstream, route: Route, request: GenerationRequest
     ) -> GeneratedImage:
-        client = self._client(upstream)
         model = upstream.model_for(request.model, route.upstream_model)
         size = f"{request.width}x{request.height}"
         quality = request.quality if request.quality is not None else openai.omit
         output_format = upstream.config.output_format
+        uploads = [await _upload(i, ref) for i, ref in enumerate(request.references)]
         try:
-            if request.references:
-                uploads = [await _upload(i, ref) for i, ref in enumerate(request.references)]
-                response = await client.images.edit(
-                    image=uploads,
-                    prompt=request.prompt,
-                    model=model,
-                    size=size,
-                    quality=quality,
-                    n=1,
-                    output_format=output_format,
-                )
-            else:
-                response = await client.images.generate(
-                    prompt=request.prompt,
-                    model=model,
-                    size=size,
-                    quality=quality,
-                    n=1,
-                    output_format=output_format,
-                )
+            with self._shards(upstream).lease() as client:
+                if uploads:
+                    response: object = await client.images.edit(
+                        image=uploads,
+                        prompt=request.prompt,
+                        model=model,
+                        size=size,
+                        quality=quality,
+                        n=1,
+                        output_format=output_format,
+                    )
+                else:
+                    response = await client.images.generate(
+                        prompt=request.prompt,
+                        model=model,
+                        size=size,
+                        quality=quality,
+                        n=1,
+                        output_format=output_format,
+                    )
         # `from None` throughout: the SDK's exceptions carry the request (with its
         # Authorization header) and raw upstream text; nothing of them may reach a log.
         except openai.APIStatusError as exc:
@@ -130,6 +142,10 @@ class OpenAIEngine:
         return await _image_from(upstream, response)
 
 
+async def _close(client: openai.AsyncOpenAI) -> None:
+    await client.close()
+
+
 async def _upload(index: int, reference: ReferenceImage) -> tuple[str, bytes, str]:
     """A reference as a multipart file; GIF (which the Images API refuses) becomes PNG."""
     content_type = _UPLOAD_TYPES.get(reference.format)
@@ -147,9 +163,12 @@ def _to_png(data: bytes) -> bytes:
         return out.getvalue()
 
 
-async def _image_from(upstream: Upstream, response: ImagesResponse) -> GeneratedImage:
+async def _image_from(upstream: Upstream, response: object) -> GeneratedImage:
+    # The SDK hands back whatever a misbehaving gateway sent (text, other JSON) as is.
+    if not isinstance(response, ImagesResponse):
+        raise bad_answer_error(upstream.name, "answered with an unreadable response")
     encoded = response.data[0].b64_json if response.data else None
-    if not encoded:
+    if not isinstance(encoded, str) or not encoded:
         raise bad_answer_error(upstream.name, "answered without an image")
     try:
         if len(encoded) > _INLINE_DECODE_BYTES:
@@ -159,13 +178,12 @@ async def _image_from(upstream: Upstream, response: ImagesResponse) -> Generated
     except (binascii.Error, ValueError):
         raise bad_answer_error(upstream.name, "answered with invalid base64") from None
     content_type, width, height = describe_image(upstream.name, data)
-    usage: dict[str, int] = {}
-    if response.usage is not None:
-        usage = {
-            "input_tokens": response.usage.input_tokens,
-            "output_tokens": response.usage.output_tokens,
-            "total_tokens": response.usage.total_tokens,
-        }
+    # Gateways often send partial usage; the SDK does not validate it, so keep what is there.
+    usage = {
+        name: value
+        for name in ("input_tokens", "output_tokens", "total_tokens")
+        if isinstance(value := getattr(response.usage, name, None), int)
+    }
     return GeneratedImage(
         data=data,
         content_type=content_type,

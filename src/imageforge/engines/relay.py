@@ -22,6 +22,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import httpx
 
 from imageforge.engines.base import GeneratedImage, GenerationRequest, UpstreamRef
+from imageforge.engines.pools import ClientShards
 from imageforge.engines.upstream_errors import (
     UpstreamError,
     bad_answer_error,
@@ -56,7 +57,7 @@ class RelayEngine:
 
     def __init__(self, settings: Settings, *, router: Router | None = None) -> None:
         self._router = router or Router.from_settings(settings, "relay")
-        self._clients: dict[str, httpx.AsyncClient] = {}
+        self._clients: dict[str, ClientShards[httpx.AsyncClient]] = {}
 
     @property
     def router(self) -> Router:
@@ -75,8 +76,8 @@ class RelayEngine:
     async def aclose(self) -> None:
         """Close every client; a later `generate` opens new ones."""
         clients, self._clients = self._clients, {}
-        for client in clients.values():
-            await client.aclose()
+        for shards in clients.values():
+            await shards.aclose()
 
     # One upstream task --------------------------------------------------------
 
@@ -215,21 +216,21 @@ class RelayEngine:
         # The key goes only where it was meant to go: a CDN link gets no Authorization.
         headers = self._auth(upstream) if _same_origin(url, upstream.base_url) else {}
         cap = upstream.config.max_image_bytes
-        client = self._client(upstream)
         data = bytearray()
         try:
-            async with client.stream("GET", url, headers=headers) as response:
-                if not response.is_success:
-                    raise bad_answer_error(
-                        upstream.name, f"answered {response.status_code} to the image download"
-                    )
-                declared = response.headers.get("content-length", "")
-                if declared.isdigit() and int(declared) > cap:
-                    raise _too_large(upstream.name, cap)
-                async for chunk in response.aiter_bytes():
-                    data += chunk
-                    if len(data) > cap:
+            with self._shards(upstream).lease() as client:
+                async with client.stream("GET", url, headers=headers) as response:
+                    if not response.is_success:
+                        raise bad_answer_error(
+                            upstream.name, f"answered {response.status_code} to the image download"
+                        )
+                    declared = response.headers.get("content-length", "")
+                    if declared.isdigit() and int(declared) > cap:
                         raise _too_large(upstream.name, cap)
+                    async for chunk in response.aiter_bytes():
+                        data += chunk
+                        if len(data) > cap:
+                            raise _too_large(upstream.name, cap)
         except httpx.TimeoutException:
             raise timeout_error(upstream.name, upstream.config.request_timeout_seconds) from None
         except httpx.HTTPError as exc:
@@ -246,25 +247,29 @@ class RelayEngine:
 
     # HTTP ----------------------------------------------------------------------
 
-    def _client(self, upstream: Upstream) -> httpx.AsyncClient:
-        client = self._clients.get(upstream.name)
-        if client is None:
+    def _shards(self, upstream: Upstream) -> ClientShards[httpx.AsyncClient]:
+        shards = self._clients.get(upstream.name)
+        if shards is None:
             config = upstream.config
             # Users often copy an OpenAI-style base URL ending in /v1; our paths carry it.
             base_url = upstream.base_url.removesuffix("/v1")
-            client = httpx.AsyncClient(
-                base_url=base_url,
-                timeout=httpx.Timeout(
-                    config.request_timeout_seconds, connect=config.connect_timeout_seconds
-                ),
-                limits=httpx.Limits(
-                    max_connections=upstream.max_concurrency,
-                    max_keepalive_connections=upstream.max_concurrency,
-                ),
-                headers={"User-Agent": _USER_AGENT},
+            timeout = httpx.Timeout(
+                config.request_timeout_seconds, connect=config.connect_timeout_seconds
             )
-            self._clients[upstream.name] = client
-        return client
+
+            def make(connections: int) -> httpx.AsyncClient:
+                return httpx.AsyncClient(
+                    base_url=base_url,
+                    timeout=timeout,
+                    limits=httpx.Limits(
+                        max_connections=connections, max_keepalive_connections=connections
+                    ),
+                    headers={"User-Agent": _USER_AGENT},
+                )
+
+            shards = ClientShards(upstream.max_concurrency, make, _close)
+            self._clients[upstream.name] = shards
+        return shards
 
     @staticmethod
     def _auth(upstream: Upstream) -> dict[str, str]:
@@ -274,9 +279,9 @@ class RelayEngine:
     async def _send(
         self, upstream: Upstream, method: str, path: str, **kwargs: Any
     ) -> httpx.Response:
-        client = self._client(upstream)
         try:
-            response = await client.request(method, path, **kwargs)
+            with self._shards(upstream).lease() as client:
+                response = await client.request(method, path, **kwargs)
         except httpx.TimeoutException:
             raise timeout_error(upstream.name, upstream.config.request_timeout_seconds) from None
         except httpx.HTTPError as exc:
@@ -300,6 +305,10 @@ def _json(upstream: Upstream, response: httpx.Response) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise bad_answer_error(upstream.name, "answered with something that is not a JSON object")
     return body
+
+
+async def _close(client: httpx.AsyncClient) -> None:
+    await client.aclose()
 
 
 def _same_origin(url: str, base_url: str) -> bool:

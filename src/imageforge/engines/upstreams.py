@@ -257,7 +257,8 @@ def _build_upstream(
         raise ConfigurationError(f"relay upstream '{name}' needs a base URL: set {setting}")
 
     key = env.get(config.key_env, "")
-    if implicit_relay and settings.relay_api_key is not None:
+    if config.kind == "relay" and config.api_key_env is None and settings.relay_api_key:
+        # The relay key setting, from IMAGEFORGE_RELAY_API_KEY or wherever settings found it.
         key = settings.relay_api_key.get_secret_value()
     if not key.strip():
         raise ConfigurationError(

@@ -68,20 +68,27 @@ _INSERT_TASK = (
     f"WITH changed AS (INSERT INTO tasks ({_SELECT_COLUMNS}) "
     f"VALUES ({', '.join(_P.values())}) RETURNING 1) {_NOTIFY}"
 )
-# A priced task: charge the key (only if its balance covers the price; NULL is
-# unlimited), book the charge and insert the task in one statement. No row comes
-# back when the balance is short, and then nothing was written.
+# A priced task: charge the key (only if its balance covers the price), book the
+# charge and insert the task, in one statement. No row comes back when the balance is
+# short, and then nothing was written. An unlimited key (NULL balance) is not updated
+# at all: that UPDATE would lock its row and make every create of the key wait for the
+# previous one's commit (measured: 2.6k inserts/s with it, 7.2k without, 40 clients).
+# FOR KEY SHARE lets those creates run side by side while an operator's balance change
+# (FOR UPDATE) still waits for them, so its ledger sum includes their charges.
 _CHARGE_AND_INSERT_TASK = (
     "WITH charged AS ("
     f" UPDATE api_keys SET balance_micros = balance_micros - {_P['price_micros']}"
-    f" WHERE id = {_P['key_id']} AND (balance_micros IS NULL"
-    f" OR balance_micros >= {_P['price_micros']}) RETURNING id), "
+    f" WHERE id = {_P['key_id']} AND balance_micros >= {_P['price_micros']} RETURNING id), "
+    "unlimited AS ("
+    f" SELECT id FROM api_keys WHERE id = {_P['key_id']} AND balance_micros IS NULL"
+    " FOR KEY SHARE), "
+    "payer AS (SELECT id FROM charged UNION ALL SELECT id FROM unlimited), "
     "booked AS ("
     " INSERT INTO ledger (key_id, task_id, kind, amount_micros, model, created_at)"
     f" SELECT {_P['key_id']}, {_P['id']}, 'charge', 0 - {_P['price_micros']}, {_P['model']},"
-    f" {_P['created_at']} FROM charged), "
+    f" {_P['created_at']} FROM payer), "
     f"changed AS (INSERT INTO tasks ({_SELECT_COLUMNS})"
-    f" SELECT {', '.join(_P.values())} FROM charged RETURNING 1) "
+    f" SELECT {', '.join(_P.values())} FROM payer RETURNING 1) "
     f"{_NOTIFY}"
 )
 # Creates of one key that enforce its unfinished-task quota take turns, so two of them
@@ -247,15 +254,30 @@ def _applied(status: str) -> bool:
     return status.split()[-1] == "1"
 
 
+async def _keep_session(connection: Any) -> None:
+    """asyncpg's default pool reset runs `SELECT pg_advisory_unlock_all(); CLOSE ALL;
+    UNLISTEN *; RESET ALL` on every release: a second round trip for each one-statement
+    call. This store never leaves session state behind (no SET, LISTEN, cursors or
+    session-level advisory locks; a transaction left open is still rolled back by the
+    pool), so there is nothing to reset."""
+
+
 async def _insert_task_row(connection: Any, task: Task, values: list[Any]) -> None:
     if task.price_micros <= 0:
         await connection.execute(_INSERT_TASK, *values)
         return
-    if not await connection.fetch(_CHARGE_AND_INSERT_TASK, *values):
-        balance = await connection.fetchval(
+    for _ in range(3):
+        if await connection.fetch(_CHARGE_AND_INSERT_TASK, *values):
+            return
+        row = await connection.fetchrow(
             "SELECT balance_micros FROM api_keys WHERE id = $1", task.key_id
         )
-        raise InsufficientCredits(price=task.price_micros, balance=balance or 0)
+        balance = row[0] if row is not None else 0
+        if balance is not None and balance < task.price_micros:
+            raise InsufficientCredits(price=task.price_micros, balance=balance)
+        # The balance changed between the statement's snapshot and its lock (an
+        # operator made the key limited, or credited it): try again on the new state.
+    raise InsufficientCredits(price=task.price_micros, balance=0)
 
 
 async def _claim_idempotency_key(
@@ -324,24 +346,32 @@ class PostgresStore:
         cls,
         database_url: str,
         *,
-        min_size: int = 1,
         max_size: int = 10,
         connect_timeout: float = 5.0,
         command_timeout: float = 10.0,
     ) -> PostgresStore:
-        """A pool of up to `max_size` connections. Each is opened lazily and reopened
-        after it breaks, so the store outlives a database restart."""
+        """A pool of up to `max_size` connections, opened on demand and reopened after
+        they break, so the store outlives a database restart. (No minimum: asyncpg
+        would keep re-dialling a floor of connections through an outage, logging a
+        traceback each time, where on-demand connections just fail with the call.)"""
         dsn = asyncpg_dsn(database_url)
         with _unavailable:
             pool = await asyncpg.create_pool(
                 dsn,
-                min_size=min_size,
+                min_size=0,
                 max_size=max_size,
                 timeout=connect_timeout,
                 command_timeout=command_timeout,
                 server_settings={"application_name": "imageforge"},
+                reset=_keep_session,
             )
-        return cls(pool, dsn)
+        store = cls(pool, dsn)
+        try:
+            await store.ping()  # fail at start-up, not on the first request
+        except BaseException:
+            await store.close()
+            raise
+        return store
 
     # Keys -------------------------------------------------------------------
 

@@ -19,12 +19,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from imageforge.engines import Engine, EngineError, GenerationRequest
+from imageforge.engines import Engine, EngineError, GeneratedImage, GenerationRequest
 from imageforge.engines.base import UpstreamRef
 from imageforge.references import ReferenceFetcher, ReferenceFetchError
 from imageforge.storage import Storage
 from imageforge.store import Store, StoreUnavailable
-from imageforge.tasks import Task
+from imageforge.tasks import Task, TaskStatus
 from imageforge.worker.retry import retry_delay
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,10 @@ class Runner:
             log.warning("lost the lease on %s (attempt %d); abandoning it", task.id, task.attempt)
         except LeaseLost:
             log.warning("lost the lease on %s (attempt %d); abandoning it", task.id, task.attempt)
+        except StoreUnavailable:
+            # The outcome could not be recorded; the lease runs out and the rescuer
+            # hands the task to another attempt.
+            log.warning("database unavailable; leaving %s to the rescuer", task.id)
         finally:
             heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -246,19 +250,49 @@ class Runner:
                 task, "could not store the generated image", "storage_error", True, None
             )
             return
-        completed = await self._store.complete(
-            task.id,
-            task.attempt,
-            image_key=key,
-            content_type=image.content_type,
-            usage=image.usage or None,
-            upstream=image.upstream,
-            now=time.time(),
-        )
-        if not completed:
+        if not await self._complete_through_outage(task, key, image):
             await self._storage.delete(key)
             raise LeaseLost()
         log.info("completed %s (attempt %d)", task.id, task.attempt)
+
+    async def _complete_through_outage(self, task: Task, key: str, image: GeneratedImage) -> bool:
+        """complete(), retried with backoff while the database is unreachable.
+
+        The image is paid for and stored; giving up would have the rescuer run the task
+        again. Retrying is safe because the write is fenced by the attempt. A retry that
+        matches no row may mean an earlier try committed before its connection died, so
+        the row decides whether the image is the task's (keep it) or not ours (delete)."""
+        give_up_at = time.monotonic() + self._config.lease_seconds
+        delay = 0.1
+        retried = False
+        while True:
+            try:
+                completed = await self._store.complete(
+                    task.id,
+                    task.attempt,
+                    image_key=key,
+                    content_type=image.content_type,
+                    usage=image.usage or None,
+                    upstream=image.upstream,
+                    now=time.time(),
+                )
+            except StoreUnavailable:
+                if self._stopping.is_set() or time.monotonic() + delay > give_up_at:
+                    raise
+                log.warning("database unavailable; completing %s again in %.1fs", task.id, delay)
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+                retried = True
+                continue
+            if completed or not retried:
+                return completed
+            current = await self._store.get_task(task.id)
+            return (
+                current is not None
+                and current.status is TaskStatus.COMPLETED
+                and current.attempt == task.attempt
+                and current.image_key == key
+            )
 
     async def _record_upstream(self, task: Task, ref: UpstreamRef) -> None:
         if not await self._store.record_upstream(

@@ -14,7 +14,7 @@ from imageforge.api.deps import (
     runtime_of,
 )
 from imageforge.api.request_body import json_body_schema, parse_json_body
-from imageforge.api.responses import ERROR_RESPONSES
+from imageforge.api.responses import error_responses
 from imageforge.billing import to_json_number
 from imageforge.wire import CreateImageRequest, QuoteResponse, TaskCreated
 
@@ -29,7 +29,7 @@ router = APIRouter(tags=["images"])
     "with its id. Poll `GET /v1/result/{id}` until the status is `completed` or `failed` (a "
     "failed task is refunded). With an `Idempotency-Key` header, a retry of the same request "
     "returns the original task (header `Idempotent-Replayed: true`) and charges nothing more.",
-    responses=ERROR_RESPONSES,
+    responses=error_responses(400, 401, 402, 413, 422, 429, 503),
     openapi_extra={
         **REQUIRES_API_KEY,
         **json_body_schema(CreateImageRequest),
@@ -70,7 +70,7 @@ async def create_image(request: Request) -> Response:
     summary="Price a request without creating it",
     description="Validates the body exactly like create and returns the resolved size and "
     "price. Nothing is created or charged.",
-    responses=ERROR_RESPONSES,
+    responses=error_responses(400, 401, 413, 429, 503),
 )
 async def quote_image(
     body: CreateImageRequest, caller: CallerDep, runtime: RuntimeDep

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from imageforge.api.deps import REQUIRES_API_KEY, authenticate, base_url_of, runtime_of
-from imageforge.api.responses import ERROR_RESPONSES
+from imageforge.api.responses import error_responses
 from imageforge.billing import to_json_number
 from imageforge.tasks import TaskStatus
 from imageforge.wire import TaskResult
@@ -23,7 +23,7 @@ router = APIRouter(tags=["images"])
     summary="Query an image generation task",
     description="Returns the task's status; `image_url` once it is `completed`, `error` once "
     "it has `failed`. A task created with another API key is a 404, like an unknown id.",
-    responses=ERROR_RESPONSES,
+    responses=error_responses(401, 404, 429, 503),
     openapi_extra=REQUIRES_API_KEY,
 )
 async def get_result(

@@ -1,0 +1,324 @@
+"""Upstream engine benchmark: many slow upstream calls in flight in ONE worker process.
+
+A local OpenAI-style Images API (`tests/upstream_servers.py`, its own process) takes `--latency`
+seconds per image. `--tasks` tasks are created through `imageforge serve --no-worker` (stopped
+before the measurement), then one `imageforge worker --concurrency N` with the zero-config
+`IMAGEFORGE_ENGINE=openai` (`OPENAI_BASE_URL` pointing at the local upstream) runs them all.
+
+Reported (one JSON object on stdout, progress on stderr):
+
+- throughput: tasks / (last finish − first start), from the tasks' own timestamps, against the
+  ideal `concurrency / latency`; the target is ≥ 90 %.
+- worker RSS: sampled from /proc/<pid>/status; growth = peak − the first sample after the worker
+  logged that it started (imports, engines and clients are loaded by then); target ≤ 200 MB.
+- lost: tasks not completed when the run ends (target 0), with failed and retried counts.
+- where the time goes: the worker's CPU seconds, the upstream's peak calls in flight, and the
+  spread of task start times (a slow claim or completion path shows up there).
+
+Exit status 0 when the run completed, whatever the figures; 1 when it broke.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.server_process import ServerProcess, cli_env, create_key, free_port  # noqa: E402
+
+THROUGHPUT_TARGET = 0.90
+RSS_GROWTH_TARGET_MB = 200.0
+TASK = {"model": "gpt-image-2", "prompt": "a lighthouse on a cliff at dusk", "quality": "low"}
+
+
+def log(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+def rss_kib(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+
+
+class RssSampler(threading.Thread):
+    def __init__(self, pid: int, interval: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[float, int]] = []
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            value = rss_kib(self.pid)
+            if value is not None:
+                self.samples.append((time.monotonic(), value))
+            time.sleep(self.interval)
+
+    def first_after(self, moment: float) -> int:
+        return next(v for t, v in self.samples if t >= moment)
+
+    @property
+    def peak(self) -> int:
+        return max(v for _, v in self.samples)
+
+
+def wait_for(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+def start_upstream(port: int, latency: float, log_path: Path) -> subprocess.Popen[bytes]:
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    with log_path.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "tests.upstream_servers", "--port", str(port),
+             "--delay", str(latency)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+
+    def ready() -> bool:
+        try:
+            return httpx.get(f"http://127.0.0.1:{port}/stats", timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ready, 30, "the upstream to start")
+    return process
+
+
+async def create_tasks(base_url: str, key: str, count: int, parallel: int = 32) -> list[str]:
+    ids: list[str] = []
+    queue = iter(range(count))
+    async with httpx.AsyncClient(
+        base_url=base_url, headers={"Authorization": f"Bearer {key}"}, timeout=30
+    ) as client:
+
+        async def creator() -> None:
+            for _ in queue:
+                response = await client.post("/v1/image2/images", json=TASK)
+                response.raise_for_status()
+                ids.append(response.json()["id"])
+
+        await asyncio.gather(*(creator() for _ in range(parallel)))
+    return ids
+
+
+def task_rows(db: Path) -> list[tuple[str, int, float | None, float | None, str | None]]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        rows = conn.execute(
+            "SELECT status, attempt, started_at, finished_at, upstream FROM tasks"
+        ).fetchall()
+    conn.close()
+    return rows
+
+
+def status_counts(db: Path) -> dict[str, int]:
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
+        counts = dict(conn.execute("SELECT status, count(*) FROM tasks GROUP BY status"))
+    conn.close()
+    return counts
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="imageforge-upstream-bench-"))
+    data_dir = work / "data"
+    db = data_dir / "imageforge.db"
+    port = free_port()
+    upstream = start_upstream(port, args.latency, work / "upstream.log")
+    worker: subprocess.Popen[bytes] | None = None
+    try:
+        key = create_key(data_dir)["key"]
+        log(f"creating {args.tasks} tasks through the API")
+        started = time.monotonic()
+        # The engine is chosen when a task is accepted, so the API must route to openai too.
+        with ServerProcess(data_dir, "--no-worker", IMAGEFORGE_ENGINE="openai") as api:
+            ids = asyncio.run(create_tasks(api.base_url, key, args.tasks))
+            api.terminate()
+        create_seconds = time.monotonic() - started
+        assert len(set(ids)) == args.tasks
+
+        log(f"running them through one worker, concurrency {args.concurrency}")
+        worker_log = work / "worker.log"
+        env = cli_env(
+            data_dir,
+            IMAGEFORGE_ENGINE="openai",
+            IMAGEFORGE_LOG_LEVEL="info",
+            OPENAI_API_KEY="sk-bench-not-a-real-key",
+            OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
+        )
+        with worker_log.open("wb") as out:
+            profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
+            worker = subprocess.Popen(
+                [sys.executable, *profile, "-m", "imageforge", "worker", "--concurrency",
+                 str(args.concurrency)],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+        launched = time.monotonic()
+        sampler = RssSampler(worker.pid)
+        sampler.start()
+        wait_for(lambda: b"started" in worker_log.read_bytes(), 60, "the worker to start")
+        ready = time.monotonic()
+        cpu_at_ready = cpu_seconds(worker.pid)
+
+        def finished() -> bool:
+            if worker is not None and worker.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{worker_log.read_text()[-3000:]}")
+            counts = status_counts(db)
+            return counts.get("completed", 0) + counts.get("failed", 0) >= args.tasks
+
+        wait_for(finished, args.timeout, "every task to finish")
+        done = time.monotonic()
+        time.sleep(1.0)  # an idle sample after the run
+        worker_cpu = cpu_seconds(worker.pid)
+        sampler.stop_event.set()
+        sampler.join()
+        worker.send_signal(signal.SIGTERM)
+        worker_exit = worker.wait(timeout=60)
+        stats = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
+    finally:
+        if worker is not None and worker.poll() is None:
+            worker.kill()
+        upstream.terminate()
+        upstream.wait(timeout=30)
+
+    rows = task_rows(db)
+    completed = [r for r in rows if r[0] == "completed"]
+    starts = sorted(r[2] for r in rows if r[2] is not None)
+    finishes = sorted(r[3] for r in completed if r[3] is not None)
+    window = finishes[-1] - starts[0]
+    throughput = len(completed) / window
+    ideal = args.concurrency / args.latency
+    # Tasks finish in waves of `concurrency`; the floor for the window is latency × waves.
+    waves = -(-args.tasks // args.concurrency)
+    baseline_kib = sampler.first_after(ready)
+    growth_mb = (sampler.peak - baseline_kib) / 1024
+    durations = [r[3] - r[2] for r in completed if r[2] is not None and r[3] is not None]
+    # One event loop handles a wave of `concurrency` calls one after another, so each wave
+    # costs latency + concurrency × (CPU per task): the ceiling this model predicts.
+    cpu_per_task = (worker_cpu - cpu_at_ready) / args.tasks
+    predicted = args.concurrency / (args.latency + args.concurrency * cpu_per_task)
+    # Where a task's time goes: claimed → at the upstream → answered → completed.
+    arrivals = sorted(t[0] for t in stats["timings"])
+    answers = sorted(t[1] for t in stats["timings"])
+    phases = {
+        "claim_to_upstream_p50_s": _median_gap(starts, arrivals),
+        "upstream_answer_to_completed_p50_s": _median_gap(answers, finishes),
+        "first_wave_sent_within_s": round(arrivals[args.concurrency - 1] - arrivals[0], 3)
+        if len(arrivals) >= args.concurrency
+        else None,
+    }
+    return {
+        "bench": "upstream",
+        "setup": {
+            "tasks": args.tasks,
+            "concurrency": args.concurrency,
+            "upstream_latency_s": args.latency,
+            "engine": "openai (zero-config: IMAGEFORGE_ENGINE=openai, OPENAI_BASE_URL)",
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+        },
+        "throughput": {
+            "tasks_per_s": round(throughput, 1),
+            "ideal_tasks_per_s": round(ideal, 1),
+            "ratio": round(throughput / ideal, 3),
+            "target": THROUGHPUT_TARGET,
+            "ok": throughput / ideal >= THROUGHPUT_TARGET,
+            "window_s": round(window, 3),
+            "ideal_window_s": round(waves * args.latency, 3),
+        },
+        "worker_rss_mb": {
+            "at_start": round(baseline_kib / 1024, 1),
+            "peak": round(sampler.peak / 1024, 1),
+            "after_run": round(sampler.samples[-1][1] / 1024, 1),
+            "growth": round(growth_mb, 1),
+            "target_growth": RSS_GROWTH_TARGET_MB,
+            "ok": growth_mb <= RSS_GROWTH_TARGET_MB,
+        },
+        "tasks": {
+            "completed": len(completed),
+            "failed": sum(1 for r in rows if r[0] == "failed"),
+            "lost": args.tasks - len(completed),
+            "retried": sum(1 for r in rows if r[1] > 1),
+            "served_by": sorted({r[4] for r in completed if r[4]}),
+            "duration_s_p50": round(statistics.median(durations), 3),
+            "duration_s_max": round(max(durations), 3),
+            "ok": len(completed) == args.tasks,
+        },
+        "diagnostics": {
+            "create_s": round(create_seconds, 2),
+            "worker_start_s": round(ready - launched, 2),
+            "worker_ready_to_all_done_s": round(done - ready, 2),
+            "worker_cpu_s": round(worker_cpu, 2),
+            "worker_cpu_ms_per_task": round(cpu_per_task * 1000, 2),
+            "predicted_tasks_per_s_cpu_bound_waves": round(predicted, 1),
+            "upstream_calls": stats["completed"],
+            "upstream_max_in_flight": stats["max_in_flight"],
+            "upstream_connections": stats["connections"],
+            "start_spread_first_wave_s": round(starts[args.concurrency - 1] - starts[0], 3)
+            if len(starts) >= args.concurrency
+            else None,
+            "worker_exit_code": worker_exit,
+            **phases,
+        },
+    }
+
+
+def _median_gap(earlier: list[float], later: list[float]) -> float | None:
+    """Median of the i-th later event minus the i-th earlier one (both sorted): tasks are
+    interchangeable here, so rank i stands for "the i-th task through this step"."""
+    gaps = [b - a for a, b in zip(earlier, later, strict=False)]
+    return round(statistics.median(gaps), 3) if gaps else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--tasks", type=int, default=1000)
+    parser.add_argument("--concurrency", type=int, default=500)
+    parser.add_argument("--latency", type=float, default=2.0, help="upstream seconds per image")
+    parser.add_argument("--timeout", type=float, default=90.0, help="give up after (s)")
+    parser.add_argument("--profile", help="run the worker under cProfile, writing this file")
+    args = parser.parse_args()
+    try:
+        report = run(args)
+    except Exception as exc:
+        log(f"broke: {exc!r}")
+        import traceback
+
+        traceback.print_exc()
+        sys.exit(1)
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

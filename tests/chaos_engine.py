@@ -1,0 +1,105 @@
+"""An engine plugin for process-level tests and the queue benchmark.
+
+Loaded by server and worker processes as `tests.chaos_engine:ChaosEngine`. It sleeps a
+random time (IMAGEFORGE_CHAOS_MIN_SECONDS … IMAGEFORGE_CHAOS_MAX_SECONDS, default
+0.05 … 1) and returns a 1×1 PNG. When IMAGEFORGE_CHAOS_LOG names a file, every call
+appends a line there when it starts and one *after* its work, the latter standing for
+a side effect that costs money upstream:
+
+    start <task id> <attempt> <pid> <time>
+    done <task id> <attempt> <pid> <time>
+
+Lines are appended with O_APPEND and fsynced before the engine goes on, so a `done`
+line exists for every generation whose result a worker could have stored, even if that
+worker is SIGKILLed right after. The attempt is read from the database when the call
+starts (the engine interface does not carry it); the task was claimed a moment before,
+so the row still holds this worker's attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+from imageforge.engines import GeneratedImage, GenerationRequest
+from imageforge.settings import Settings
+from imageforge.store.urls import asyncpg_dsn, database_backend
+
+PNG_1X1 = bytes.fromhex(
+    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
+    "0000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+)
+LOG_ENV = "IMAGEFORGE_CHAOS_LOG"
+
+
+class ChaosEngine:
+    name: ClassVar[str] = "chaos"
+
+    def __init__(self, *, settings: Settings) -> None:
+        self._min = float(os.environ.get("IMAGEFORGE_CHAOS_MIN_SECONDS", "0.05"))
+        self._max = float(os.environ.get("IMAGEFORGE_CHAOS_MAX_SECONDS", "1.0"))
+        log = os.environ.get(LOG_ENV)
+        self._log_fd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if log else None
+        self._database_url = settings.resolved_database_url
+        self._pg: Any = None
+        self._pg_lock = asyncio.Lock()
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        attempt = await self._attempt(request.task_id) if self._log_fd is not None else 0
+        self._record("start", request.task_id, attempt)
+        if self._max > 0:
+            await asyncio.sleep(random.uniform(self._min, self._max))
+        self._record("done", request.task_id, attempt)
+        return GeneratedImage(data=PNG_1X1, content_type="image/png", width=1, height=1)
+
+    def _record(self, event: str, task_id: str, attempt: int) -> None:
+        if self._log_fd is None:
+            return
+        line = f"{event} {task_id} {attempt} {os.getpid()} {time.time():.6f}\n"
+        os.write(self._log_fd, line.encode())
+        os.fsync(self._log_fd)
+
+    async def _attempt(self, task_id: str) -> int:
+        if database_backend(self._database_url) == "sqlite":
+            path = self._database_url.split("///", 1)[1]
+            with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+                row = db.execute("SELECT attempt FROM tasks WHERE id = ?", (task_id,)).fetchone()
+            return int(row[0])
+        import asyncpg
+
+        async with self._pg_lock:
+            if self._pg is None or self._pg.is_closed():
+                self._pg = await asyncpg.connect(asyncpg_dsn(self._database_url))
+            return int(await self._pg.fetchval("SELECT attempt FROM tasks WHERE id = $1", task_id))
+
+    async def aclose(self) -> None:
+        if self._pg is not None:
+            await self._pg.close()
+        if self._log_fd is not None:
+            os.close(self._log_fd)
+            self._log_fd = None
+
+
+@dataclass(frozen=True)
+class EngineEvent:
+    event: str  # "start" or "done"
+    task_id: str
+    attempt: int
+    pid: int
+    at: float
+
+
+def read_events(path: Path) -> list[EngineEvent]:
+    if not path.exists():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        event, task_id, attempt, pid, at = line.split()
+        events.append(EngineEvent(event, task_id, int(attempt), int(pid), float(at)))
+    return events

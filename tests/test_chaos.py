@@ -1,0 +1,416 @@
+"""Kill chaos: SIGKILL workers (PostgreSQL) or the whole server (SQLite) under load.
+
+Pass: every accepted task ends terminal, none is lost, no attempt runs twice, each
+completed task has exactly one side effect for its completing attempt and exactly one
+stored image, each task is charged once, and work abandoned by a kill is picked up
+again within lease + rescue interval.
+
+Scale by hand: IMAGEFORGE_CHAOS_TASKS / IMAGEFORGE_CHAOS_KILLS (PostgreSQL run) and
+IMAGEFORGE_CHAOS_SQLITE_TASKS / IMAGEFORGE_CHAOS_SQLITE_KILLS, e.g.
+`IMAGEFORGE_CHAOS_TASKS=5000 IMAGEFORGE_CHAOS_KILLS=200 pytest -m chaos --timeout 0`.
+
+Orphan images: a worker killed between writing its image and recording the completion
+leaves a file named after its own attempt (`<task>-<attempt>.png`). No reader ever
+reaches it (the task's image_key names the completing attempt's file), so these are
+counted and checked to belong to killed, non-completing attempts, not cleaned up.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import sqlite3
+import threading
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.chaos_engine import EngineEvent, read_events
+from tests.cluster import WorkerProcess, cluster_env, wait_until
+from tests.pg import pg_connect, run_sync
+from tests.server_process import ServerProcess, run_cli
+
+pytest_plugins = ["tests.pg"]
+pytestmark = pytest.mark.chaos
+
+LEASE_SECONDS = 3.0
+RESCUE_INTERVAL_SECONDS = 0.5
+#: Beyond lease + rescue interval: the poll or wake-up, a claim, a busy 2-core machine.
+PICKUP_SLACK_SECONDS = 2.5
+MAX_ENGINE_SECONDS = 1.0
+PRICE_MICROS = 6_000  # gpt-image-2, quality low: the default price book
+CREDITS = "1000"
+SQLITE_RATE = 10.0
+_IMAGE_NAME = re.compile(r"^(image_[0-9a-f-]+)-(\d+)\.png$")
+
+
+def _scale(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+@dataclass(frozen=True)
+class StoredTask:
+    id: str
+    status: str
+    attempt: int
+    image_key: str | None
+
+
+@dataclass(frozen=True)
+class Kill:
+    pid: int
+    at: float
+
+
+@dataclass
+class ChaosReport:
+    tasks: int = 0
+    kills: int = 0
+    #: Attempts a kill cut short (started, never completed); each was run again.
+    abandoned_attempts: int = 0
+    #: Side effects beyond the one per completed task (killed after the work, before
+    #: recording it): at-least-once, which is why charges hang on the task, not the call.
+    re_executions: int = 0
+    orphan_images: int = 0
+    max_pickup_delay_s: float = 0.0
+    drain_after_last_kill_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class Creator(threading.Thread):
+    """Creates tasks at a steady rate through the API nodes, round robin."""
+
+    def __init__(self, urls: list[str], key: str, count: int, rate: float) -> None:
+        super().__init__(daemon=True)
+        self.urls = urls
+        self.key = key
+        self.count = count
+        self.rate = rate
+        self.accepted: list[str] = []
+        self.failures: list[str] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        headers = {"Authorization": f"Bearer {self.key}"}
+        clients = [httpx.Client(base_url=url, headers=headers, timeout=10) for url in self.urls]
+        started = time.monotonic()
+        try:
+            for index in range(self.count):
+                if self.stop.is_set():
+                    return
+                delay = started + index / self.rate - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                client = clients[index % len(clients)]
+                try:
+                    response = client.post(
+                        "/v1/image2/images",
+                        json={"model": "gpt-image-2", "prompt": f"chaos {index}"},
+                    )
+                except httpx.HTTPError as exc:
+                    self.failures.append(f"{type(exc).__name__}: {exc}")
+                    continue
+                if response.status_code == 200:
+                    self.accepted.append(response.json()["id"])
+                else:
+                    self.failures.append(f"{response.status_code}: {response.text[:200]}")
+        finally:
+            for client in clients:
+                client.close()
+
+
+def image_files(images_root: Path) -> dict[str, dict[int, Path]]:
+    found: dict[str, dict[int, Path]] = defaultdict(dict)
+    for path in images_root.rglob("*.png"):
+        match = _IMAGE_NAME.match(path.name)
+        if match:
+            found[match.group(1)][int(match.group(2))] = path
+    return found
+
+
+def check_chaos_outcome(
+    *,
+    stored: dict[str, StoredTask],
+    accepted: list[str],
+    events: list[EngineEvent],
+    images_root: Path,
+    kills: list[Kill],
+    ledger: list[tuple[str | None, str]],
+) -> ChaosReport:
+    report = ChaosReport(tasks=len(stored), kills=len(kills))
+    # Nothing lost, everything finished.
+    missing = set(accepted) - set(stored)
+    assert not missing, f"{len(missing)} accepted task(s) lost, e.g. {sorted(missing)[:3]}"
+    statuses = Counter(task.status for task in stored.values())
+    assert statuses == {"completed": len(stored)}, f"not all completed: {dict(statuses)}"
+
+    done = [event for event in events if event.event == "done"]
+    starts = [event for event in events if event.event == "start"]
+    # The attempt is the fencing token: one attempt never runs twice.
+    per_attempt = Counter((event.task_id, event.attempt) for event in done)
+    twice = [pair for pair, count in per_attempt.items() if count > 1]
+    assert not twice, f"attempts that ran twice: {twice[:5]}"
+
+    killed_pids = {kill.pid for kill in kills}
+    done_by_task: dict[str, list[EngineEvent]] = defaultdict(list)
+    for event in done:
+        done_by_task[event.task_id].append(event)
+    images = image_files(images_root)
+    for task in stored.values():
+        effects = done_by_task.get(task.id, [])
+        # Exactly one side effect belongs to the attempt that completed the task.
+        completing = [event for event in effects if event.attempt == task.attempt]
+        assert len(completing) == 1, f"{task.id}: completing attempt {task.attempt}: {effects}"
+        report.re_executions += len(effects) - 1
+        # Every other attempt that did the work was killed before it could complete.
+        for event in effects:
+            if event.attempt != task.attempt:
+                assert event.pid in killed_pids, f"{task.id}: live stale attempt {event}"
+        # Exactly one stored image is the task's; others are orphans of killed attempts.
+        assert task.image_key is not None and task.image_key.endswith(
+            f"/{task.id}-{task.attempt}.png"
+        ), task
+        files = images.get(task.id, {})
+        assert task.attempt in files and files[task.attempt].is_file(), f"{task.id}: no image"
+        for attempt in files:
+            if attempt != task.attempt:
+                report.orphan_images += 1
+                by = [event for event in effects if event.attempt == attempt]
+                assert by and by[0].pid in killed_pids, f"{task.id}: orphan of live attempt"
+
+    # Money: one charge per task, no refund (nothing failed).
+    charges = Counter(task_id for task_id, kind in ledger if kind == "charge")
+    assert set(charges) == set(stored) and set(charges.values()) == {1}, "charged ≠ once"
+    assert not [entry for entry in ledger if entry[1] == "refund"]
+
+    # Work a kill abandoned is picked up again within lease + rescue interval.
+    for kill in kills:
+        abandoned = {
+            (event.task_id, event.attempt)
+            for event in starts
+            if event.pid == kill.pid and event.attempt != stored[event.task_id].attempt
+        }
+        report.abandoned_attempts += len(abandoned)
+        for task_id, attempt in abandoned:
+            later = [e.at for e in starts if e.task_id == task_id and e.attempt > attempt]
+            assert later, f"{task_id} attempt {attempt} abandoned and never retried"
+            delay = min(later) - kill.at
+            report.max_pickup_delay_s = max(report.max_pickup_delay_s, delay)
+    limit = LEASE_SECONDS + RESCUE_INTERVAL_SECONDS + PICKUP_SLACK_SECONDS
+    assert report.max_pickup_delay_s <= limit, report
+    return report
+
+
+def _create_key(data: Path, env: dict[str, str]) -> str:
+    created = run_cli(
+        data, "keys", "create", "--name", "chaos", "--credits", CREDITS, "--json", **env
+    )
+    assert created.returncode == 0, created.stderr
+    secret: str = json.loads(created.stdout.strip().splitlines()[-1])["key"]
+    return secret
+
+
+# PostgreSQL: 2 API nodes, 3 workers, SIGKILL workers -----------------------------
+
+
+async def _pg_state(url: str) -> tuple[dict[str, StoredTask], list[tuple[str | None, str]]]:
+    connection = await pg_connect(url)
+    try:
+        rows = await connection.fetch("SELECT id, status, attempt, image_key FROM tasks")
+        ledger = await connection.fetch("SELECT task_id, kind FROM ledger")
+    finally:
+        await connection.close()
+    tasks = {row[0]: StoredTask(row[0], row[1], row[2], row[3]) for row in rows}
+    return tasks, [(row[0], row[1]) for row in ledger]
+
+
+async def _lease_holders(url: str) -> Counter[int]:
+    """Processing tasks per worker pid (worker ids are host:pid:random)."""
+    connection = await pg_connect(url)
+    try:
+        rows = await connection.fetch("SELECT worker_id FROM tasks WHERE status = 'processing'")
+    finally:
+        await connection.close()
+    return Counter(int(row[0].split(":")[-2]) for row in rows)
+
+
+def _unfinished(tasks: dict[str, StoredTask]) -> int:
+    return sum(task.status in ("queued", "processing") for task in tasks.values())
+
+
+def test_sigkill_workers_on_postgres_loses_and_doubles_nothing(
+    tmp_path: Path, fresh_pg_url: str
+) -> None:
+    task_count = _scale("IMAGEFORGE_CHAOS_TASKS", 500)
+    kill_count = _scale("IMAGEFORGE_CHAOS_KILLS", 20)
+    data = tmp_path / "data"
+    effects = tmp_path / "side-effects.log"
+    env = cluster_env(fresh_pg_url, effects)
+    key = _create_key(data, env)
+
+    workers: list[WorkerProcess] = []
+    apis: list[ServerProcess] = []
+    born: dict[int, float] = {}
+    kills: list[Kill] = []
+    rng = random.Random(os.environ.get("IMAGEFORGE_CHAOS_SEED"))
+    try:
+        apis = [ServerProcess(data, "--no-worker", **env) for _ in range(2)]
+        for _ in range(3):
+            worker = WorkerProcess(data, env, concurrency=8)
+            workers.append(worker)
+            born[worker.pid] = time.monotonic()
+        for worker in workers:
+            worker.wait_started()
+
+        # Below the cluster's capacity, so what a kill abandons is not stuck behind a
+        # backlog; kills spread over the whole creation window.
+        rate = 20.0
+        creator = Creator([api.base_url for api in apis], key, task_count, rate)
+        creator.start()
+        window = task_count / rate
+
+        def kill_one(victim: WorkerProcess | None = None) -> None:
+            if victim is None:
+                now = time.monotonic()
+                ready = [w for w in workers if now - born[w.pid] > 1.5] or workers
+                victim = rng.choice(ready)
+            victim.kill()
+            kills.append(Kill(victim.pid, time.time()))
+            replacement = WorkerProcess(data, env, concurrency=8)
+            workers[workers.index(victim)] = replacement
+            born[replacement.pid] = time.monotonic()
+
+        # All kills but the last spread over the creation window; the last comes once
+        # every task is accepted, so "all done within lease + rescue of the last kill"
+        # measures recovery, not the creation rate.
+        for _ in range(kill_count - 1):
+            time.sleep(window / kill_count * rng.uniform(0.5, 1.0))
+            kill_one()
+        creator.join(timeout=window + 60)
+        assert not creator.failures, creator.failures[:5]
+        assert len(creator.accepted) == task_count
+        if kill_count:
+            # The last victim is the busiest worker: its tasks must come back by rescue.
+            time.sleep(rng.uniform(0.1, 0.3))
+            holders = run_sync(lambda: _lease_holders(fresh_pg_url))
+            kill_one(max(workers, key=lambda worker: holders.get(worker.pid, 0)))
+
+        last_kill = kills[-1].at if kills else time.time()
+        deadline = time.monotonic() + 120
+        while True:
+            tasks, ledger = run_sync(lambda: _pg_state(fresh_pg_url))
+            if _unfinished(tasks) == 0 and len(tasks) >= task_count:
+                break
+            assert time.monotonic() < deadline, f"unfinished: {_unfinished(tasks)}"
+            time.sleep(0.1)
+        drained = time.time() - last_kill
+
+        # Clients see the same thing through either API node, images included.
+        with apis[1].client(key) as client:
+            for task_id in rng.sample(creator.accepted, 20):
+                body = client.get(f"/v1/result/{task_id}").json()
+                assert body["status"] == "completed", body
+            assert httpx.get(body["image_url"]).status_code == 200
+
+        report = check_chaos_outcome(
+            stored=tasks,
+            accepted=creator.accepted,
+            events=read_events(effects),
+            images_root=data / "images",
+            kills=kills,
+            ledger=ledger,
+        )
+        report.drain_after_last_kill_s = round(drained, 2)
+        print(f"\nchaos (PostgreSQL): {report}")
+        assert report.kills >= kill_count
+        assert drained <= LEASE_SECONDS + RESCUE_INTERVAL_SECONDS + MAX_ENGINE_SECONDS + 3.0
+        for worker in workers:
+            assert worker.terminate() == 0, worker.output()[-2000:]
+        for api in apis:
+            assert api.terminate() == 0
+    finally:
+        for worker in workers:
+            worker.close()
+        for api in apis:
+            if api.process.poll() is None:
+                api.kill()
+
+
+# SQLite: the embedded server, kill -9 the whole process ---------------------------
+
+
+def _sqlite_state(path: Path) -> tuple[dict[str, StoredTask], list[tuple[str | None, str]]]:
+    with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
+        rows = db.execute("SELECT id, status, attempt, image_key FROM tasks").fetchall()
+        ledger = db.execute("SELECT task_id, kind FROM ledger").fetchall()
+    tasks = {row[0]: StoredTask(row[0], row[1], row[2], row[3]) for row in rows}
+    return tasks, [(row[0], row[1]) for row in ledger]
+
+
+def test_sigkill_of_the_embedded_sqlite_server_loses_and_doubles_nothing(
+    tmp_path: Path,
+) -> None:
+    task_count = _scale("IMAGEFORGE_CHAOS_SQLITE_TASKS", 150)
+    kill_count = _scale("IMAGEFORGE_CHAOS_SQLITE_KILLS", 6)
+    data = tmp_path / "data"
+    effects = tmp_path / "side-effects.log"
+    env = cluster_env(
+        f"sqlite+aiosqlite:///{data / 'imageforge.db'}",
+        effects,
+        IMAGEFORGE_WORKER_CONCURRENCY="8",
+    )
+    key = _create_key(data, env)
+
+    rng = random.Random(os.environ.get("IMAGEFORGE_CHAOS_SEED"))
+    accepted: list[str] = []
+    kills: list[Kill] = []
+    per_round = max(1, task_count // (kill_count + 1))
+    server: ServerProcess | None = None
+    try:
+        for round_number in range(kill_count + 1):
+            server = ServerProcess(data, **env)
+            count = per_round if round_number < kill_count else task_count - len(accepted)
+            # Below one server's capacity (8 slots × ~0.5 s), so rescued work is not
+            # queued behind a backlog.
+            creator = Creator([server.base_url], key, count, rate=SQLITE_RATE)
+            creator.start()
+            if round_number == kill_count:
+                creator.join()
+                break
+            # Kill while tasks are being created and run: some POSTs die with it.
+            time.sleep(rng.uniform(0.5, count / SQLITE_RATE + 0.5))
+            kills.append(Kill(server.process.pid, time.time()))
+            server.kill()
+            creator.stop.set()
+            creator.join()
+            accepted.extend(creator.accepted)
+        accepted.extend(creator.accepted)
+        assert server is not None
+        last_kill = kills[-1].at
+        wait_until(
+            lambda: _unfinished(_sqlite_state(data / "imageforge.db")[0]) == 0,
+            120,
+            "every task to finish",
+        )
+        drained = time.time() - last_kill
+        tasks, ledger = _sqlite_state(data / "imageforge.db")
+        report = check_chaos_outcome(
+            stored=tasks,
+            accepted=accepted,
+            events=read_events(effects),
+            images_root=data / "images",
+            kills=kills,
+            ledger=ledger,
+        )
+        report.drain_after_last_kill_s = round(drained, 2)
+        print(f"\nchaos (SQLite): {report}")
+        assert server.terminate() == 0
+    finally:
+        if server is not None and server.process.poll() is None:
+            server.kill()

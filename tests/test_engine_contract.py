@@ -1,0 +1,182 @@
+"""What every engine promises, run against offline, openai (a fake Images API on 127.0.0.1)
+and relay (a second imageforge on 127.0.0.1), each built through `build_engine`."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from imageforge.engines import Engine, GenerationRequest, ReferenceImage, build_engine
+from imageforge.settings import Settings
+from tests.upstream_servers import (
+    FakeImagesAPI,
+    ImageforgeUpstream,
+    Reply,
+    serve_images_api,
+    solid_png,
+)
+
+KEY_ENV = "IMAGEFORGE_TEST_CONTRACT_KEY"
+
+
+@dataclass
+class Subject:
+    engine: Engine
+    #: A reference image whose URL really serves it (the relay's upstream fetches it).
+    reference: ReferenceImage
+    #: Makes the next generation take far longer than any test waits...
+    slow_down: Callable[[], None]
+    #: ...and undoes that for the generations after it.
+    speed_up: Callable[[], None]
+    #: Requests the upstream has seen so far (0 for engines without one).
+    activity: Callable[[], int]
+    has_upstream: bool = True
+
+
+@pytest.fixture
+def files() -> Iterator[FakeImagesAPI]:
+    with serve_images_api() as api:
+        yield api
+
+
+@pytest.fixture(params=["offline", "openai", "relay"])
+async def subject(
+    request: pytest.FixtureRequest,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    files: FakeImagesAPI,
+) -> AsyncIterator[Subject]:
+    url = f"{files.base_url}/files/64x64.png"
+    reference = ReferenceImage(url=url, data=solid_png(64, 64), format="PNG", width=64, height=64)
+    upstream: ImageforgeUpstream | None = None
+    name: str = request.param
+    if name == "offline":
+        engine = build_engine("offline", Settings())
+        subject = Subject(engine, reference, lambda: None, lambda: None, lambda: 0, False)
+    elif name == "openai":
+        monkeypatch.setenv(KEY_ENV, "sk-contract")
+        # One slot only: a slot leaked by a cancelled call would hang the next test step.
+        config = {"kind": "openai", "base_url": f"{files.base_url}/v1", "api_key_env": KEY_ENV}
+        settings = Settings(engine="openai", upstreams={"fake": {**config, "max_concurrency": 1}})
+        engine = build_engine("openai", settings)
+        subject = Subject(
+            engine,
+            reference,
+            lambda: files.push(Reply(delay=60)),
+            lambda: None,  # the slow reply was for one call only
+            lambda: files.completed + files.in_flight,
+        )
+    else:
+        upstream = await ImageforgeUpstream.start(tmp_path / "upstream")
+        monkeypatch.setenv(KEY_ENV, upstream.api_key)
+        config = {
+            "kind": "relay",
+            "base_url": upstream.base_url,
+            "api_key_env": KEY_ENV,
+            "max_concurrency": 1,
+            "poll_initial_seconds": 0.02,
+            "poll_max_seconds": 0.05,
+        }
+        engine = build_engine("relay", Settings(engine="relay", upstreams={"up": config}))
+        counts = upstream.wrapper.counts
+        subject = Subject(
+            engine,
+            reference,
+            upstream.hold,
+            upstream.release,
+            lambda: counts["submit"] + counts["poll"],
+        )
+    try:
+        yield subject
+    finally:
+        await subject.engine.aclose()
+        if upstream is not None:
+            await upstream.stop()
+
+
+def generation(**changes: object) -> GenerationRequest:
+    values: dict[str, object] = {
+        "prompt": "a paper boat on a pond",
+        "width": 1024,
+        "height": 1024,
+        "quality": "low",
+        "model": "gpt-image-2",
+        # A task per call: an upstream that honours Idempotency-Key refuses a reused id
+        # with a different body.
+        "task_id": f"image_{uuid.uuid4()}",
+    }
+    values.update(changes)
+    return GenerationRequest(**values)  # type: ignore[arg-type]
+
+
+async def test_returns_a_png_of_exactly_the_requested_size(subject: Subject) -> None:
+    for width, height in ((1024, 1024), (1536, 864), (768, 1024)):
+        image = await subject.engine.generate(generation(width=width, height=height))
+        assert image.content_type == "image/png"
+        assert (image.width, image.height) == (width, height)
+        decoded = Image.open(io.BytesIO(image.data))
+        assert (decoded.format, decoded.size) == ("PNG", (width, height))
+
+
+async def test_a_request_with_references_works(subject: Subject) -> None:
+    image = await subject.engine.generate(
+        generation(
+            model="gpt-image-2-r",
+            quality=None,
+            width=1280,
+            height=1024,
+            references=(subject.reference, subject.reference),
+        )
+    )
+    assert (image.width, image.height) == (1280, 1024)
+    assert Image.open(io.BytesIO(image.data)).size == (1280, 1024)
+
+
+async def test_a_cancelled_generate_leaves_nothing_running(subject: Subject) -> None:
+    subject.slow_down()
+    before = asyncio.all_tasks()
+    baseline = subject.activity()
+    job = asyncio.create_task(subject.engine.generate(generation(width=3840, height=2160)))
+    if subject.has_upstream:
+        deadline = time.monotonic() + 10
+        while subject.activity() == baseline:  # the upstream has the request
+            assert time.monotonic() < deadline
+            await asyncio.sleep(0.01)
+    await asyncio.sleep(0.05)
+    assert not job.done()
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    await asyncio.sleep(0.05)
+    assert asyncio.all_tasks() <= before
+    # No polling or resubmitting behind our back once cancelled.
+    seen = subject.activity()
+    await asyncio.sleep(0.3)
+    assert subject.activity() == seen
+    # Nothing leaked (concurrency slot, breaker probe): the engine still serves.
+    subject.speed_up()
+    image = await asyncio.wait_for(subject.engine.generate(generation()), timeout=20)
+    assert (image.width, image.height) == (1024, 1024)
+
+
+async def test_aclose_is_idempotent_and_the_engine_reopens(subject: Subject) -> None:
+    await subject.engine.generate(generation())
+    await subject.engine.aclose()
+    await subject.engine.aclose()
+    started = time.monotonic()
+    image = await subject.engine.generate(generation(width=1024, height=768))
+    assert (image.width, image.height) == (1024, 768)
+    assert time.monotonic() - started < 20
+
+
+async def test_aclose_before_any_use_is_fine(subject: Subject) -> None:
+    await subject.engine.aclose()
+    await subject.engine.aclose()

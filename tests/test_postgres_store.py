@@ -1,0 +1,144 @@
+"""What only the PostgreSQL store has: URLs, migrations, locking, connection failures.
+
+Everything both stores share is in test_store_contract.py, which runs on both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from imageforge.store import StoreUnavailable, open_store, upgrade_database
+from imageforge.store.postgres import PostgresStore
+from tests.pg import PostgresServer, pg_connect, run_sync
+from tests.server_process import cli_env, free_port
+from tests.test_store_contract import claim_one, make_task
+
+pytest_plugins = ["tests.pg"]
+
+
+def _respell(url: str, scheme: str) -> str:
+    return url.replace("postgresql+asyncpg://", scheme, 1)
+
+
+@pytest.mark.parametrize("scheme", ["postgresql+asyncpg://", "postgresql://", "postgres://"])
+async def test_every_usual_url_spelling_works(pg_url: str, scheme: str) -> None:
+    url = _respell(pg_url, scheme)
+    await asyncio.to_thread(upgrade_database, url)
+    store = await open_store(url)
+    try:
+        assert isinstance(store, PostgresStore)
+        await store.ping()
+    finally:
+        await store.close()
+
+
+async def test_migrations_create_the_partial_queue_indexes(pg_url: str) -> None:
+    connection = await pg_connect(pg_url)
+    try:
+        rows = await connection.fetch(
+            "SELECT indexname, indexdef FROM pg_indexes WHERE tablename = 'tasks'"
+        )
+        kinds = dict(
+            await connection.fetch(
+                "SELECT column_name, data_type FROM information_schema.columns "
+                "WHERE table_name = 'tasks'"
+            )
+        )
+    finally:
+        await connection.close()
+    indexes = {row[0]: row[1] for row in rows}
+    assert "WHERE ((status)::text = 'queued'::text)" in indexes["ix_tasks_claimable"]
+    assert "WHERE ((status)::text = 'processing'::text)" in indexes["ix_tasks_leases"]
+    assert "(run_after, created_at)" in indexes["ix_tasks_claimable"]
+    assert kinds["run_after"] == "double precision"
+
+
+def test_concurrent_upgrades_of_a_new_database_take_turns(
+    postgres_server: PostgresServer, tmp_path: Path
+) -> None:
+    url = postgres_server.create_database(migrate=False)
+    # Every node upgrades at start-up; the advisory lock must make that safe.
+    env = cli_env(tmp_path, IMAGEFORGE_DATABASE_URL=url)
+    upgrades = [
+        subprocess.Popen(
+            [sys.executable, "-m", "imageforge", "db", "upgrade"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for _ in range(5)
+    ]
+    outputs = [(process.communicate(timeout=60)[0], process.returncode) for process in upgrades]
+    assert all(code == 0 for _, code in outputs), outputs
+
+    async def version() -> Any:
+        connection = await pg_connect(url)
+        try:
+            return await connection.fetchval("SELECT version_num FROM alembic_version")
+        finally:
+            await connection.close()
+
+    assert run_sync(version) is not None
+
+
+async def test_an_unreachable_server_is_unavailable_not_an_error(pg_url: str) -> None:
+    closed = make_url(pg_url).set(port=free_port()).render_as_string(hide_password=False)
+    with pytest.raises(StoreUnavailable):
+        await open_store(closed)
+
+
+async def test_the_store_survives_its_connections_being_killed(pg_url: str) -> None:
+    store = await open_store(pg_url)
+    try:
+        await store.insert_task(make_task())
+        admin = await pg_connect(pg_url)
+        try:
+            await admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE application_name = 'imageforge' AND pid <> pg_backend_pid()"
+            )
+        finally:
+            await admin.close()
+        # At worst one call sees the dead connection (503); then the pool reconnects.
+        outcomes = []
+        for _ in range(3):
+            try:
+                outcomes.append(await store.count_tasks_by_status())
+            except StoreUnavailable:
+                outcomes.append(None)
+            await asyncio.sleep(0.05)
+        assert outcomes[-1] == {"queued": 1}
+    finally:
+        await store.close()
+
+
+async def test_claim_skips_rows_locked_by_another_transaction(pg_url: str) -> None:
+    store = await open_store(pg_url)
+    now = time.time()
+    first, second = make_task(now=now - 2), make_task(now=now - 1)
+    try:
+        for task in (first, second):
+            await store.insert_task(task)
+        locker = await pg_connect(pg_url)
+        try:
+            async with locker.transaction():
+                await locker.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", first.id)
+                started = time.monotonic()
+                claimed = await store.claim(worker_id="w", limit=2, lease_seconds=30, now=now)
+                # No waiting on the lock: the locked row is skipped, the next one taken.
+                assert time.monotonic() - started < 1.0
+                assert [task.id for task in claimed] == [second.id]
+        finally:
+            await locker.close()
+        assert (await claim_one(store)).id == first.id
+    finally:
+        await store.close()

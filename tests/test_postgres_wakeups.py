@@ -1,0 +1,184 @@
+"""LISTEN/NOTIFY wake-ups: idle workers start at once; lost notifications cost a poll."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import statistics
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from imageforge.runtime import Runtime
+from imageforge.settings import Settings
+from imageforge.store import Store, open_store
+from imageforge.store.urls import asyncpg_dsn
+from imageforge.store.wakeups import APPLICATION_NAME, TaskWakeups
+from tests.pg import pg_connect
+from tests.test_store_contract import claim_one, make_task
+
+pytest_plugins = ["tests.pg"]
+
+POLL_SECONDS = 1.0
+
+
+class Wakes:
+    def __init__(self) -> None:
+        self.count = 0
+        self.event = asyncio.Event()
+
+    def __call__(self) -> None:
+        self.count += 1
+        self.event.set()
+
+    async def next(self, timeout: float = 2.0) -> None:
+        await asyncio.wait_for(self.event.wait(), timeout)
+        self.event.clear()
+
+
+@pytest.fixture
+async def store(pg_url: str) -> AsyncIterator[Store]:
+    opened = await open_store(pg_url)
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@contextlib.asynccontextmanager
+async def listening(url: str, wakes: Wakes) -> AsyncIterator[TaskWakeups]:
+    wakeups = TaskWakeups(asyncpg_dsn(url), wakes, ping_interval=0.5)
+    runner = asyncio.create_task(wakeups.run())
+    try:
+        await asyncio.wait_for(wakeups.listening.wait(), 5)
+        await wakes.next()  # the catch-up wake after every (re)connect
+        yield wakeups
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner
+
+
+async def terminate_listeners(url: str) -> int:
+    admin = await pg_connect(url)
+    try:
+        return len(
+            await admin.fetch(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1"
+                " AND datname = current_database()",
+                APPLICATION_NAME,
+            )
+        )
+    finally:
+        await admin.close()
+
+
+async def test_every_transition_to_claimable_wakes_listeners(pg_url: str, store: Store) -> None:
+    wakes = Wakes()
+    async with listening(pg_url, wakes):
+        await store.insert_task(make_task())
+        await wakes.next()
+        task = await claim_one(store, lease=1)
+        now = time.time()
+        assert await store.requeue(
+            task.id, task.attempt, run_after=now, error="x", error_code="x", now=now
+        )
+        await wakes.next()
+        task = await claim_one(store, lease=1)
+        assert await store.release(task.id, task.attempt, now=time.time())
+        await wakes.next()
+        task = await claim_one(store, lease=1)
+        assert (await store.rescue_expired(now=time.time() + 5)).requeued == (task.id,)
+        await wakes.next()
+        # A retry held back by its delay wakes nobody: there is nothing to claim yet.
+        later = time.time() + 6  # the rescue above re-queued the task as of +5 s
+        task = await claim_one(store, now=later, lease=1)
+        assert await store.requeue(
+            task.id, task.attempt, run_after=later + 60, error="x", error_code="x", now=later
+        )
+        with pytest.raises(TimeoutError):
+            await wakes.next(timeout=0.5)
+
+
+async def test_the_listener_reconnects_after_its_connection_is_killed(
+    pg_url: str, store: Store
+) -> None:
+    wakes = Wakes()
+    async with listening(pg_url, wakes) as wakeups:
+        first_pid = wakeups.backend_pid
+        assert await terminate_listeners(pg_url) == 1
+        # Reconnecting wakes the worker once, in case something was queued meanwhile.
+        await wakes.next(timeout=5)
+        assert wakeups.connections == 2 and wakeups.backend_pid not in (None, first_pid)
+        await store.insert_task(make_task())
+        await wakes.next()
+
+
+def _settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "data_dir": tmp_path / "data",
+        "database_url": url,
+        "engine": "tests.chaos_engine:ChaosEngine",
+        "poll_interval_seconds": POLL_SECONDS,
+        "worker_concurrency": 4,
+        "lease_seconds": 10.0,
+        "heartbeat_seconds": 2.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+async def _dispatch_latencies(store: Store, count: int) -> list[float]:
+    """Insert tasks one at a time (as another node would) and measure create → claim."""
+    latencies = []
+    for _ in range(count):
+        task = make_task()
+        await store.insert_task(task)
+        deadline = time.monotonic() + POLL_SECONDS * 3
+        while True:
+            stored = await store.get_task(task.id)
+            assert stored is not None
+            if stored.started_at is not None:
+                latencies.append(stored.started_at - task.created_at)
+                break
+            assert time.monotonic() < deadline, "task not picked up"
+            await asyncio.sleep(0.005)
+    return latencies
+
+
+async def test_a_lost_notification_costs_at_most_a_poll(
+    pg_url: str, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("IMAGEFORGE_CHAOS_MAX_SECONDS", "0")
+    runtime = await Runtime.start(_settings(tmp_path, pg_url), run_api=False, run_worker=True)
+    try:
+        await asyncio.sleep(0.5)  # the listener connects
+        woken = await _dispatch_latencies(store, 10)
+        # With wake-ups, an idle worker starts far sooner than its 1 s poll.
+        assert statistics.median(woken) < 0.1, woken
+
+        # The listener's connection dies: notifications are lost until it reconnects,
+        # and the poll still finds the work within one interval.
+        assert await terminate_listeners(pg_url) == 1
+        lost = await _dispatch_latencies(store, 1)
+        assert lost[0] <= POLL_SECONDS + 0.25, lost
+
+        # It reconnects by itself and wake-ups are fast again.
+        await asyncio.sleep(1.0)
+        admin = await pg_connect(pg_url)
+        try:
+            listeners = await admin.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1"
+                " AND datname = current_database()",
+                APPLICATION_NAME,
+            )
+        finally:
+            await admin.close()
+        assert listeners == 1
+        again = await _dispatch_latencies(store, 5)
+        assert statistics.median(again) < 0.1, again
+    finally:
+        await runtime.stop()
