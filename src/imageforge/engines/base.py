@@ -44,6 +44,9 @@ class GenerationRequest:
     quality: Quality | None
     model: str
     references: tuple[ReferenceImage, ...] = ()
+    #: The reference URLs as the client sent them (set even when `references` is empty
+    #: because the engine declared `fetches_references = False`).
+    reference_urls: tuple[str, ...] = ()
     #: Task id, for logs and for engines that must resume work (relay); never in pixels.
     task_id: str = ""
     #: Upstream work an earlier attempt already submitted (and paid for): resume it.
@@ -82,6 +85,9 @@ class EngineError(ImageforgeError):
 
 class Engine(Protocol):
     name: ClassVar[str]
+    # An engine may declare `fetches_references: ClassVar[bool] = False` when the
+    # service behind it fetches the URLs itself (relay): the worker then skips the
+    # download and passes only `reference_urls`.
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage: ...
 

@@ -54,6 +54,8 @@ class _UpstreamTaskGone(Exception):
 
 class RelayEngine:
     name: ClassVar[str] = "relay"
+    #: The upstream fetches reference images itself; the worker need not download them.
+    fetches_references: ClassVar[bool] = False
 
     def __init__(self, settings: Settings, *, router: Router | None = None) -> None:
         self._router = router or Router.from_settings(settings, "relay")
@@ -132,9 +134,10 @@ class RelayEngine:
         }
         if request.quality is not None:
             body["quality"] = request.quality
-        if request.references:
+        urls = request.reference_urls or tuple(reference.url for reference in request.references)
+        if urls:
             # The upstream fetches the references itself, from where the client put them.
-            body["image_urls"] = [reference.url for reference in request.references]
+            body["image_urls"] = list(urls)
         headers = self._auth(upstream)
         if request.task_id:
             headers["Idempotency-Key"] = request.task_id

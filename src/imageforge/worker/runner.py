@@ -208,7 +208,11 @@ class Runner:
                 raise EngineError(
                     f"engine {task.engine!r} is not configured on this worker", retryable=False
                 )
-            references = await self._fetcher.fetch_all(task.image_urls)
+            references = (
+                await self._fetcher.fetch_all(task.image_urls)
+                if getattr(engine, "fetches_references", True)
+                else []
+            )
             image = await engine.generate(
                 GenerationRequest(
                     prompt=task.prompt,
@@ -217,6 +221,7 @@ class Runner:
                     quality=task.quality,  # type: ignore[arg-type]
                     model=task.model,
                     references=tuple(references),
+                    reference_urls=task.image_urls,
                     task_id=task.id,
                     resume=(
                         UpstreamRef(task.upstream, task.upstream_task_id)
@@ -295,13 +300,27 @@ class Runner:
             )
 
     async def _record_upstream(self, task: Task, ref: UpstreamRef) -> None:
-        if not await self._store.record_upstream(
-            task.id,
-            task.attempt,
-            upstream=ref.upstream,
-            upstream_task_id=ref.task_id,
-            now=time.time(),
-        ):
+        # The upstream already accepted (and will bill) the work: losing its id to a
+        # database hiccup would make the next attempt submit and pay again, so the save
+        # is retried for up to a lease (it is fenced by the attempt, so retrying is safe).
+        give_up_at = time.monotonic() + self._config.lease_seconds
+        delay = 0.1
+        while True:
+            try:
+                saved = await self._store.record_upstream(
+                    task.id,
+                    task.attempt,
+                    upstream=ref.upstream,
+                    upstream_task_id=ref.task_id,
+                    now=time.time(),
+                )
+                break
+            except StoreUnavailable:
+                if time.monotonic() + delay > give_up_at:
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(2.0, delay * 2)
+        if not saved:
             raise LeaseLost()
 
     async def _record_failure(
