@@ -20,7 +20,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 CHAOS_ENGINE = "tests.chaos_engine:ChaosEngine"
 
 
-def cluster_env(database_url: str, side_effects: Path | None = None, **extra: str) -> dict[str, str]:
+def cluster_env(
+    database_url: str, side_effects: Path | None = None, **extra: str
+) -> dict[str, str]:
     """Settings every process of a test cluster shares (short leases: kills heal fast)."""
     env = {
         "PYTHONPATH": str(REPO_ROOT),

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import os
-import re
 import secrets
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, TypeVar
@@ -98,34 +97,11 @@ class PostgresServer:
                 for name in self.databases:
                     # FORCE: a subprocess a failed test left behind must not keep it alive.
                     await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                await _drop_abandoned(connection)
             finally:
                 await connection.close()
 
         run_sync(drop)
         self.databases.clear()
-
-
-async def _drop_abandoned(connection: Any) -> None:
-    """Databases of earlier sessions on this machine whose process is gone (killed runs)."""
-    pattern = re.compile(rf"^{_NAME_PREFIX}(\d+)_[0-9a-f]+_\d+$")
-    for row in await connection.fetch(
-        "SELECT datname FROM pg_database WHERE datname LIKE $1", f"{_NAME_PREFIX}%"
-    ):
-        match = pattern.match(row[0])
-        if match is None or _process_alive(int(match.group(1))):
-            continue
-        await connection.execute(f'DROP DATABASE IF EXISTS "{row[0]}" WITH (FORCE)')
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _unreachable(reason: str) -> None:

@@ -25,7 +25,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -80,7 +80,6 @@ class ChaosReport:
     orphan_images: int = 0
     max_pickup_delay_s: float = 0.0
     drain_after_last_kill_s: float = 0.0
-    notes: list[str] = field(default_factory=list)
 
 
 class Creator(threading.Thread):

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
+from imageforge.ids import TaskId
 from imageforge.store import StoreUnavailable, open_store, upgrade_database
 from imageforge.store.postgres import PostgresStore
 from tests.pg import PostgresServer, pg_connect, run_sync
@@ -140,5 +141,34 @@ async def test_claim_skips_rows_locked_by_another_transaction(pg_url: str) -> No
         finally:
             await locker.close()
         assert (await claim_one(store)).id == first.id
+    finally:
+        await store.close()
+
+
+async def test_reads_in_one_event_loop_turn_share_one_round_trip(pg_url: str) -> None:
+    store = await open_store(pg_url)
+    try:
+        tasks = [make_task() for _ in range(20)]
+        for task in tasks:
+            await store.insert_task(task)
+        wanted = [task.id for task in tasks] + [task.id for task in tasks[:5]]
+        wanted += [TaskId(f"image_missing_{n}") for n in range(5)]
+        found = await asyncio.gather(*(store.get_task(task_id) for task_id in wanted))
+        by_id = {task.id: task for task in tasks}
+        assert found == [by_id.get(task_id) for task_id in wanted]
+    finally:
+        await store.close()
+
+
+async def test_a_failed_shared_read_fails_every_reader_with_503(pg_url: str) -> None:
+    store = await open_store(pg_url)
+    try:
+        assert isinstance(store, PostgresStore)
+        store._pool.terminate()  # as if every connection died at once
+        outcomes = await asyncio.gather(
+            *(store.get_task(TaskId(f"image_{n}")) for n in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes), outcomes
+        assert len({id(outcome) for outcome in outcomes}) == 5
     finally:
         await store.close()
