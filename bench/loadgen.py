@@ -479,7 +479,12 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec = LoadSpec(**json.loads(sys.stdin.read()))
     result = generate(spec)
-    sys.stdout.write(json.dumps(asdict(result)))
+    # The event loop may leave the inherited stdout pipe non-blocking; a large report then
+    # hits EAGAIN part-way and the buffered writer re-sends its start at exit (seen as a
+    # duplicated first 64 KiB). Write it blocking, in one go.
+    os.set_blocking(sys.stdout.fileno(), True)
+    sys.stdout.buffer.write(json.dumps(asdict(result)).encode())
+    sys.stdout.buffer.flush()
 
 
 if __name__ == "__main__":
