@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from imageforge.engines import GeneratedImage, GenerationRequest
+from imageforge.engines import EngineError, GeneratedImage, GenerationRequest
 from imageforge.settings import Settings
 from imageforge.store.urls import asyncpg_dsn, database_backend
 
@@ -36,6 +36,8 @@ PNG_1X1 = bytes.fromhex(
     "0000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
 )
 LOG_ENV = "IMAGEFORGE_CHAOS_LOG"
+#: Prompts starting with this fail for good (non-retryable), after the side effect.
+FAIL_PREFIX = "fail:"
 
 
 class ChaosEngine:
@@ -56,6 +58,10 @@ class ChaosEngine:
         if self._max > 0:
             await asyncio.sleep(random.uniform(self._min, self._max))
         self._record("done", request.task_id, attempt)
+        if request.prompt.startswith(FAIL_PREFIX):
+            # A task the upstream refuses after doing (and billing) the work: the worker
+            # must fail it, and the failure must refund its charge exactly once.
+            raise EngineError("chaos: this prompt always fails", retryable=False)
         return GeneratedImage(data=PNG_1X1, content_type="image/png", width=1, height=1)
 
     def _record(self, event: str, task_id: str, attempt: int) -> None:

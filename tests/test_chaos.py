@@ -31,7 +31,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.chaos_engine import EngineEvent, read_events
+from tests.chaos_engine import FAIL_PREFIX, EngineEvent, read_events
 from tests.cluster import WorkerProcess, cluster_env, wait_until
 from tests.pg import pg_connect, run_sync
 from tests.server_process import ServerProcess, run_cli
@@ -46,6 +46,18 @@ PICKUP_SLACK_SECONDS = 2.5
 MAX_ENGINE_SECONDS = 1.0
 PRICE_MICROS = 6_000  # gpt-image-2, quality low: the default price book
 CREDITS = "1000"
+CREDITS_MICROS = 1_000_000_000
+#: gpt-image-2 at the default (low) quality.
+LOW_PRICE_MICROS = 6_000
+
+
+@dataclass(frozen=True)
+class Balance:
+    initial: int
+    balance: int
+    ledger_sum: int
+
+
 SQLITE_RATE = 10.0
 _IMAGE_NAME = re.compile(r"^(image_[0-9a-f-]+)-(\d+)\.png$")
 
@@ -60,6 +72,7 @@ class StoredTask:
     status: str
     attempt: int
     image_key: str | None
+    prompt: str
 
 
 @dataclass(frozen=True)
@@ -108,9 +121,10 @@ class Creator(threading.Thread):
                     time.sleep(delay)
                 client = clients[index % len(clients)]
                 try:
+                    # Every tenth task fails for good, so refunds run under kills too.
+                    prompt = f"{FAIL_PREFIX} chaos {index}" if index % 10 == 9 else f"chaos {index}"
                     response = client.post(
-                        "/v1/image2/images",
-                        json={"model": "gpt-image-2", "prompt": f"chaos {index}"},
+                        "/v1/image2/images", json={"model": "gpt-image-2", "prompt": prompt}
                     )
                 except httpx.HTTPError as exc:
                     self.failures.append(f"{type(exc).__name__}: {exc}")
@@ -141,13 +155,15 @@ def check_chaos_outcome(
     images_root: Path,
     kills: list[Kill],
     ledger: list[tuple[str | None, str]],
+    balance: Balance,
 ) -> ChaosReport:
     report = ChaosReport(tasks=len(stored), kills=len(kills))
     # Nothing lost, everything finished.
     missing = set(accepted) - set(stored)
     assert not missing, f"{len(missing)} accepted task(s) lost, e.g. {sorted(missing)[:3]}"
-    statuses = Counter(task.status for task in stored.values())
-    assert statuses == {"completed": len(stored)}, f"not all completed: {dict(statuses)}"
+    for task in stored.values():
+        expected = "failed" if task.prompt.startswith(FAIL_PREFIX) else "completed"
+        assert task.status == expected, f"{task.id} ({task.prompt!r}) ended {task.status}"
 
     done = [event for event in events if event.event == "done"]
     starts = [event for event in events if event.event == "start"]
@@ -163,6 +179,12 @@ def check_chaos_outcome(
     images = image_files(images_root)
     for task in stored.values():
         effects = done_by_task.get(task.id, [])
+        if task.status == "failed":
+            # The attempt that failed it ran once; earlier ones were cut short by kills.
+            assert [e for e in effects if e.attempt == task.attempt], task
+            assert all(e.pid in killed_pids for e in effects if e.attempt != task.attempt)
+            report.re_executions += len(effects) - 1
+            continue
         # Exactly one side effect belongs to the attempt that completed the task.
         completing = [event for event in effects if event.attempt == task.attempt]
         assert len(completing) == 1, f"{task.id}: completing attempt {task.attempt}: {effects}"
@@ -183,10 +205,16 @@ def check_chaos_outcome(
                 by = [event for event in effects if event.attempt == attempt]
                 assert by and by[0].pid in killed_pids, f"{task.id}: orphan of live attempt"
 
-    # Money: one charge per task, no refund (nothing failed).
+    # Money: every task charged once; refunded once if and only if it failed; the
+    # ledger sums to the balance, which moved by exactly the completed tasks' prices.
     charges = Counter(task_id for task_id, kind in ledger if kind == "charge")
     assert set(charges) == set(stored) and set(charges.values()) == {1}, "charged ≠ once"
-    assert not [entry for entry in ledger if entry[1] == "refund"]
+    refunds = Counter(task_id for task_id, kind in ledger if kind == "refund")
+    failed = {task.id for task in stored.values() if task.status == "failed"}
+    assert failed and set(refunds) == failed and set(refunds.values()) == {1}, "refund ≠ failed"
+    completed = len(stored) - len(failed)
+    assert balance.ledger_sum == balance.balance, balance
+    assert balance.initial - balance.balance == completed * LOW_PRICE_MICROS, balance
 
     # Work a kill abandoned is picked up again within lease + rescue interval.
     for kill in kills:
@@ -218,15 +246,20 @@ def _create_key(data: Path, env: dict[str, str]) -> str:
 # PostgreSQL: 2 API nodes, 3 workers, SIGKILL workers -----------------------------
 
 
-async def _pg_state(url: str) -> tuple[dict[str, StoredTask], list[tuple[str | None, str]]]:
+async def _pg_state(
+    url: str,
+) -> tuple[dict[str, StoredTask], list[tuple[str | None, str]], Balance]:
     connection = await pg_connect(url)
     try:
-        rows = await connection.fetch("SELECT id, status, attempt, image_key FROM tasks")
+        rows = await connection.fetch("SELECT id, status, attempt, image_key, prompt FROM tasks")
         ledger = await connection.fetch("SELECT task_id, kind FROM ledger")
+        balance = await connection.fetchval("SELECT balance_micros FROM api_keys")
+        ledger_sum = await connection.fetchval("SELECT sum(amount_micros)::bigint FROM ledger")
     finally:
         await connection.close()
-    tasks = {row[0]: StoredTask(row[0], row[1], row[2], row[3]) for row in rows}
-    return tasks, [(row[0], row[1]) for row in ledger]
+    tasks = {row[0]: StoredTask(row[0], row[1], row[2], row[3], row[4]) for row in rows}
+    money = Balance(initial=CREDITS_MICROS, balance=balance, ledger_sum=ledger_sum)
+    return tasks, [(row[0], row[1]) for row in ledger], money
 
 
 async def _lease_holders(url: str) -> Counter[int]:
@@ -303,7 +336,7 @@ def test_sigkill_workers_on_postgres_loses_and_doubles_nothing(
         last_kill = kills[-1].at if kills else time.time()
         deadline = time.monotonic() + 120
         while True:
-            tasks, ledger = run_sync(lambda: _pg_state(fresh_pg_url))
+            tasks, ledger, money = run_sync(lambda: _pg_state(fresh_pg_url))
             if _unfinished(tasks) == 0 and len(tasks) >= task_count:
                 break
             assert time.monotonic() < deadline, f"unfinished: {_unfinished(tasks)}"
@@ -314,8 +347,9 @@ def test_sigkill_workers_on_postgres_loses_and_doubles_nothing(
         with apis[1].client(key) as client:
             for task_id in rng.sample(creator.accepted, 20):
                 body = client.get(f"/v1/result/{task_id}").json()
-                assert body["status"] == "completed", body
-            assert httpx.get(body["image_url"]).status_code == 200
+                assert body["status"] in ("completed", "failed"), body
+                if body["status"] == "completed":
+                    assert httpx.get(body["image_url"]).status_code == 200
 
         report = check_chaos_outcome(
             stored=tasks,
@@ -324,6 +358,7 @@ def test_sigkill_workers_on_postgres_loses_and_doubles_nothing(
             images_root=data / "images",
             kills=kills,
             ledger=ledger,
+            balance=money,
         )
         report.drain_after_last_kill_s = round(drained, 2)
         print(f"\nchaos (PostgreSQL): {report}")
@@ -344,12 +379,17 @@ def test_sigkill_workers_on_postgres_loses_and_doubles_nothing(
 # SQLite: the embedded server, kill -9 the whole process ---------------------------
 
 
-def _sqlite_state(path: Path) -> tuple[dict[str, StoredTask], list[tuple[str | None, str]]]:
+def _sqlite_state(
+    path: Path,
+) -> tuple[dict[str, StoredTask], list[tuple[str | None, str]], Balance]:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10) as db:
-        rows = db.execute("SELECT id, status, attempt, image_key FROM tasks").fetchall()
+        rows = db.execute("SELECT id, status, attempt, image_key, prompt FROM tasks").fetchall()
         ledger = db.execute("SELECT task_id, kind FROM ledger").fetchall()
-    tasks = {row[0]: StoredTask(row[0], row[1], row[2], row[3]) for row in rows}
-    return tasks, [(row[0], row[1]) for row in ledger]
+        (balance,) = db.execute("SELECT balance_micros FROM api_keys").fetchone()
+        (ledger_sum,) = db.execute("SELECT sum(amount_micros) FROM ledger").fetchone()
+    tasks = {row[0]: StoredTask(row[0], row[1], row[2], row[3], row[4]) for row in rows}
+    money = Balance(initial=CREDITS_MICROS, balance=balance, ledger_sum=ledger_sum)
+    return tasks, [(row[0], row[1]) for row in ledger], money
 
 
 def test_sigkill_of_the_embedded_sqlite_server_loses_and_doubles_nothing(
@@ -398,7 +438,7 @@ def test_sigkill_of_the_embedded_sqlite_server_loses_and_doubles_nothing(
             "every task to finish",
         )
         drained = time.time() - last_kill
-        tasks, ledger = _sqlite_state(data / "imageforge.db")
+        tasks, ledger, money = _sqlite_state(data / "imageforge.db")
         report = check_chaos_outcome(
             stored=tasks,
             accepted=accepted,
@@ -406,6 +446,7 @@ def test_sigkill_of_the_embedded_sqlite_server_loses_and_doubles_nothing(
             images_root=data / "images",
             kills=kills,
             ledger=ledger,
+            balance=money,
         )
         report.drain_after_last_kill_s = round(drained, 2)
         print(f"\nchaos (SQLite): {report}")
