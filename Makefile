@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: install serve test lint typecheck pytest bench clean
+.PHONY: install serve test lint typecheck pytest bench bench-upstream bench-queue clean
 
 install: $(STAMP)
 
@@ -33,8 +33,15 @@ pytest: install
 
 test: lint typecheck pytest
 
+# Each benchmark prints one JSON report on stdout.
 bench: install
 	$(BIN)/python bench/api.py
+
+bench-upstream: install
+	$(BIN)/python bench/upstream.py
+
+bench-queue: install
+	$(BIN)/python bench/queue.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

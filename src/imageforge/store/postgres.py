@@ -220,6 +220,9 @@ class _TranslateUnavailable:
     """Turns connection-level failures into StoreUnavailable (a plain class: this
     wraps every call, and a generator-based context manager costs more)."""
 
+    def __init__(self) -> None:
+        self.pool: Any = None
+
     def __enter__(self) -> None:
         return None
 
@@ -229,6 +232,13 @@ class _TranslateUnavailable:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if exc is not None and isinstance(exc, asyncpg.exceptions.InternalClientError):
+            # asyncpg can leave a connection whose backend was terminated mid-operation
+            # in a broken protocol state (MagicStack/asyncpg#1069); the pool would hand
+            # it out again. Expiring the pool's connections makes it reconnect instead.
+            if self.pool is not None:
+                asyncio.get_running_loop().create_task(self.pool.expire_connections())
+            raise StoreUnavailable() from exc
         if (
             exc is not None
             and isinstance(exc, _UNAVAILABLE)
@@ -237,7 +247,6 @@ class _TranslateUnavailable:
             raise StoreUnavailable() from exc
 
 
-_unavailable = _TranslateUnavailable()
 
 
 def _encode_task_value(name: str, value: Any) -> Any:
@@ -340,6 +349,8 @@ async def _book_credit(
 class PostgresStore:
     def __init__(self, pool: Any, dsn: str) -> None:
         self._pool = pool
+        self._unavailable = _TranslateUnavailable()
+        self._unavailable.pool = pool
         self._dsn = dsn
         self._pending_reads: list[tuple[TaskId, asyncio.Future[Task | None]]] = []
         self._reads_in_flight: set[asyncio.Future[None]] = set()
@@ -358,7 +369,7 @@ class PostgresStore:
         would keep re-dialling a floor of connections through an outage, logging a
         traceback each time, where on-demand connections just fail with the call.)"""
         dsn = asyncpg_dsn(database_url)
-        with _unavailable:
+        with _TranslateUnavailable():
             pool = await asyncpg.create_pool(
                 dsn,
                 min_size=0,
@@ -388,7 +399,7 @@ class PostgresStore:
         now: float,
         balance_micros: int | None = None,
     ) -> ApiKeyRecord:
-        with _unavailable:
+        with self._unavailable:
             async with self._pool.acquire() as connection, connection.transaction():
                 await connection.execute(
                     "INSERT INTO api_keys (id, name, key_hash, hint, created_at, balance_micros) "
@@ -412,7 +423,7 @@ class PostgresStore:
         )
 
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None:
-        with _unavailable:
+        with self._unavailable:
             row = await self._pool.fetchrow(
                 f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id
             )
@@ -428,7 +439,7 @@ class PostgresStore:
         note: str | None = None,
         now: float,
     ) -> ApiKeyRecord:
-        with _unavailable:
+        with self._unavailable:
             async with self._pool.acquire() as connection, connection.transaction():
                 # The row lock makes concurrent charges wait, so the ledger sum read
                 # below includes every charge that committed before this change.
@@ -460,7 +471,7 @@ class PostgresStore:
         return _key_from_row(updated)
 
     async def ledger_entries(self, key_id: KeyId) -> list[LedgerEntry]:
-        with _unavailable:
+        with self._unavailable:
             rows = await self._pool.fetch(
                 "SELECT key_id, task_id, kind, amount_micros, model, created_at FROM ledger "
                 "WHERE key_id = $1 ORDER BY id",
@@ -479,7 +490,7 @@ class PostgresStore:
         ]
 
     async def usage(self, key_id: KeyId, *, since: float) -> list[UsageRow]:
-        with _unavailable:
+        with self._unavailable:
             async with self._pool.acquire() as connection:
                 counts = await connection.fetch(_USAGE_COUNTS, key_id, since)
                 spend = await connection.fetch(_USAGE_SPEND, key_id, since)
@@ -501,28 +512,28 @@ class PostgresStore:
         )
 
     async def prune_idempotency_keys(self, *, older_than: float) -> int:
-        with _unavailable:
+        with self._unavailable:
             status = await self._pool.execute(
                 "DELETE FROM idempotency_keys WHERE created_at < $1", older_than
             )
         return int(status.split()[-1])
 
     async def list_keys(self) -> list[ApiKeyRecord]:
-        with _unavailable:
+        with self._unavailable:
             rows = await self._pool.fetch(
                 f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
             )
         return [_key_from_row(row) for row in rows]
 
     async def find_key(self, key_hash: str) -> ApiKeyRecord | None:
-        with _unavailable:
+        with self._unavailable:
             row = await self._pool.fetchrow(
                 f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
             )
         return _key_from_row(row) if row is not None else None
 
     async def revoke_key(self, key_id: KeyId, *, now: float) -> bool:
-        with _unavailable:
+        with self._unavailable:
             status = await self._pool.execute(
                 "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
                 now,
@@ -531,7 +542,7 @@ class PostgresStore:
         return _applied(status)
 
     async def keys_fingerprint(self) -> tuple[int, int]:
-        with _unavailable:
+        with self._unavailable:
             row = await self._pool.fetchrow("SELECT count(*), count(revoked_at) FROM api_keys")
         return int(row[0]), int(row[1])
 
@@ -545,7 +556,7 @@ class PostgresStore:
         max_unfinished: int | None = None,
     ) -> tuple[Task, bool]:
         values = [_encode_task_value(name, getattr(task, name)) for name in _COLUMNS]
-        with _unavailable:
+        with self._unavailable:
             if idempotency is None and max_unfinished is None:
                 # The hot path: one statement, one round trip.
                 async with self._pool.acquire() as connection:
@@ -582,7 +593,7 @@ class PostgresStore:
 
     async def _read_batch(self, batch: list[tuple[TaskId, asyncio.Future[Task | None]]]) -> None:
         try:
-            with _unavailable:
+            with self._unavailable:
                 if len(batch) == 1:
                     row = await self._pool.fetchrow(_GET_TASK, batch[0][0])
                     rows = [row] if row is not None else []
@@ -605,7 +616,7 @@ class PostgresStore:
     async def claim(
         self, *, worker_id: str, limit: int, lease_seconds: float, now: float
     ) -> list[Task]:
-        with _unavailable:
+        with self._unavailable:
             rows = await self._pool.fetch(_CLAIM, now, limit, now + lease_seconds, worker_id)
         tasks = [task_from_row(row) for row in rows]
         # RETURNING has no order; hand tasks out oldest first like the queue does.
@@ -613,7 +624,7 @@ class PostgresStore:
         return tasks
 
     async def heartbeat(self, task_id: TaskId, attempt: int, *, lease_until: float) -> bool:
-        with _unavailable:
+        with self._unavailable:
             status = await self._pool.execute(_HEARTBEAT, lease_until, task_id, attempt)
         return _applied(status)
 
@@ -628,7 +639,7 @@ class PostgresStore:
         upstream: str | None = None,
         now: float,
     ) -> bool:
-        with _unavailable:
+        with self._unavailable:
             status = await self._pool.execute(
                 _COMPLETE,
                 image_key,
@@ -644,7 +655,7 @@ class PostgresStore:
     async def record_upstream(
         self, task_id: TaskId, attempt: int, *, upstream: str, upstream_task_id: str, now: float
     ) -> bool:
-        with _unavailable:
+        with self._unavailable:
             status = await self._pool.execute(
                 _RECORD_UPSTREAM, upstream, upstream_task_id, now, task_id, attempt
             )
@@ -653,7 +664,7 @@ class PostgresStore:
     async def fail(
         self, task_id: TaskId, attempt: int, *, error: str, error_code: str, now: float
     ) -> bool:
-        with _unavailable:
+        with self._unavailable:
             rows = await self._pool.fetch(_FAIL, now, error, error_code, task_id, attempt)
         return len(rows) == 1
 
@@ -668,18 +679,18 @@ class PostgresStore:
         now: float,
     ) -> bool:
         args = (run_after, error, error_code, now, task_id, attempt)
-        with _unavailable:
+        with self._unavailable:
             if run_after <= now:
                 return len(await self._pool.fetch(_REQUEUE_AND_NOTIFY, *args)) == 1
             return _applied(await self._pool.execute(_REQUEUE, *args))
 
     async def release(self, task_id: TaskId, attempt: int, *, now: float) -> bool:
-        with _unavailable:
+        with self._unavailable:
             rows = await self._pool.fetch(_RELEASE_AND_NOTIFY, now, task_id, attempt)
         return len(rows) == 1
 
     async def rescue_expired(self, *, now: float, limit: int = 500) -> RescueReport:
-        with _unavailable:
+        with self._unavailable:
             async with self._pool.acquire() as connection, connection.transaction():
                 rows = await connection.fetch(_RESCUE, now, limit, RESCUE_ERROR)
                 if any(row[0] for row in rows):
@@ -690,12 +701,12 @@ class PostgresStore:
         )
 
     async def count_tasks_by_status(self) -> dict[str, int]:
-        with _unavailable:
+        with self._unavailable:
             rows = await self._pool.fetch("SELECT status, count(*) FROM tasks GROUP BY status")
         return {row[0]: int(row[1]) for row in rows}
 
     async def ping(self) -> None:
-        with _unavailable:
+        with self._unavailable:
             await self._pool.fetchval("SELECT 1")
 
     # Wake-ups ---------------------------------------------------------------
