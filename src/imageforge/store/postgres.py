@@ -247,8 +247,6 @@ class _TranslateUnavailable:
             raise StoreUnavailable() from exc
 
 
-
-
 def _encode_task_value(name: str, value: Any) -> Any:
     if name == "image_urls":
         return orjson.dumps(list(value)).decode()
