@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import re
 import time
@@ -270,3 +271,21 @@ async def test_unknown_route_uses_the_error_body(api: ApiHarness) -> None:
     response = await api.client.get("/v1/nothing")
     assert response.status_code == 404
     assert response.json()["error"]["type"] == "not_found_error"
+
+
+async def test_links_stop_working_after_the_configured_lifetime(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path / "short", image_url_ttl_seconds=1)
+    lifespan, harness = await start_harness(settings)
+    try:
+        secret = await harness.new_key()
+        task_id = (await harness.create(secret)).json()["id"]
+        url = (await harness.wait_terminal(secret, task_id))["image_url"]
+        assert (await harness.client.get(url)).status_code == 200
+        await asyncio.sleep(2.1)
+        expired = await harness.client.get(url)
+        assert expired.status_code == 410
+        fresh = (await harness.poll(secret, task_id)).json()["image_url"]
+        assert fresh != url and (await harness.client.get(fresh)).status_code == 200
+    finally:
+        await harness.client.aclose()
+        await lifespan.__aexit__(None, None, None)

@@ -78,7 +78,7 @@ def test_explicit_config_file_must_exist(tmp_path: Path) -> None:
     ("field", "value"),
     [
         ("public_base_url", "ftp://x"),
-        ("image_url_ttl_seconds", 5),
+        ("image_url_ttl_seconds", 0),
         ("worker_concurrency", 0),
         ("poll_interval_seconds", 5),
     ],

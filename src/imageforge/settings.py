@@ -71,7 +71,7 @@ class Settings(BaseSettings):
         description="Base of image links, e.g. https://images.example.com; "
         "default: the URL the client called.",
     )
-    image_url_ttl_seconds: int = Field(86_400, ge=60, description="Lifetime of an image link.")
+    image_url_ttl_seconds: int = Field(86_400, ge=1, description="Lifetime of an image link.")
 
     engine: str = Field("offline", description="Engine for every model without its own routing.")
     models: dict[str, ModelConfig] = Field(default_factory=dict)
