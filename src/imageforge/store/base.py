@@ -20,6 +20,9 @@ from imageforge.errors import (
 from imageforge.ids import KeyId, TaskId
 from imageforge.tasks import Task
 
+#: The error a rescued task carries (and, after its last attempt, fails with).
+RESCUE_ERROR = "the worker processing this task stopped responding (lease expired)"
+
 
 class StoreUnavailable(ServiceUnavailable):
     """The database cannot be reached or is locked beyond the busy timeout."""

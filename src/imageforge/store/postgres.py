@@ -32,6 +32,7 @@ from imageforge.billing import InsufficientCredits
 from imageforge.errors import NotFound
 from imageforge.ids import KeyId, TaskId
 from imageforge.store.base import (
+    RESCUE_ERROR,
     ApiKeyRecord,
     IdempotencyClaim,
     LedgerEntry,
@@ -44,18 +45,20 @@ from imageforge.store.base import (
 )
 
 # One column order and one row mapper for both databases: they share the schema.
-from imageforge.store.sqlite import (
-    _KEY_COLUMNS,
-    _TASK_COLUMNS,
-    RESCUE_ERROR,
-    _key_from_row,
+from imageforge.store.rows import (
+    KEY_COLUMNS,
+    LEDGER_COLUMNS,
+    TASK_COLUMNS,
+    key_from_row,
+    ledger_entry_from_row,
     task_from_row,
+    usage_rows,
 )
 from imageforge.store.urls import asyncpg_dsn
 from imageforge.store.wakeups import CHANNEL, TaskWakeups
 from imageforge.tasks import Task
 
-_COLUMNS = tuple(name.strip() for name in _TASK_COLUMNS.split(","))
+_COLUMNS = tuple(name.strip() for name in TASK_COLUMNS.split(","))
 _SELECT_COLUMNS = ", ".join(_COLUMNS)
 # In UPDATE … FROM picked, `id` alone would be ambiguous.
 _RETURNING_COLUMNS = ", ".join(f"t.{name}" for name in _COLUMNS)
@@ -423,9 +426,9 @@ class PostgresStore:
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None:
         with self._unavailable:
             row = await self._pool.fetchrow(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id
             )
-        return _key_from_row(row) if row is not None else None
+        return key_from_row(row) if row is not None else None
 
     async def adjust_balance(
         self,
@@ -464,50 +467,24 @@ class PostgresStore:
                     if delta:
                         await _book_credit(connection, key_id, delta, note, now)
                 updated = await connection.fetchrow(
-                    f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id
+                    f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1", key_id
                 )
-        return _key_from_row(updated)
+        return key_from_row(updated)
 
     async def ledger_entries(self, key_id: KeyId) -> list[LedgerEntry]:
         with self._unavailable:
             rows = await self._pool.fetch(
-                "SELECT key_id, task_id, kind, amount_micros, model, created_at FROM ledger "
-                "WHERE key_id = $1 ORDER BY id",
+                f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE key_id = $1 ORDER BY id",
                 key_id,
             )
-        return [
-            LedgerEntry(
-                key_id=KeyId(r[0]),
-                task_id=TaskId(r[1]) if r[1] else None,
-                kind=r[2],
-                amount_micros=r[3],
-                model=r[4],
-                created_at=r[5],
-            )
-            for r in rows
-        ]
+        return [ledger_entry_from_row(row) for row in rows]
 
     async def usage(self, key_id: KeyId, *, since: float) -> list[UsageRow]:
         with self._unavailable:
             async with self._pool.acquire() as connection:
                 counts = await connection.fetch(_USAGE_COUNTS, key_id, since)
                 spend = await connection.fetch(_USAGE_SPEND, key_id, since)
-        spent = {(day, model): amount for day, model, amount in spend}
-        return sorted(
-            (
-                UsageRow(
-                    day=day,
-                    model=model,
-                    tasks=total,
-                    completed=completed,
-                    failed=failed,
-                    unfinished=unfinished,
-                    spend_micros=spent.get((day, model), 0),
-                )
-                for day, model, total, completed, failed, unfinished in counts
-            ),
-            key=lambda row: (row.day, row.model),
-        )
+        return usage_rows(counts, spend)
 
     async def prune_idempotency_keys(self, *, older_than: float) -> int:
         with self._unavailable:
@@ -519,16 +496,16 @@ class PostgresStore:
     async def list_keys(self) -> list[ApiKeyRecord]:
         with self._unavailable:
             rows = await self._pool.fetch(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+                f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
             )
-        return [_key_from_row(row) for row in rows]
+        return [key_from_row(row) for row in rows]
 
     async def find_key(self, key_hash: str) -> ApiKeyRecord | None:
         with self._unavailable:
             row = await self._pool.fetchrow(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1", key_hash
             )
-        return _key_from_row(row) if row is not None else None
+        return key_from_row(row) if row is not None else None
 
     async def revoke_key(self, key_id: KeyId, *, now: float) -> bool:
         with self._unavailable:

@@ -27,6 +27,7 @@ from imageforge.billing import InsufficientCredits
 from imageforge.errors import NotFound
 from imageforge.ids import KeyId, TaskId
 from imageforge.store.base import (
+    RESCUE_ERROR,
     ApiKeyRecord,
     IdempotencyClaim,
     LedgerEntry,
@@ -37,64 +38,18 @@ from imageforge.store.base import (
     plan_balance_change,
     too_many_unfinished,
 )
-from imageforge.tasks import Task, TaskStatus
+from imageforge.store.rows import (
+    KEY_COLUMNS,
+    LEDGER_COLUMNS,
+    TASK_COLUMNS,
+    key_from_row,
+    ledger_entry_from_row,
+    task_from_row,
+    usage_rows,
+)
+from imageforge.tasks import Task
 
 log = logging.getLogger(__name__)
-
-_TASK_COLUMNS = (
-    "id, key_id, model, engine, prompt, quality, width, height, ratio, resolution, image_urls, "
-    "status, attempt, max_attempts, run_after, lease_expires_at, worker_id, image_key, "
-    "content_type, error, error_code, usage, price_micros, upstream, upstream_task_id, created_at, "
-    "updated_at, started_at, finished_at"
-)
-_KEY_COLUMNS = "id, name, hint, created_at, revoked_at, balance_micros"
-
-RESCUE_ERROR = "the worker processing this task stopped responding (lease expired)"
-
-
-def task_from_row(row: tuple[Any, ...]) -> Task:
-    return Task(
-        id=TaskId(row[0]),
-        key_id=KeyId(row[1]),
-        model=row[2],
-        engine=row[3],
-        prompt=row[4],
-        quality=row[5],
-        width=row[6],
-        height=row[7],
-        ratio=row[8],
-        resolution=row[9],
-        image_urls=tuple(orjson.loads(row[10])),
-        status=TaskStatus(row[11]),
-        attempt=row[12],
-        max_attempts=row[13],
-        run_after=row[14],
-        lease_expires_at=row[15],
-        worker_id=row[16],
-        image_key=row[17],
-        content_type=row[18],
-        error=row[19],
-        error_code=row[20],
-        usage=orjson.loads(row[21]) if row[21] else None,
-        price_micros=row[22],
-        upstream=row[23],
-        upstream_task_id=row[24],
-        created_at=row[25],
-        updated_at=row[26],
-        started_at=row[27],
-        finished_at=row[28],
-    )
-
-
-def _key_from_row(row: tuple[Any, ...]) -> ApiKeyRecord:
-    return ApiKeyRecord(
-        id=KeyId(row[0]),
-        name=row[1],
-        hint=row[2],
-        created_at=row[3],
-        revoked_at=row[4],
-        balance_micros=row[5],
-    )
 
 
 def sqlite_path(database_url: str) -> Path:
@@ -215,9 +170,9 @@ class SqliteStore:
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None:
         with self._guard():
             row = self._db.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
             ).fetchone()
-        return _key_from_row(row) if row else None
+        return key_from_row(row) if row else None
 
     async def adjust_balance(
         self,
@@ -251,28 +206,17 @@ class SqliteStore:
                 if delta:
                     self._credit_entry(db, key_id, delta, note, now)
             updated = db.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
             ).fetchone()
-        return _key_from_row(updated)
+        return key_from_row(updated)
 
     async def ledger_entries(self, key_id: KeyId) -> list[LedgerEntry]:
         with self._guard():
             rows = self._db.execute(
-                "SELECT key_id, task_id, kind, amount_micros, model, created_at FROM ledger "
-                "WHERE key_id = ? ORDER BY id",
+                f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE key_id = ? ORDER BY id",
                 (key_id,),
             ).fetchall()
-        return [
-            LedgerEntry(
-                key_id=KeyId(r[0]),
-                task_id=TaskId(r[1]) if r[1] else None,
-                kind=r[2],
-                amount_micros=r[3],
-                model=r[4],
-                created_at=r[5],
-            )
-            for r in rows
-        ]
+        return [ledger_entry_from_row(row) for row in rows]
 
     async def usage(self, key_id: KeyId, *, since: float) -> list[UsageRow]:
         with self._guard():
@@ -290,22 +234,7 @@ class SqliteStore:
                 "GROUP BY day, t.model",
                 (key_id, since),
             ).fetchall()
-        spent = {(day, model): amount for day, model, amount in spend}
-        return sorted(
-            (
-                UsageRow(
-                    day=day,
-                    model=model,
-                    tasks=total,
-                    completed=completed,
-                    failed=failed,
-                    unfinished=unfinished,
-                    spend_micros=spent.get((day, model), 0),
-                )
-                for day, model, total, completed, failed, unfinished in counts
-            ),
-            key=lambda row: (row.day, row.model),
-        )
+        return usage_rows(counts, spend)
 
     async def prune_idempotency_keys(self, *, older_than: float) -> int:
         async with self._write() as db:
@@ -315,16 +244,16 @@ class SqliteStore:
     async def list_keys(self) -> list[ApiKeyRecord]:
         with self._guard():
             rows = self._db.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
+                f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
             ).fetchall()
-        return [_key_from_row(row) for row in rows]
+        return [key_from_row(row) for row in rows]
 
     async def find_key(self, key_hash: str) -> ApiKeyRecord | None:
         with self._guard():
             row = self._db.execute(
-                f"SELECT {_KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
+                f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
             ).fetchone()
-        return _key_from_row(row) if row else None
+        return key_from_row(row) if row else None
 
     async def revoke_key(self, key_id: KeyId, *, now: float) -> bool:
         async with self._write() as db:
@@ -397,7 +326,7 @@ class SqliteStore:
         if request_hash != claim.request_hash:
             raise idempotency_mismatch()
         original = db.execute(
-            f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+            f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
         ).fetchone()
         return task_from_row(original)
 
@@ -443,7 +372,7 @@ class SqliteStore:
 
     def _insert_task_row(self, db: sqlite3.Connection, task: Task) -> None:
         db.execute(
-            f"INSERT INTO tasks ({_TASK_COLUMNS}) VALUES ({','.join('?' * 29)})",
+            f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({','.join('?' * 29)})",
             (
                 task.id,
                 task.key_id,
@@ -480,7 +409,7 @@ class SqliteStore:
     async def get_task(self, task_id: TaskId) -> Task | None:
         with self._guard():
             row = self._db.execute(
-                f"SELECT {_TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
+                f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
             ).fetchone()
         return task_from_row(row) if row else None
 
@@ -494,7 +423,7 @@ class SqliteStore:
                 "updated_at = ? "
                 "WHERE id IN (SELECT id FROM tasks WHERE status = 'queued' AND run_after <= ? "
                 "ORDER BY run_after, created_at LIMIT ?) "
-                f"RETURNING {_TASK_COLUMNS}",
+                f"RETURNING {TASK_COLUMNS}",
                 (now + lease_seconds, worker_id, now, now, now, limit),
             ).fetchall()
         tasks = [task_from_row(row) for row in rows]
