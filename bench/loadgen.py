@@ -24,6 +24,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field
@@ -456,22 +457,25 @@ def generate(spec: LoadSpec) -> LoadResult:
 def run_load(spec: LoadSpec) -> LoadResult:
     """Run `spec` in a fresh child process and return what it measured."""
     timeout = spec.warmup_s + spec.duration_s + _DRAIN_TIMEOUT_S + 30
-    proc = subprocess.Popen(
-        [sys.executable, str(Path(__file__).resolve())],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-        start_new_session=True,  # Ctrl-C reaches the parent only; it kills this child
-    )
-    try:
-        out, _ = proc.communicate(json.dumps(asdict(spec)), timeout=timeout)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if proc.returncode != 0:
-        raise RuntimeError(f"load generator exited with status {proc.returncode}")
-    return LoadResult.from_json(json.loads(out))
+    # The report (every latency) comes back through a file, not a pipe: reading it from the
+    # child's stdout garbled it now and then (a duplicated or cut 64 KiB block).
+    with tempfile.TemporaryDirectory(prefix="loadgen-") as scratch:
+        report_path = Path(scratch) / "report.json"
+        proc = subprocess.Popen(
+            [sys.executable, str(Path(__file__).resolve()), str(report_path)],
+            stdin=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # Ctrl-C reaches the parent only; it kills this child
+        )
+        try:
+            proc.communicate(json.dumps(asdict(spec)), timeout=timeout)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if proc.returncode != 0:
+            raise RuntimeError(f"load generator exited with status {proc.returncode}")
+        return LoadResult.from_json(json.loads(report_path.read_text()))
 
 
 def main() -> None:
@@ -479,12 +483,7 @@ def main() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     spec = LoadSpec(**json.loads(sys.stdin.read()))
     result = generate(spec)
-    # The event loop may leave the inherited stdout pipe non-blocking; a large report then
-    # hits EAGAIN part-way and the buffered writer re-sends its start at exit (seen as a
-    # duplicated first 64 KiB). Write it blocking, in one go.
-    os.set_blocking(sys.stdout.fileno(), True)
-    sys.stdout.buffer.write(json.dumps(asdict(result)).encode())
-    sys.stdout.buffer.flush()
+    Path(sys.argv[1]).write_text(json.dumps(asdict(result)))
 
 
 if __name__ == "__main__":
