@@ -1,0 +1,150 @@
+"""The offline engine: renders in a low-priority process pool, off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from typing import ClassVar
+
+from PIL import Image
+
+from imageforge.engines.base import EngineError, GeneratedImage, GenerationRequest, Quality
+from imageforge.engines.offline.caption import layout_caption, paint_caption
+from imageforge.engines.offline.scene import paint_scene
+from imageforge.engines.offline.style import (
+    DETAILS,
+    PNG_COMPRESS_LEVEL,
+    UndecodableReference,
+    make_palette,
+    scene_digest,
+    seeded_rng,
+)
+from imageforge.engines.offline.thumbnails import (
+    average_colour,
+    decode_reference,
+    layout_thumbnails,
+    paint_thumbnails,
+)
+
+# --------------------------------------------------------------------------------------------
+# Public entry points
+# --------------------------------------------------------------------------------------------
+
+
+def render_png(request: GenerationRequest) -> bytes:
+    """Render `request` synchronously in this process and return the PNG bytes."""
+    try:
+        return render_png_bytes(*_render_args(request))
+    except UndecodableReference as exc:
+        raise EngineError(str(exc), retryable=False) from exc
+
+
+def render_png_bytes(
+    prompt: str,
+    width: int,
+    height: int,
+    quality: str | None,
+    references: tuple[bytes, ...],
+) -> bytes:
+    """The worker-side entry point: plain, picklable arguments only (see `OfflineEngine`)."""
+    if width < 1 or height < 1:
+        raise ValueError(f"invalid size {width}x{height}")
+    # Models that ignore quality get the middle level, byte for byte.
+    level: Quality = "low" if quality == "low" else "high" if quality == "high" else "medium"
+    detail = DETAILS[level]
+    digest = scene_digest(prompt, references)
+
+    caption = layout_caption(prompt, width, height, level, len(references))
+    grid = layout_thumbnails(len(references), width, height, caption)
+    thumbs = [decode_reference(data, i, grid.inner) for i, data in enumerate(references)]
+    palette = make_palette(seeded_rng(digest, "palette"), average_colour(thumbs))
+
+    image = Image.new("RGB", (width, height), palette.sky_top)
+    paint_scene(image, digest, palette, detail, caption.top)
+    paint_caption(image, caption, palette)
+    paint_thumbnails(image, thumbs, grid, palette)
+
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=PNG_COMPRESS_LEVEL, optimize=False)
+    return out.getvalue()
+
+
+class OfflineEngine:
+    """Renders in a process pool, created on first use, so the event loop is never blocked."""
+
+    name: ClassVar[str] = "offline"
+
+    def __init__(self, *, max_workers: int = 1) -> None:
+        if max_workers < 1:
+            raise ValueError("max_workers must be at least 1")
+        self._max_workers = max_workers
+        self._pool: ProcessPoolExecutor | None = None
+
+    def _executor(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            self._pool = ProcessPoolExecutor(
+                max_workers=self._max_workers,
+                mp_context=_process_context(),
+                initializer=_lower_priority,
+            )
+        return self._pool
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        pool = self._executor()
+        loop = asyncio.get_running_loop()
+        try:
+            data = await loop.run_in_executor(pool, render_png_bytes, *_render_args(request))
+        except UndecodableReference as exc:
+            raise EngineError(str(exc), retryable=False) from exc
+        except BrokenProcessPool as exc:
+            # A worker died (most likely killed for memory); a fresh pool may well succeed.
+            if self._pool is pool:
+                self._pool = None
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise EngineError("the offline renderer process died", retryable=True) from exc
+        return GeneratedImage(
+            data=data,
+            content_type="image/png",
+            width=request.width,
+            height=request.height,
+            usage={},
+        )
+
+    async def aclose(self) -> None:
+        """Stop the workers, dropping renders not yet started. A later call starts a new pool."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            # Joining the workers can take a moment; do it off the event loop.
+            await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
+
+
+def _lower_priority() -> None:
+    # Renders are batch work; the API process sharing these cores answers polls. A lower
+    # scheduling priority keeps poll latency flat while a 4K image renders.
+    with contextlib.suppress(OSError):
+        os.nice(10)
+
+
+def _process_context() -> multiprocessing.context.BaseContext:
+    # Not fork: the server has an event loop and threads that a forked child would inherit in
+    # whatever state they were in. Not forkserver either: its first use blocks the calling thread
+    # (the event loop) until the server process has booted. A spawned worker is slower to start,
+    # but that happens once per worker and entirely off the loop.
+    return multiprocessing.get_context("spawn")
+
+
+def _render_args(
+    request: GenerationRequest,
+) -> tuple[str, int, int, str | None, tuple[bytes, ...]]:
+    return (
+        request.prompt,
+        request.width,
+        request.height,
+        request.quality,
+        tuple(ref.data for ref in request.references),
+    )
