@@ -289,3 +289,11 @@ async def test_links_stop_working_after_the_configured_lifetime(tmp_path: Path) 
     finally:
         await harness.client.aclose()
         await lifespan.__aexit__(None, None, None)
+
+
+async def test_image_links_answer_head_requests(api: ApiHarness, key: str) -> None:
+    task_id = (await api.create(key)).json()["id"]
+    url = (await api.wait_terminal(key, task_id))["image_url"]
+    head = await api.client.head(url)
+    assert head.status_code == 200 and head.headers["content-type"] == "image/png"
+    assert int(head.headers["content-length"]) > 0 and head.content == b""

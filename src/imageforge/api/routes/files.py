@@ -47,3 +47,7 @@ async def download_file(
         media_type=media_type,
         headers={"Cache-Control": f"private, max-age={remaining}, immutable"},
     )
+
+
+# Clients and proxies probe links with HEAD before downloading; same checks, no body.
+router.add_api_route("/files/{key:path}", download_file, methods=["HEAD"], include_in_schema=False)
