@@ -38,6 +38,13 @@ class ClientShards(Generic[C]):
         self._clients: list[C | None] = [None] * count
         self._in_flight = [0] * count
 
+    def build_all(self) -> list[C]:
+        """Build every client now (a worker does this before it claims anything)."""
+        for index, client in enumerate(self._clients):
+            if client is None:
+                self._clients[index] = self._make(self.connections_per_client)
+        return [client for client in self._clients if client is not None]
+
     @contextlib.contextmanager
     def lease(self) -> Iterator[C]:
         """The least busy client, for one call."""
