@@ -507,3 +507,12 @@ async def test_setting_a_balance_while_creates_run_keeps_ledger_and_balance_equa
     assert balance is not None and balance == await _ledger_sum(store, key_id)
     charges = [e for e in await store.ledger_entries(key_id) if e.kind == "charge"]
     assert len(charges) == 20
+
+
+async def test_request_counters_per_key_and_window(store: Store) -> None:
+    first, second = KeyId("key_first"), KeyId("key_second")
+    assert [await store.count_request(first, window_start=60) for _ in range(3)] == [1, 2, 3]
+    assert await store.count_request(first, window_start=120) == 1
+    assert await store.count_request(second, window_start=60) == 1
+    assert await store.prune_request_counts(older_than=120) == 2
+    assert await store.count_request(first, window_start=60) == 1

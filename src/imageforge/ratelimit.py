@@ -1,22 +1,45 @@
-"""Requests per minute per API key, on the `limits` library.
+"""Requests per minute per API key.
 
-In memory for one node; shared through Redis when `redis_url` is set, so that
-several API nodes enforce one limit together.
+Three homes for the counters, picked from the deployment:
+- one node on SQLite: in process memory (the `limits` library);
+- several nodes, Redis configured: Redis, through `limits`;
+- several nodes on PostgreSQL without Redis: the database, one UPSERT per request
+  into a per-minute counter row, so every API node enforces one limit together.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from typing import Protocol
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import FixedWindowRateLimiter
 
 from imageforge.errors import RateLimited
+from imageforge.ids import KeyId
+from imageforge.store import Store
+
+WINDOW_SECONDS = 60
 
 
-class RequestRateLimiter:
+class RequestRateLimiter(Protocol):
+    async def check(self, key_id: KeyId) -> None:
+        """Count one request; raise RateLimited (429) past the limit."""
+        ...
+
+
+def _limited(per_minute: int, retry_after: float) -> RateLimited:
+    return RateLimited(
+        f"rate limit exceeded: at most {per_minute} requests per minute per API key",
+        retry_after=math.ceil(retry_after),
+    )
+
+
+class LimitsRateLimiter:
+    """Fixed one-minute windows in memory, or in Redis when `redis_url` is set."""
+
     def __init__(self, per_minute: int, *, redis_url: str | None = None) -> None:
         self._item = RateLimitItemPerMinute(per_minute)
         storage: Storage
@@ -31,11 +54,31 @@ class RequestRateLimiter:
         self._limiter = FixedWindowRateLimiter(storage)
         self._per_minute = per_minute
 
-    async def check(self, key_id: str) -> None:
+    async def check(self, key_id: KeyId) -> None:
         if await self._limiter.hit(self._item, "imageforge", key_id):
             return
         stats = await self._limiter.get_window_stats(self._item, "imageforge", key_id)
-        raise RateLimited(
-            f"rate limit exceeded: at most {self._per_minute} requests per minute per API key",
-            retry_after=math.ceil(stats.reset_time - time.time()),
-        )
+        raise _limited(self._per_minute, stats.reset_time - time.time())
+
+
+class DatabaseRateLimiter:
+    """Fixed one-minute windows counted in the shared database."""
+
+    def __init__(self, per_minute: int, store: Store) -> None:
+        self._per_minute = per_minute
+        self._store = store
+
+    async def check(self, key_id: KeyId) -> None:
+        now = time.time()
+        window_start = int(now) // WINDOW_SECONDS * WINDOW_SECONDS
+        hits = await self._store.count_request(key_id, window_start=window_start)
+        if hits > self._per_minute:
+            raise _limited(self._per_minute, window_start + WINDOW_SECONDS - now)
+
+
+def build_rate_limiter(
+    per_minute: int, *, store: Store, shared_database: bool, redis_url: str | None
+) -> RequestRateLimiter:
+    if redis_url or not shared_database:
+        return LimitsRateLimiter(per_minute, redis_url=redis_url)
+    return DatabaseRateLimiter(per_minute, store)

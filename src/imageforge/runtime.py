@@ -16,13 +16,14 @@ from typing import Any
 from imageforge.catalog import billing_tiers
 from imageforge.engines import Engine, build_engines
 from imageforge.keyring import KeyRing
-from imageforge.ratelimit import RequestRateLimiter
+from imageforge.ratelimit import RequestRateLimiter, build_rate_limiter
 from imageforge.references import FetchLimits, ReferenceFetcher
 from imageforge.service import ImageService
 from imageforge.settings import Settings
 from imageforge.storage import LocalStorage, UrlSigner, load_or_create_secret
 from imageforge.store import Store, open_store, upgrade_database
 from imageforge.store.base import WakesWorkers
+from imageforge.store.urls import database_backend
 from imageforge.worker.rescuer import rescue_forever
 from imageforge.worker.runner import Runner, RunnerConfig
 
@@ -69,8 +70,12 @@ class Runtime:
             settings=settings, store=store, storage=storage, keyring=keyring, service=service
         )
         if settings.rate_limit_per_minute is not None:
-            runtime.rate_limiter = RequestRateLimiter(
-                settings.rate_limit_per_minute, redis_url=settings.redis_url
+            runtime.rate_limiter = build_rate_limiter(
+                settings.rate_limit_per_minute,
+                store=store,
+                # SQLite serves one node; PostgreSQL may serve many.
+                shared_database=database_backend(settings.resolved_database_url) != "sqlite",
+                redis_url=settings.redis_url,
             )
         if run_api:
             await keyring.refresh()

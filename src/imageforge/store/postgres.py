@@ -493,6 +493,24 @@ class PostgresStore:
             )
         return int(status.split()[-1])
 
+    async def count_request(self, key_id: KeyId, *, window_start: int) -> int:
+        with self._unavailable:
+            hits = await self._pool.fetchval(
+                "INSERT INTO rate_limit_windows (key_id, window_start, hits) VALUES ($1, $2, 1) "
+                "ON CONFLICT (key_id, window_start) "
+                "DO UPDATE SET hits = rate_limit_windows.hits + 1 RETURNING hits",
+                key_id,
+                window_start,
+            )
+        return int(hits)
+
+    async def prune_request_counts(self, *, older_than: int) -> int:
+        with self._unavailable:
+            status = await self._pool.execute(
+                "DELETE FROM rate_limit_windows WHERE window_start < $1", older_than
+            )
+        return int(status.split()[-1])
+
     async def list_keys(self) -> list[ApiKeyRecord]:
         with self._unavailable:
             rows = await self._pool.fetch(

@@ -136,3 +136,12 @@ idempotency_keys = Table(
     Column("created_at", Float, nullable=False, comment="kept 24 h, then pruned"),
 )
 Index("ix_idempotency_created", idempotency_keys.c.created_at)
+
+rate_limit_windows = Table(
+    "rate_limit_windows",
+    metadata,
+    Column("key_id", String(40), primary_key=True),
+    Column("window_start", BigInteger, primary_key=True, comment="Unix minute × 60"),
+    Column("hits", Integer, nullable=False, comment="requests in that minute, every node"),
+    comment="requests-per-minute counters shared by API nodes; old windows are pruned",
+)

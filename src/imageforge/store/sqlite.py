@@ -241,6 +241,23 @@ class SqliteStore:
             cursor = db.execute("DELETE FROM idempotency_keys WHERE created_at < ?", (older_than,))
         return cursor.rowcount
 
+    async def count_request(self, key_id: KeyId, *, window_start: int) -> int:
+        async with self._write() as db:
+            (hits,) = db.execute(
+                "INSERT INTO rate_limit_windows (key_id, window_start, hits) VALUES (?, ?, 1) "
+                "ON CONFLICT (key_id, window_start) DO UPDATE SET hits = hits + 1 "
+                "RETURNING hits",
+                (key_id, window_start),
+            ).fetchone()
+        return int(hits)
+
+    async def prune_request_counts(self, *, older_than: int) -> int:
+        async with self._write() as db:
+            cursor = db.execute(
+                "DELETE FROM rate_limit_windows WHERE window_start < ?", (older_than,)
+            )
+        return cursor.rowcount
+
     async def list_keys(self) -> list[ApiKeyRecord]:
         with self._guard():
             rows = self._db.execute(

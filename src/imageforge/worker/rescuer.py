@@ -30,6 +30,8 @@ async def rescue_forever(
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY_SECONDS
                 await store.prune_idempotency_keys(older_than=now - idempotency_ttl_seconds)
+                # Request counters matter for their minute only.
+                await store.prune_request_counts(older_than=int(now) - 300)
             report = await store.rescue_expired(now=now)
             if report.requeued:
                 log.warning("re-queued %d task(s) with expired leases", len(report.requeued))
