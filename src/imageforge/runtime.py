@@ -122,6 +122,7 @@ class Runtime:
                 self.store,
                 interval_seconds=settings.rescue_interval_seconds,
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
+                storage=self.storage,
             ),
             "rescuer",
         )

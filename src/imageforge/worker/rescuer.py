@@ -11,7 +11,9 @@ import asyncio
 import logging
 import time
 
+from imageforge.storage import LocalStorage
 from imageforge.store import Store, StoreUnavailable
+from imageforge.worker.janitor import sweep_orphan_images
 
 log = logging.getLogger(__name__)
 
@@ -20,10 +22,21 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY_SECONDS = 60.0
 
 
+#: Orphaned images are looked for this often, and only among files at least this old (far
+#: longer than any write takes, so no worker can still be writing them).
+SWEEP_EVERY_SECONDS = 3600.0
+ORPHAN_MIN_AGE_SECONDS = 3600.0
+
+
 async def rescue_forever(
-    store: Store, *, interval_seconds: float, idempotency_ttl_seconds: float = 86_400
+    store: Store,
+    *,
+    interval_seconds: float,
+    idempotency_ttl_seconds: float = 86_400,
+    storage: LocalStorage | None = None,
 ) -> None:
     next_prune = 0.0
+    next_sweep = time.time() + SWEEP_EVERY_SECONDS
     while True:
         try:
             now = time.time()
@@ -32,6 +45,9 @@ async def rescue_forever(
                 await store.prune_idempotency_keys(older_than=now - idempotency_ttl_seconds)
                 # Request counters matter for their minute only.
                 await store.prune_request_counts(older_than=int(now) - 300)
+            if storage is not None and now >= next_sweep:
+                next_sweep = now + SWEEP_EVERY_SECONDS
+                await sweep_orphan_images(store, storage, min_age_seconds=ORPHAN_MIN_AGE_SECONDS)
             report = await store.rescue_expired(now=now)
             if report.requeued:
                 log.warning("re-queued %d task(s) with expired leases", len(report.requeued))

@@ -1,0 +1,58 @@
+"""The janitor: removes images no task will ever link to.
+
+A worker killed between storing its image and recording the completion, or one
+whose lease was taken away mid-write, leaves a file named after its attempt that
+the task never points at (the attempt is part of the storage key precisely so it
+cannot overwrite the winner's image). Once the task is terminal and the file is
+old enough that no worker can still be writing it, the file is an orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+from pathlib import Path
+
+from imageforge.ids import TaskId
+from imageforge.storage import LocalStorage
+from imageforge.store import Store
+
+log = logging.getLogger(__name__)
+
+#: `<task id>-<attempt>.<ext>`, as `worker.runner.storage_key_for` names images.
+_IMAGE_NAME = re.compile(r"^(image_[0-9a-f-]{36})-(\d+)\.[a-z]+$")
+
+
+def _candidates(root: Path, older_than: float) -> list[tuple[str, TaskId]]:
+    found = []
+    for path in root.rglob("image_*"):
+        match = _IMAGE_NAME.match(path.name)
+        if match is None or not path.is_file():
+            continue
+        try:
+            if path.stat().st_mtime > older_than:
+                continue
+        except FileNotFoundError:
+            continue
+        found.append((path.relative_to(root).as_posix(), TaskId(match.group(1))))
+    return found
+
+
+async def sweep_orphan_images(
+    store: Store, storage: LocalStorage, *, min_age_seconds: float
+) -> int:
+    """Delete image files of terminal tasks that are not the task's image; → how many."""
+    candidates = await asyncio.to_thread(_candidates, storage.root, time.time() - min_age_seconds)
+    removed = 0
+    for key, task_id in candidates:
+        task = await store.get_task(task_id)
+        # Unknown tasks are left alone: the files may belong to another database.
+        if task is None or not task.status.is_terminal or task.image_key == key:
+            continue
+        await storage.delete(key)
+        removed += 1
+    if removed:
+        log.info("removed %d orphaned image(s)", removed)
+    return removed

@@ -1,0 +1,69 @@
+"""Orphaned images (from killed or stale attempts) are removed; nothing else is."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+from imageforge.storage import LocalStorage, UrlSigner
+from imageforge.store import open_store, upgrade_database
+from imageforge.worker.janitor import sweep_orphan_images
+from imageforge.worker.runner import storage_key_for
+from tests.test_store_contract import make_task
+
+
+async def test_sweep_removes_only_old_images_no_terminal_task_points_at(tmp_path: Path) -> None:
+    url = f"sqlite+aiosqlite:///{tmp_path / 'j.db'}"
+    await asyncio.to_thread(upgrade_database, url)
+    store = await open_store(url)
+    storage = LocalStorage(tmp_path / "images", UrlSigner(b"k" * 32))
+    try:
+        now = time.time()
+        done = make_task(now=now - 10)
+        await store.insert_task(done)
+        # Attempt 1 wrote its image, then lost the task; attempt 2 completed it.
+        first = (await store.claim(worker_id="w", limit=1, lease_seconds=30, now=now))[0]
+        orphan = storage_key_for(first, "image/png")
+        await storage.put(orphan, b"orphan", "image/png")
+        assert await store.requeue(
+            first.id, first.attempt, run_after=now, error="x", error_code="x", now=now
+        )
+        second = (await store.claim(worker_id="w", limit=1, lease_seconds=30, now=now))[0]
+        assert second.attempt == 2
+        winner = storage_key_for(second, "image/png")
+        await storage.put(winner, b"winner", "image/png")
+        assert await store.complete(
+            second.id,
+            second.attempt,
+            image_key=winner,
+            content_type="image/png",
+            usage=None,
+            now=now,
+        )
+        running = make_task(now=now - 5)
+        await store.insert_task(running)
+        by_id = {
+            t.id: t for t in await store.claim(worker_id="w", limit=1, lease_seconds=30, now=now)
+        }
+        # `running` is still being worked on: its file may be mid-write.
+        in_progress = storage_key_for(by_id[running.id], "image/png")
+        await storage.put(in_progress, b"writing", "image/png")
+        # A file of a task this database does not know.
+        stranger = "2026/01/01/image_00000000-0000-4000-8000-000000000000-1.png"
+        await storage.put(stranger, b"?", "image/png")
+
+        assert await sweep_orphan_images(store, storage, min_age_seconds=60) == 0  # all young
+        old = time.time() - 3600
+        for key in (orphan, winner, in_progress, stranger):
+            path = storage.path_for(key)
+            assert path is not None
+            os.utime(path, (old, old))
+        assert await sweep_orphan_images(store, storage, min_age_seconds=60) == 1
+        remaining = {
+            k for k in (orphan, winner, in_progress, stranger) if storage.path_for(k).exists()
+        }  # type: ignore[union-attr]
+        assert remaining == {winner, in_progress, stranger}
+    finally:
+        await store.close()
