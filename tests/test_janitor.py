@@ -51,7 +51,8 @@ async def test_sweep_removes_only_old_images_no_terminal_task_points_at(tmp_path
         in_progress = storage_key_for(by_id[running.id], "image/png")
         await storage.put(in_progress, b"writing", "image/png")
         # A file of a task this database does not know.
-        stranger = "2026/01/01/image_00000000-0000-4000-8000-000000000000-1.png"
+        day = time.strftime("%Y/%m/%d", time.gmtime(now))
+        stranger = f"{day}/image_00000000-0000-4000-8000-000000000000-1.png"
         await storage.put(stranger, b"?", "image/png")
 
         assert await sweep_orphan_images(store, storage, min_age_seconds=60) == 0  # all young

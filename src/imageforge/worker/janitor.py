@@ -13,6 +13,7 @@ import asyncio
 import logging
 import re
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from imageforge.ids import TaskId
@@ -25,9 +26,23 @@ log = logging.getLogger(__name__)
 _IMAGE_NAME = re.compile(r"^(image_[0-9a-f-]{36})-(\d+)\.[a-z]+$")
 
 
+#: Orphans appear while a task is being worked on, within days of its creation; images are
+#: filed by creation day, so only the most recent days' folders are swept (not every image).
+SWEPT_DAYS = 3
+
+
+def _recent_folders(root: Path, now: float) -> list[Path]:
+    days = {
+        datetime.fromtimestamp(now - offset * 86_400, UTC).strftime("%Y/%m/%d")
+        for offset in range(SWEPT_DAYS)
+    }
+    return [root / day for day in sorted(days) if (root / day).is_dir()]
+
+
 def _candidates(root: Path, older_than: float) -> list[tuple[str, TaskId]]:
     found = []
-    for path in root.rglob("image_*"):
+    paths = (p for folder in _recent_folders(root, time.time()) for p in folder.iterdir())
+    for path in paths:
         match = _IMAGE_NAME.match(path.name)
         if match is None or not path.is_file():
             continue
