@@ -16,7 +16,7 @@ import pytest
 
 from imageforge.engines.breaker import BreakerState, CircuitBreaker
 from imageforge.engines.config import UpstreamConfig
-from imageforge.engines.pools import ClientShards
+from imageforge.engines.pools import SHARD_CONNECTIONS, ClientShards
 from imageforge.engines.upstream_errors import (
     UpstreamError,
     error_for_status,
@@ -505,16 +505,17 @@ async def test_client_shards_are_lazy_and_leased_least_busy_first() -> None:
     async def close(client: str) -> None:
         closed.append(client)
 
-    shards = ClientShards(100, make, close)  # 100 connections → 4 clients of 25
-    assert shards.connections_per_client == 25 and made == []
+    size = SHARD_CONNECTIONS
+    shards = ClientShards(4 * size, make, close)  # → 4 clients of SHARD_CONNECTIONS
+    assert shards.connections_per_client == size and made == []
     with shards.lease() as first, shards.lease() as second, shards.lease() as third:
         assert (first, second, third) == ("client-1", "client-2", "client-3")
     with shards.lease() as again:
         assert again == "client-1"  # all idle: the first one
-    assert made == [25, 25, 25]
+    assert made == [size, size, size]
     await shards.aclose()
     await shards.aclose()
     assert closed == ["client-1", "client-2", "client-3"]
     with shards.lease() as reopened:
         assert reopened == "client-4"
-    assert ClientShards(5, make, close).connections_per_client == 5
+    assert ClientShards(3, make, close).connections_per_client == 3

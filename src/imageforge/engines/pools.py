@@ -4,9 +4,10 @@ httpcore's connection pool (under httpx, and under the openai SDK's httpx2) does
 proportional to its connection count, a `poll()` syscall per idle connection included, every
 time it assigns or releases a request. Measured with `bench/upstream.py` (500 calls in flight,
 one worker): one 500-connection pool cost ~4.7 ms of worker CPU per task, most of it in that
-scan; shards of 32 to 64 connections cost ~2.3 ms (16 was no better). So an upstream gets one
-client per `SHARD_CONNECTIONS` connections of its concurrency limit, and each call leases the
-least busy one.
+scan; shards of 32 connections ~2.3 ms, of 4 connections ~2.0 ms (throughput 0.66 → 0.73 of
+the ideal; 2 was no better). So an upstream gets one client per `SHARD_CONNECTIONS`
+connections of its concurrency limit, all built up front and sharing one TLS context, and each
+call leases the least busy one.
 """
 
 from __future__ import annotations
@@ -18,9 +19,9 @@ from typing import Generic, TypeVar
 
 C = TypeVar("C")
 
-#: Connections per client: small enough for a cheap pool scan, large enough that most
-#: deployments have one client per upstream (each client loads the CA bundle, ~15 ms).
-SHARD_CONNECTIONS = 32
+#: Connections per client: small, so each request's pool scan is short. Clients are cheap
+#: to have many of because the engines share one TLS context between them.
+SHARD_CONNECTIONS = 4
 
 
 class ClientShards(Generic[C]):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -60,10 +61,16 @@ class RelayEngine:
     def __init__(self, settings: Settings, *, router: Router | None = None) -> None:
         self._router = router or Router.from_settings(settings, "relay")
         self._clients: dict[str, ClientShards[httpx.AsyncClient]] = {}
+        self._tls: ssl.SSLContext | None = None
 
     @property
     def router(self) -> Router:
         return self._router
+
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self._tls is None:
+            self._tls = httpx.create_ssl_context()
+        return self._tls
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         if request.resume is not None:
@@ -268,6 +275,8 @@ class RelayEngine:
                         max_connections=connections, max_keepalive_connections=connections
                     ),
                     headers={"User-Agent": _USER_AGENT},
+                    # One TLS context for every shard: each would load the CA store.
+                    verify=self._ssl_context(),
                 )
 
             shards = ClientShards(upstream.max_concurrency, make, _close)
