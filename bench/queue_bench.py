@@ -43,8 +43,9 @@ import loadgen  # noqa: E402  (bench/loadgen.py)
 from imageforge.ids import KeyId, new_task_id  # noqa: E402
 from imageforge.store import upgrade_database  # noqa: E402
 from imageforge.store.postgres import PostgresStore  # noqa: E402
+from imageforge.store.urls import asyncpg_dsn  # noqa: E402
 from imageforge.store.wakeups import APPLICATION_NAME  # noqa: E402
-from imageforge.tasks import Task, TaskStatus  # noqa: E402
+from imageforge.tasks import Task  # noqa: E402
 
 DISPATCH_P50_TARGET_MS = 20.0
 DISPATCH_P99_TARGET_MS = 100.0
@@ -64,10 +65,6 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
     return sorted_values[rank - 1]
 
 
-def _dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
-
-
 class Databases:
     """Throw-away databases on one server, all dropped by `drop_all`."""
 
@@ -77,7 +74,7 @@ class Databases:
         self.names: list[str] = []
 
     async def _admin(self) -> Any:
-        return await asyncpg.connect(_dsn(self.server_url), timeout=5)
+        return await asyncpg.connect(asyncpg_dsn(self.server_url), timeout=5)
 
     def create(self) -> str:
         name = f"{self.prefix}_{len(self.names)}"
@@ -112,7 +109,7 @@ class Databases:
 
 
 def make_task(now: float, *, run_after: float | None = None) -> Task:
-    return Task(
+    task = Task.queued(
         id=new_task_id(),
         key_id=KeyId("key_bench"),
         model="gpt-image-2",
@@ -124,25 +121,11 @@ def make_task(now: float, *, run_after: float | None = None) -> Task:
         ratio="1:1",
         resolution="1k",
         image_urls=(),
-        status=TaskStatus.QUEUED,
-        attempt=0,
         max_attempts=3,
-        run_after=now if run_after is None else run_after,
-        lease_expires_at=None,
-        worker_id=None,
-        image_key=None,
-        content_type=None,
-        error=None,
-        error_code=None,
-        usage=None,
         price_micros=0,
-        upstream=None,
-        upstream_task_id=None,
-        created_at=now,
-        updated_at=now,
-        started_at=None,
-        finished_at=None,
+        now=now,
     )
+    return task if run_after is None else task.evolve(run_after=run_after)
 
 
 class Workers:
@@ -178,7 +161,7 @@ class Workers:
     async def wait_listening(self) -> None:
         """Ready = each worker's wake-up listener is connected (it starts with the worker)."""
         deadline = time.monotonic() + 60
-        connection = await asyncpg.connect(_dsn(self.url))
+        connection = await asyncpg.connect(asyncpg_dsn(self.url))
         try:
             while True:
                 listening = await connection.fetchval(
@@ -225,7 +208,7 @@ async def measure_dispatch(url: str, tasks: int, interval_s: float) -> dict[str,
             inserts.append(time.time() - now)
             ids.append(task.id)
             await asyncio.sleep(interval_s)
-        connection = await asyncpg.connect(_dsn(url))
+        connection = await asyncpg.connect(asyncpg_dsn(url))
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -269,7 +252,7 @@ async def measure_throughput(url: str, tasks: int) -> dict[str, Any]:
             await store.insert_task(make_task(time.time(), run_after=held))
     finally:
         await store.close()
-    connection = await asyncpg.connect(_dsn(url))
+    connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         released = time.time()
         async with connection.transaction():
@@ -302,7 +285,7 @@ async def measure_throughput(url: str, tasks: int) -> dict[str, Any]:
 
 
 async def _truncate(url: str) -> None:
-    connection = await asyncpg.connect(_dsn(url))
+    connection = await asyncpg.connect(asyncpg_dsn(url))
     try:
         await connection.execute("TRUNCATE tasks")
     finally:

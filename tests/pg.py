@@ -26,6 +26,7 @@ from sqlalchemy.engine import make_url
 
 from imageforge.store import upgrade_database
 from imageforge.store.schema import metadata
+from imageforge.store.urls import asyncpg_dsn
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SERVER_URL_ENV = "IMAGEFORGE_TEST_DATABASE_URL"
@@ -51,10 +52,6 @@ def run_sync(make: Callable[[], Awaitable[T]]) -> T:
         return await make()
 
     return in_thread(lambda: asyncio.run(main()))
-
-
-def asyncpg_dsn(url: str) -> str:
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
 
 class PostgresServer:

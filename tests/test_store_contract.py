@@ -38,7 +38,7 @@ async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator
 
 def make_task(key_id: KeyId = KeyId("key_test"), **changes: Any) -> Task:
     now = changes.pop("now", time.time())
-    task = Task(
+    task = Task.queued(
         id=new_task_id(),
         key_id=key_id,
         model="gpt-image-2",
@@ -50,24 +50,9 @@ def make_task(key_id: KeyId = KeyId("key_test"), **changes: Any) -> Task:
         ratio="1:1",
         resolution="1k",
         image_urls=("https://example.com/a.png",),
-        status=TaskStatus.QUEUED,
-        attempt=0,
         max_attempts=3,
-        run_after=now,
-        lease_expires_at=None,
-        worker_id=None,
-        image_key=None,
-        content_type=None,
-        error=None,
-        error_code=None,
-        usage=None,
         price_micros=0,
-        upstream=None,
-        upstream_task_id=None,
-        created_at=now,
-        updated_at=now,
-        started_at=None,
-        finished_at=None,
+        now=now,
     )
     return task.evolve(**changes)
 

@@ -20,7 +20,7 @@ from imageforge.errors import InvalidRequest, NotFound
 from imageforge.ids import TaskId, looks_like_task_id, new_task_id
 from imageforge.store import ApiKeyRecord, Store
 from imageforge.store.base import IdempotencyClaim, UsageRow
-from imageforge.tasks import Task, TaskStatus
+from imageforge.tasks import Task
 from imageforge.wire import CreateImageRequest
 
 _MAX_CACHED_TASKS = 50_000
@@ -138,7 +138,7 @@ class ImageService:
                 ttl_seconds=self._idempotency_ttl,
             )
         now = time.time()
-        task = Task(
+        task = Task.queued(
             id=new_task_id(),
             key_id=owner.id,
             model=resolved.model,
@@ -150,24 +150,9 @@ class ImageService:
             ratio=resolved.ratio,
             resolution=resolved.resolution,
             image_urls=resolved.image_urls,
-            status=TaskStatus.QUEUED,
-            attempt=0,
             max_attempts=self._max_attempts,
-            run_after=now,
-            lease_expires_at=None,
-            worker_id=None,
-            image_key=None,
-            content_type=None,
-            error=None,
-            error_code=None,
-            usage=None,
             price_micros=quote.price_micros,
-            upstream=None,
-            upstream_task_id=None,
-            created_at=now,
-            updated_at=now,
-            started_at=None,
-            finished_at=None,
+            now=now,
         )
         try:
             stored, replayed = await self._store.insert_task(

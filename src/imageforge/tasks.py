@@ -85,5 +85,57 @@ class Task:
     def created_datetime(self) -> datetime:
         return datetime.fromtimestamp(self.created_at, UTC)
 
+    @classmethod
+    def queued(
+        cls,
+        *,
+        id: TaskId,
+        key_id: KeyId,
+        model: str,
+        engine: str,
+        prompt: str,
+        quality: str | None,
+        width: int,
+        height: int,
+        ratio: str | None,
+        resolution: str,
+        image_urls: tuple[str, ...],
+        max_attempts: int,
+        price_micros: int,
+        now: float,
+    ) -> Task:
+        """A task as it is accepted: queued, never claimed, nothing recorded yet."""
+        return cls(
+            id=id,
+            key_id=key_id,
+            model=model,
+            engine=engine,
+            prompt=prompt,
+            quality=quality,
+            width=width,
+            height=height,
+            ratio=ratio,
+            resolution=resolution,
+            image_urls=image_urls,
+            status=TaskStatus.QUEUED,
+            attempt=0,
+            max_attempts=max_attempts,
+            run_after=now,
+            lease_expires_at=None,
+            worker_id=None,
+            image_key=None,
+            content_type=None,
+            error=None,
+            error_code=None,
+            usage=None,
+            price_micros=price_micros,
+            upstream=None,
+            upstream_task_id=None,
+            created_at=now,
+            updated_at=now,
+            started_at=None,
+            finished_at=None,
+        )
+
     def evolve(self, **changes: Any) -> Task:
         return replace(self, **changes)
