@@ -61,8 +61,10 @@ def rss_kib(pid: int) -> int | None:
     return None
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+def cpu_seconds(pid: int, thread: int | None = None) -> float:
+    """CPU time of a process, or of one of its threads (the main thread's id is the pid)."""
+    stat = Path(f"/proc/{pid}/task/{thread}/stat" if thread else f"/proc/{pid}/stat")
+    fields = stat.read_text().rsplit(")", 1)[1].split()
     ticks = os.sysconf("SC_CLK_TCK")
     return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
 
@@ -190,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wait_for(lambda: b"started" in worker_log.read_bytes(), 60, "the worker to start")
         ready = time.monotonic()
         cpu_at_ready = cpu_seconds(worker.pid)
+        loop_cpu_at_ready = cpu_seconds(worker.pid, thread=worker.pid)
 
         def finished() -> bool:
             if worker is not None and worker.poll() is not None:
@@ -201,6 +204,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         done = time.monotonic()
         time.sleep(1.0)  # an idle sample after the run
         worker_cpu = cpu_seconds(worker.pid)
+        loop_cpu = cpu_seconds(worker.pid, thread=worker.pid) - loop_cpu_at_ready
         sampler.stop_event.set()
         sampler.join()
         worker.send_signal(signal.SIGTERM)
@@ -281,6 +285,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "worker_ready_to_all_done_s": round(done - ready, 2),
             "worker_cpu_s": round(worker_cpu, 2),
             "worker_cpu_ms_per_task": round(cpu_per_task * 1000, 2),
+            # The event loop's thread alone: what one wave's work queues behind.
+            "worker_loop_thread_cpu_ms_per_task": round(loop_cpu / args.tasks * 1000, 2),
             "predicted_tasks_per_s_cpu_bound_waves": round(predicted, 1),
             "upstream_calls": stats["completed"],
             "upstream_max_in_flight": stats["max_in_flight"],

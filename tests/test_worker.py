@@ -264,3 +264,42 @@ def test_retry_delay_grows_exponentially_within_bounds() -> None:
             assert cap / 2 <= delay <= cap
     assert retry_delay(1, base_seconds=2.0, max_seconds=60.0, retry_after=30.0) == 30.0
     assert retry_delay(1, base_seconds=2.0, max_seconds=60.0, retry_after=600.0) == 60.0
+
+
+class HeldStorage(LocalStorage):
+    """Local storage whose writes wait until the test lets them through."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root, UrlSigner(b"k" * 32))
+        self.gate = asyncio.Event()
+        self.waiting = 0
+
+    async def put(self, key: str, data: bytes, content_type: str) -> None:
+        self.waiting += 1
+        await self.gate.wait()
+        await super().put(key, data, content_type)
+
+
+async def test_a_generated_task_frees_its_slot_while_it_is_stored(rig: Rig, tmp_path: Path) -> None:
+    """Storage being slow must not idle the engine: the next tasks are generated while
+    the first ones are stored, up to `concurrency` tasks finishing at once."""
+    storage = HeldStorage(tmp_path / "held")
+    rig.storage = storage
+    tasks = [await rig.add() for _ in range(6)]
+    runner = rig.runner(concurrency=2)
+
+    async def scenario() -> None:
+        deadline = time.monotonic() + 10
+        # 2 finishing (holding 2 finishing slots) + 2 generated and waiting for one.
+        while len(rig.engine.calls) < 4 or storage.waiting < 2:
+            assert time.monotonic() < deadline, "the engine sat idle while images were stored"
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(0.2)
+        assert len(rig.engine.calls) == 4, "more than 2 tasks finishing at once"
+        assert storage.waiting == 2
+        storage.gate.set()
+        for task in tasks:
+            await rig.wait_for(task, TaskStatus.COMPLETED)
+
+    await run_until(runner, scenario)
+    assert len(rig.engine.calls) == 6

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -33,11 +32,6 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(settings, run_worker=run_worker)
         app.state.runtime = runtime
-        # Everything allocated so far lives as long as the process. Freezing it keeps
-        # full garbage collections from re-scanning it: unfrozen, they paused every
-        # request for 30–55 ms about once a second under load.
-        gc.collect()
-        gc.freeze()
         try:
             yield
         finally:

@@ -1,11 +1,11 @@
 """HTTP clients for one upstream, sharded so that hundreds of calls in flight stay cheap.
 
-httpcore's connection pool (under httpx, and under the openai SDK's httpx2) does work
+Used by the relay engine's httpx clients. httpcore's connection pool does work
 proportional to its connection count, a `poll()` syscall per idle connection included, every
 time it assigns or releases a request. Measured with `bench/upstream.py` (500 calls in flight,
-one worker): one 500-connection pool cost ~4.7 ms of worker CPU per task, most of it in that
-scan; shards of 32 connections ~2.3 ms, of 4 connections ~2.0 ms (throughput 0.66 → 0.73 of
-the ideal; 2 was no better). So an upstream gets one client per `SHARD_CONNECTIONS`
+one worker, when the openai engine still ran on httpx): one 500-connection pool cost ~4.7 ms of
+worker CPU per task, most of it in that scan; shards of 32 connections ~2.3 ms, of 4
+connections ~2.0 ms (2 was no better). So an upstream gets one client per `SHARD_CONNECTIONS`
 connections of its concurrency limit, all built up front and sharing one TLS context, and each
 call leases the least busy one.
 """

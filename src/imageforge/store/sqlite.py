@@ -1,10 +1,17 @@
 """The SQLite store: the embedded default.
 
-One connection per process, used from the event loop thread. Measured on a
-2-core machine: a read through the driver costs 10–17 µs where an ORM session
-costs ~1 ms, and one shared writer connection kept write p99 ≈ 55 ms where
-several writer connections gave 340–920 ms tails. Statements here are short and
-never await inside a transaction, so running them on the loop is the fast path.
+Statements run on the event loop thread: measured on a 2-core machine, a read
+through the driver costs 10–17 µs where an ORM session costs ~1 ms, and one shared
+writer connection kept write p99 ≈ 55 ms where several writer connections gave
+340–920 ms tails. Statements here are short and never await inside a transaction.
+
+Only the COMMIT leaves the loop: with `synchronous=FULL` it is an fsync (~0.3 ms
+here), and on the loop it stalled every other request and upstream call for that
+long, once per write when writes trickled in one at a time (half of a worker's
+time per task at 500 upstream calls in flight). It runs on a commit thread (the
+driver releases the GIL while SQLite works); writes that arrive meanwhile wait and
+then share the next transaction. Reads use their own connection, so they never
+wait for a commit and never see a write before it is durable.
 
 Writers use BEGIN IMMEDIATE: a deferred read-then-write transaction fails with
 "database is locked" at once, ignoring busy_timeout.
@@ -17,6 +24,7 @@ import contextlib
 import logging
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -74,8 +82,14 @@ class SqliteStore:
         # FULL: an accepted task survives power loss, not only a process crash.
         self._db.execute("PRAGMA synchronous = FULL")
         self._db.execute("PRAGMA foreign_keys = ON")
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        self._reader.execute("PRAGMA query_only = ON")
+        self._committer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-commit")
         self._batch_open = False
         self._batch_waiters: list[asyncio.Future[None]] = []
+        # Set while a COMMIT runs on the commit thread: the writer connection is busy.
+        self._committing: asyncio.Future[None] | None = None
 
     @contextmanager
     def _guard(self) -> Iterator[None]:
@@ -88,18 +102,20 @@ class SqliteStore:
     async def _write(self) -> AsyncIterator[sqlite3.Connection]:
         """One write, inside the current group-commit transaction.
 
-        Writers that run in the same event-loop turn share one BEGIN IMMEDIATE …
-        COMMIT, so a burst of creates pays for one fsync instead of one each (with
-        `synchronous=FULL`, that fsync is most of a write's cost). Each write runs
-        under its own SAVEPOINT, so one that fails rolls back alone, and it returns
-        only after the shared COMMIT: nothing is reported done before it is durable.
-        The body must not await, so savepoints never interleave.
+        Writers that run while no COMMIT is in flight share one BEGIN IMMEDIATE …
+        COMMIT, so a burst of writes pays for one fsync instead of one each. Each
+        write runs under its own SAVEPOINT, so one that fails rolls back alone, and
+        it returns only after the shared COMMIT: nothing is reported done before it
+        is durable. The body must not await, so savepoints never interleave.
         """
+        while self._committing is not None:
+            # Shielded: the future is shared by every waiting writer.
+            await asyncio.shield(self._committing)
         with self._guard():
-            if not self._batch_waiters and not self._batch_open:
+            if not self._batch_open:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._batch_open = True
-                asyncio.get_running_loop().call_soon(self._commit_batch)
+                asyncio.get_running_loop().call_soon(self._start_commit)
             self._db.execute("SAVEPOINT write")
             try:
                 yield self._db
@@ -112,22 +128,34 @@ class SqliteStore:
         self._batch_waiters.append(committed)
         await committed
 
-    def _commit_batch(self) -> None:
+    def _start_commit(self) -> None:
+        if not self._batch_open:
+            return  # committed by close()
         waiters, self._batch_waiters = self._batch_waiters, []
         self._batch_open = False
-        try:
-            self._db.execute("COMMIT")
-        except sqlite3.Error as exc:
+        loop = asyncio.get_running_loop()
+        self._committing = loop.create_future()
+        commit = loop.run_in_executor(self._committer, self._db.execute, "COMMIT")
+        commit.add_done_callback(lambda done: self._commit_finished(done, waiters))
+
+    def _commit_finished(
+        self, commit: asyncio.Future[sqlite3.Cursor], waiters: list[asyncio.Future[None]]
+    ) -> None:
+        error = commit.exception()
+        if error is not None:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("ROLLBACK")
-            log.error("group commit failed: %s", exc)
-            for waiter in waiters:
-                if not waiter.done():
-                    waiter.set_exception(StoreUnavailable())
-            return
+            log.error("group commit failed: %s", error)
         for waiter in waiters:
-            if not waiter.done():
+            if waiter.done():
+                continue
+            if error is not None:
+                waiter.set_exception(StoreUnavailable())
+            else:
                 waiter.set_result(None)
+        committing, self._committing = self._committing, None
+        if committing is not None and not committing.done():
+            committing.set_result(None)
 
     # Keys -------------------------------------------------------------------
 
@@ -169,7 +197,7 @@ class SqliteStore:
 
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None:
         with self._guard():
-            row = self._db.execute(
+            row = self._reader.execute(
                 f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = ?", (key_id,)
             ).fetchone()
         return key_from_row(row) if row else None
@@ -212,7 +240,7 @@ class SqliteStore:
 
     async def ledger_entries(self, key_id: KeyId) -> list[LedgerEntry]:
         with self._guard():
-            rows = self._db.execute(
+            rows = self._reader.execute(
                 f"SELECT {LEDGER_COLUMNS} FROM ledger WHERE key_id = ? ORDER BY id",
                 (key_id,),
             ).fetchall()
@@ -220,14 +248,14 @@ class SqliteStore:
 
     async def usage(self, key_id: KeyId, *, since: float) -> list[UsageRow]:
         with self._guard():
-            counts = self._db.execute(
+            counts = self._reader.execute(
                 "SELECT date(created_at, 'unixepoch') AS day, model, count(*), "
                 "sum(status = 'completed'), sum(status = 'failed'), "
                 "sum(status IN ('queued', 'processing')) "
                 "FROM tasks WHERE key_id = ? AND created_at >= ? GROUP BY day, model",
                 (key_id, since),
             ).fetchall()
-            spend = self._db.execute(
+            spend = self._reader.execute(
                 "SELECT date(t.created_at, 'unixepoch') AS day, t.model, "
                 "-sum(l.amount_micros) FROM ledger l JOIN tasks t ON t.id = l.task_id "
                 "WHERE l.key_id = ? AND t.created_at >= ? AND l.kind IN ('charge', 'refund') "
@@ -260,14 +288,14 @@ class SqliteStore:
 
     async def list_keys(self) -> list[ApiKeyRecord]:
         with self._guard():
-            rows = self._db.execute(
+            rows = self._reader.execute(
                 f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id"
             ).fetchall()
         return [key_from_row(row) for row in rows]
 
     async def find_key(self, key_hash: str) -> ApiKeyRecord | None:
         with self._guard():
-            row = self._db.execute(
+            row = self._reader.execute(
                 f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = ?", (key_hash,)
             ).fetchone()
         return key_from_row(row) if row else None
@@ -282,7 +310,9 @@ class SqliteStore:
 
     async def keys_fingerprint(self) -> tuple[int, int]:
         with self._guard():
-            row = self._db.execute("SELECT count(*), count(revoked_at) FROM api_keys").fetchone()
+            row = self._reader.execute(
+                "SELECT count(*), count(revoked_at) FROM api_keys"
+            ).fetchone()
         return int(row[0]), int(row[1])
 
     # Tasks ------------------------------------------------------------------
@@ -425,7 +455,7 @@ class SqliteStore:
 
     async def get_task(self, task_id: TaskId) -> Task | None:
         with self._guard():
-            row = self._db.execute(
+            row = self._reader.execute(
                 f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = ?", (task_id,)
             ).fetchone()
         return task_from_row(row) if row else None
@@ -573,14 +603,27 @@ class SqliteStore:
 
     async def count_tasks_by_status(self) -> dict[str, int]:
         with self._guard():
-            rows = self._db.execute("SELECT status, count(*) FROM tasks GROUP BY status").fetchall()
+            rows = self._reader.execute(
+                "SELECT status, count(*) FROM tasks GROUP BY status"
+            ).fetchall()
         return {status: count for status, count in rows}
 
     async def ping(self) -> None:
         with self._guard():
-            self._db.execute("SELECT 1").fetchone()
+            self._reader.execute("SELECT 1").fetchone()
 
     async def close(self) -> None:
+        while self._committing is not None:
+            await asyncio.shield(self._committing)
         if self._batch_open:
-            self._commit_batch()
+            waiters, self._batch_waiters = self._batch_waiters, []
+            self._batch_open = False
+            done: asyncio.Future[sqlite3.Cursor] = asyncio.get_running_loop().create_future()
+            try:
+                done.set_result(self._db.execute("COMMIT"))
+            except sqlite3.Error as exc:
+                done.set_exception(exc)
+            self._commit_finished(done, waiters)
+        self._committer.shutdown(wait=True)
+        self._reader.close()
         self._db.close()

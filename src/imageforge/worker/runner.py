@@ -4,6 +4,13 @@ Each claimed task holds a lease, renewed by a heartbeat. Every write a worker
 makes carries the attempt number it claimed; when the lease was taken away (the
 rescuer re-queued the task, a newer attempt owns it) the write matches no row,
 and the worker abandons that task.
+
+`concurrency` counts tasks being generated. A task whose image is back gives its
+slot to the next queued task at once and finishes (stores the image, records the
+outcome) beside it: an upstream slot never idles while a disk or bucket write and
+a commit complete. At most `concurrency` tasks finish at a time; beyond that, a
+task keeps its generation slot until one finishes, so slow storage holds back new
+claims instead of piling images up in memory.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -30,6 +37,8 @@ from imageforge.worker.retry import retry_delay
 log = logging.getLogger(__name__)
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+#: Most tasks claimed in one round (see `Runner.__init__`).
+CLAIM_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -79,7 +88,13 @@ class Runner:
         self._wakeup = asyncio.Event()
         self._slot_freed = asyncio.Event()
         self._stopping = asyncio.Event()
+        # Every task this runner holds, generating or finishing.
         self._running: dict[asyncio.Task[None], Task] = {}
+        self._generating: set[asyncio.Task[None]] = set()
+        self._finishing = asyncio.Semaphore(config.concurrency)
+        # Claims per round: a big first claim would start every call in one loop turn,
+        # and the first answers would come back only after the last call went out.
+        self._claim_batch = max(1, min(config.concurrency, CLAIM_BATCH))
 
     def wake(self) -> None:
         """A task was queued: look for work now instead of at the next poll."""
@@ -87,20 +102,21 @@ class Runner:
 
     @property
     def in_flight(self) -> int:
-        return len(self._running)
+        """Tasks being generated: what `concurrency` limits."""
+        return len(self._generating)
 
     async def run(self) -> None:
         """Claim and run tasks until `stop()`; then drain."""
         backoff = 0.0
         while not self._stopping.is_set():
-            free = self._config.concurrency - len(self._running)
+            free = self._config.concurrency - len(self._generating)
             claimed: list[Task] = []
             if free > 0:
                 self._wakeup.clear()
                 try:
                     claimed = await self._store.claim(
                         worker_id=self.worker_id,
-                        limit=free,
+                        limit=min(free, self._claim_batch),
                         lease_seconds=self._config.lease_seconds,
                         now=time.time(),
                     )
@@ -113,16 +129,29 @@ class Runner:
                 for task in claimed:
                     job = asyncio.create_task(self._execute(task), name=f"run {task.id}")
                     self._running[job] = task
+                    self._generating.add(job)
                     job.add_done_callback(self._finished)
-            if claimed and len(self._running) < self._config.concurrency:
+            if claimed and len(self._generating) < self._config.concurrency:
                 continue  # maybe more is waiting
             await self._wait_for_work()
 
     def _finished(self, job: asyncio.Task[None]) -> None:
         self._running.pop(job, None)
-        self._slot_freed.set()
+        self._free_slot(job)
         if not job.cancelled() and job.exception() is not None:
             log.error("task runner crashed", exc_info=job.exception())
+
+    def _free_slot(self, job: asyncio.Task[None] | None) -> None:
+        if job in self._generating:
+            self._generating.discard(job)
+            self._slot_freed.set()
+
+    @contextlib.asynccontextmanager
+    async def _finishing_slot(self, job: asyncio.Task[None] | None) -> AsyncIterator[None]:
+        """Trade the generation slot for a finishing one (waiting while all are taken)."""
+        async with self._finishing:
+            self._free_slot(job)
+            yield
 
     async def _wait_for_work(self) -> None:
         self._slot_freed.clear()
@@ -138,7 +167,7 @@ class Runner:
                 waiter.cancel()
 
     def _events_to_wait(self) -> list[asyncio.Event]:
-        if len(self._running) >= self._config.concurrency:
+        if len(self._generating) >= self._config.concurrency:
             return [self._slot_freed, self._stopping]
         return [self._wakeup, self._slot_freed, self._stopping]
 
@@ -165,7 +194,7 @@ class Runner:
     # One task ---------------------------------------------------------------
 
     async def _execute(self, task: Task) -> None:
-        work = asyncio.create_task(self._generate_and_store(task))
+        work = asyncio.create_task(self._generate_and_store(task, asyncio.current_task()))
         lease_lost = asyncio.Event()
         heartbeat = asyncio.create_task(self._keep_lease(task, work, lease_lost))
         try:
@@ -201,7 +230,7 @@ class Runner:
                 work.cancel()
                 return
 
-    async def _generate_and_store(self, task: Task) -> None:
+    async def _generate_and_store(self, task: Task, job: asyncio.Task[None] | None) -> None:
         engine = self._engines.get(task.engine)
         try:
             if engine is None:
@@ -246,6 +275,10 @@ class Runner:
             )
             return
 
+        async with self._finishing_slot(job):
+            await self._store_and_complete(task, image)
+
+    async def _store_and_complete(self, task: Task, image: GeneratedImage) -> None:
         key = storage_key_for(task, image.content_type)
         try:
             await self._storage.put(key, image.data, image.content_type)
