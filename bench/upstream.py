@@ -241,6 +241,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "first_wave_sent_within_s": round(arrivals[args.concurrency - 1] - arrivals[0], 3)
         if len(arrivals) >= args.concurrency
         else None,
+        # The second wave can start only once the first answers are back.
+        "first_call_arrived_after_s": round(arrivals[0] - starts[0], 3) if arrivals else None,
+        "first_answer_after_s": round(answers[0] - starts[0], 3) if answers else None,
+        "second_wave_started_after_s": round(starts[args.concurrency] - starts[0], 3)
+        if len(starts) > args.concurrency
+        else None,
     }
     return {
         "bench": "upstream",

@@ -64,8 +64,12 @@ def _configure_logging(level: str) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    quiet = max(logging.WARNING, logging.getLevelName(level.upper()))
     # Migrations announce every step at INFO; only problems are worth a line at start-up.
-    logging.getLogger("alembic").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    # The HTTP clients log every request at INFO: one line per upstream call on top of the
+    # task's own, with the upstream's URL in it.
+    for name in ("alembic", "httpx", "httpx2", "httpcore", "httpcore2", "aiohttp"):
+        logging.getLogger(name).setLevel(quiet)
 
 
 async def _with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:

@@ -85,20 +85,33 @@ class Runner:
         self._fetcher = fetcher
         self._config = config
         self.worker_id = worker_id or new_worker_id()
-        self._wakeup = asyncio.Event()
-        self._slot_freed = asyncio.Event()
+        # A task was queued since the last claim (set by `wake`).
+        self._work_hint = False
+        # What the idle run loop awaits; resolved directly (one loop turn) when a slot
+        # frees, work is queued or the runner stops. A chain of waiters here cost a turn
+        # each, and at 500 calls in flight a turn can take tens of milliseconds.
+        self._waiter: asyncio.Future[None] | None = None
         self._stopping = asyncio.Event()
         # Every task this runner holds, generating or finishing.
         self._running: dict[asyncio.Task[None], Task] = {}
         self._generating: set[asyncio.Task[None]] = set()
         self._finishing = asyncio.Semaphore(config.concurrency)
-        # Claims per round: a big first claim would start every call in one loop turn,
-        # and the first answers would come back only after the last call went out.
-        self._claim_batch = max(1, min(config.concurrency, CLAIM_BATCH))
 
     def wake(self) -> None:
         """A task was queued: look for work now instead of at the next poll."""
-        self._wakeup.set()
+        self._work_hint = True
+        if len(self._generating) < self._config.concurrency:
+            self._nudge()
+
+    def _nudge(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _claim_limit(self, free: int) -> int:
+        # A claim of hundreds would start every call in one loop turn: the first answers
+        # would come back only after the last call went out, and every other callback
+        # (answers arriving, commits finishing) would wait out that long turn.
+        return min(free, CLAIM_BATCH)
 
     @property
     def in_flight(self) -> int:
@@ -112,11 +125,11 @@ class Runner:
             free = self._config.concurrency - len(self._generating)
             claimed: list[Task] = []
             if free > 0:
-                self._wakeup.clear()
+                self._work_hint = False
                 try:
                     claimed = await self._store.claim(
                         worker_id=self.worker_id,
-                        limit=min(free, self._claim_batch),
+                        limit=self._claim_limit(free),
                         lease_seconds=self._config.lease_seconds,
                         now=time.time(),
                     )
@@ -144,7 +157,7 @@ class Runner:
     def _free_slot(self, job: asyncio.Task[None] | None) -> None:
         if job in self._generating:
             self._generating.discard(job)
-            self._slot_freed.set()
+            self._nudge()
 
     @contextlib.asynccontextmanager
     async def _finishing_slot(self, job: asyncio.Task[None] | None) -> AsyncIterator[None]:
@@ -154,22 +167,19 @@ class Runner:
             yield
 
     async def _wait_for_work(self) -> None:
-        self._slot_freed.clear()
-        waits = [asyncio.ensure_future(event.wait()) for event in self._events_to_wait()]
+        """Until a slot frees, a task is queued (when there is room), the poll interval
+        passes (covering wake-ups lost between nodes) or the runner stops."""
+        room = len(self._generating) < self._config.concurrency
+        if self._stopping.is_set() or (room and self._work_hint):
+            return
+        loop = asyncio.get_running_loop()
+        self._waiter = waiter = loop.create_future()
+        timer = loop.call_later(self._config.poll_interval_seconds, self._nudge)
         try:
-            await asyncio.wait(
-                waits,
-                timeout=self._config.poll_interval_seconds,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            await waiter
         finally:
-            for waiter in waits:
-                waiter.cancel()
-
-    def _events_to_wait(self) -> list[asyncio.Event]:
-        if len(self._generating) >= self._config.concurrency:
-            return [self._slot_freed, self._stopping]
-        return [self._wakeup, self._slot_freed, self._stopping]
+            timer.cancel()
+            self._waiter = None
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -179,6 +189,7 @@ class Runner:
         """Stop claiming; let running tasks finish within the grace period, then hand
         the rest back to the queue so another worker picks them up at once."""
         self._stopping.set()
+        self._nudge()
         if self._running:
             await asyncio.wait(list(self._running), timeout=self._config.shutdown_grace_seconds)
         leftovers = dict(self._running)
