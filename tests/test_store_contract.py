@@ -131,7 +131,7 @@ async def test_complete_applies_only_for_the_current_attempt(store: Store) -> No
     assert not await store.requeue(
         task.id, task.attempt, run_after=now, error="x", error_code="x", now=now
     )
-    assert not await store.heartbeat(task.id, task.attempt, lease_until=now + 10)
+    assert not await store.renew_leases([(task.id, task.attempt)], lease_until=now + 10)
     assert not await store.release(task.id, task.attempt, now=now)
 
 
@@ -160,18 +160,46 @@ async def test_requeue_then_reclaim_uses_a_new_attempt(store: Store) -> None:
     again = await claim_one(store, now=now + 6)
     assert again.attempt == 2
     # The first attempt's writes no longer apply.
-    assert not await store.heartbeat(task.id, 1, lease_until=now + 100)
+    assert not await store.renew_leases([(task.id, 1)], lease_until=now + 100)
     assert not await store.complete(
         task.id, 1, image_key="k", content_type="image/png", usage=None, now=now
     )
 
 
-async def test_heartbeat_extends_the_lease(store: Store) -> None:
+async def test_renewing_a_lease_keeps_the_rescuer_away(store: Store) -> None:
     await store.insert_task(make_task())
     task = await claim_one(store, lease=1)
-    assert await store.heartbeat(task.id, task.attempt, lease_until=time.time() + 100)
+    assert await store.renew_leases([(task.id, task.attempt)], lease_until=time.time() + 100)
     report = await store.rescue_expired(now=time.time() + 10)
     assert report.requeued == () and report.failed == ()
+
+
+async def test_leases_are_renewed_together_and_only_where_still_ours(store: Store) -> None:
+    for _ in range(4):
+        await store.insert_task(make_task())
+    now = time.time() + 1
+    ours, done, stale, other = await store.claim(worker_id="w1", limit=4, lease_seconds=1, now=now)
+    assert await store.complete(
+        done.id, done.attempt, image_key="k", content_type="image/png", usage=None, now=now
+    )
+    assert await store.requeue(
+        stale.id, stale.attempt, run_after=now, error="x", error_code="x", now=now
+    )
+    await store.claim(worker_id="w2", limit=1, lease_seconds=1, now=now)  # stale's attempt 2
+    renewed = await store.renew_leases(
+        [
+            (ours.id, ours.attempt),
+            (done.id, done.attempt),
+            (stale.id, stale.attempt),
+            (TaskId("image_nosuchtask"), 1),
+        ],
+        lease_until=now + 100,
+    )
+    assert renewed == {ours.id}
+    # Only the renewed lease outlives the others; `other` was not in the list.
+    report = await store.rescue_expired(now=now + 10)
+    assert set(report.requeued) == {stale.id, other.id}
+    assert await store.renew_leases([], lease_until=now) == set()
 
 
 async def test_rescue_requeues_expired_then_fails_after_the_last_attempt(store: Store) -> None:
@@ -289,7 +317,7 @@ async def test_a_rescued_attempt_can_no_longer_write(store: Store) -> None:
     assert (await store.rescue_expired(now=now + 2)).requeued == (task.id,)
     before = await store.get_task(task.id)
     stale = task.attempt
-    assert not await store.heartbeat(task.id, stale, lease_until=now + 100)
+    assert not await store.renew_leases([(task.id, stale)], lease_until=now + 100)
     assert not await store.complete(
         task.id, stale, image_key="k", content_type="image/png", usage=None, now=now + 3
     )

@@ -7,7 +7,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 
@@ -303,3 +303,25 @@ async def test_a_generated_task_frees_its_slot_while_it_is_stored(rig: Rig, tmp_
 
     await run_until(runner, scenario)
     assert len(rig.engine.calls) == 6
+
+
+async def test_one_write_renews_every_lease_the_runner_holds(rig: Rig) -> None:
+    rig.engine.delay = 1.0
+    tasks = [await rig.add() for _ in range(10)]
+    runner = rig.runner(concurrency=10, heartbeat_seconds=0.2, lease_seconds=5.0)
+    batches: list[int] = []
+    renew = rig.store.renew_leases
+
+    async def counting(leases: Any, *, lease_until: float) -> set[Any]:
+        batches.append(len(leases))
+        return await renew(leases, lease_until=lease_until)
+
+    rig.store.renew_leases = counting  # type: ignore[method-assign]
+
+    async def scenario() -> None:
+        for task in tasks:
+            await rig.wait_for(task, TaskStatus.COMPLETED)
+
+    await run_until(runner, scenario)
+    assert batches and max(batches) == 10
+    assert len(batches) <= 7  # one write per beat, not one per task

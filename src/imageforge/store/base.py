@@ -7,7 +7,7 @@ newer attempt). Callers treat False as "this task is not ours any more".
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -203,7 +203,13 @@ class Store(Protocol):
         """queued → processing for up to `limit` claimable tasks; bumps `attempt`."""
         ...
 
-    async def heartbeat(self, task_id: TaskId, attempt: int, *, lease_until: float) -> bool: ...
+    async def renew_leases(
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_until: float
+    ) -> set[TaskId]:
+        """Extend the leases of the tasks still processing under these (id, attempt)
+        claims, in one write; the ids renewed. A task missing from the answer is no
+        longer this worker's."""
+        ...
 
     async def complete(
         self,

@@ -21,7 +21,7 @@ worker with backoff; the pool reconnects on the next call by itself.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import TracebackType
 from typing import Any
 
@@ -112,9 +112,11 @@ _CLAIM = (
     "FROM picked WHERE t.id = picked.id AND t.status = 'queued' "
     f"RETURNING {_RETURNING_COLUMNS}"
 )
-_HEARTBEAT = (
-    "UPDATE tasks SET lease_expires_at = $1 "
-    "WHERE id = $2 AND attempt = $3 AND status = 'processing'"
+_RENEW_LEASES = (
+    "UPDATE tasks AS t SET lease_expires_at = $1 "
+    "FROM unnest($2::text[], $3::int[]) AS l(id, attempt) "
+    "WHERE t.id = l.id AND t.attempt = l.attempt AND t.status = 'processing' "
+    "RETURNING t.id"
 )
 _COMPLETE = (
     "UPDATE tasks SET status = 'completed', image_key = $1, content_type = $2, usage = $3, "
@@ -616,10 +618,16 @@ class PostgresStore:
         tasks.sort(key=lambda task: (task.run_after, task.created_at))
         return tasks
 
-    async def heartbeat(self, task_id: TaskId, attempt: int, *, lease_until: float) -> bool:
+    async def renew_leases(
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_until: float
+    ) -> set[TaskId]:
+        if not leases:
+            return set()
+        ids = [task_id for task_id, _ in leases]
+        attempts = [attempt for _, attempt in leases]
         with self._unavailable:
-            status = await self._pool.execute(_HEARTBEAT, lease_until, task_id, attempt)
-        return _applied(status)
+            rows = await self._pool.fetch(_RENEW_LEASES, lease_until, ids, attempts)
+        return {TaskId(row[0]) for row in rows}
 
     async def complete(
         self,

@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import logging
 import sqlite3
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -477,14 +477,22 @@ class SqliteStore:
         tasks.sort(key=lambda task: (task.run_after, task.created_at))
         return tasks
 
-    async def heartbeat(self, task_id: TaskId, attempt: int, *, lease_until: float) -> bool:
+    async def renew_leases(
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_until: float
+    ) -> set[TaskId]:
+        if not leases:
+            return set()
+        renewed: set[TaskId] = set()
         async with self._write() as db:
-            cursor = db.execute(
-                "UPDATE tasks SET lease_expires_at = ? "
-                "WHERE id = ? AND attempt = ? AND status = 'processing'",
-                (lease_until, task_id, attempt),
-            )
-        return cursor.rowcount == 1
+            for task_id, attempt in leases:
+                cursor = db.execute(
+                    "UPDATE tasks SET lease_expires_at = ? "
+                    "WHERE id = ? AND attempt = ? AND status = 'processing'",
+                    (lease_until, task_id, attempt),
+                )
+                if cursor.rowcount == 1:
+                    renewed.add(task_id)
+        return renewed
 
     async def complete(
         self,

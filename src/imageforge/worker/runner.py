@@ -95,6 +95,9 @@ class Runner:
         # Every task this runner holds, generating or finishing.
         self._running: dict[asyncio.Task[None], Task] = {}
         self._generating: set[asyncio.Task[None]] = set()
+        # Jobs cancelled because their lease was taken away (not because we stop).
+        self._lost: set[asyncio.Task[None]] = set()
+        self._lease_keeper: asyncio.Task[None] | None = None
         self._finishing = asyncio.Semaphore(config.concurrency)
 
     def wake(self) -> None:
@@ -120,6 +123,8 @@ class Runner:
 
     async def run(self) -> None:
         """Claim and run tasks until `stop()`; then drain."""
+        if self._lease_keeper is None:
+            self._lease_keeper = asyncio.create_task(self._keep_leases(), name="lease keeper")
         backoff = 0.0
         while not self._stopping.is_set():
             free = self._config.concurrency - len(self._generating)
@@ -197,6 +202,10 @@ class Runner:
             job.cancel()
         if leftovers:
             await asyncio.wait(list(leftovers))
+        if self._lease_keeper is not None:
+            self._lease_keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._lease_keeper
         for task in leftovers.values():
             with contextlib.suppress(Exception):
                 if await self._store.release(task.id, task.attempt, now=time.time()):
@@ -205,13 +214,12 @@ class Runner:
     # One task ---------------------------------------------------------------
 
     async def _execute(self, task: Task) -> None:
-        work = asyncio.create_task(self._generate_and_store(task, asyncio.current_task()))
-        lease_lost = asyncio.Event()
-        heartbeat = asyncio.create_task(self._keep_lease(task, work, lease_lost))
+        job = asyncio.current_task()
+        assert job is not None
         try:
-            await work
+            await self._generate_and_store(task, job)
         except asyncio.CancelledError:
-            if not lease_lost.is_set():
+            if job not in self._lost:
                 raise
             log.warning("lost the lease on %s (attempt %d); abandoning it", task.id, task.attempt)
         except LeaseLost:
@@ -221,25 +229,29 @@ class Runner:
             # hands the task to another attempt.
             log.warning("database unavailable; leaving %s to the rescuer", task.id)
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            self._lost.discard(job)
 
-    async def _keep_lease(
-        self, task: Task, work: asyncio.Task[None], lease_lost: asyncio.Event
-    ) -> None:
+    async def _keep_leases(self) -> None:
+        """Renew the leases of every task this runner holds, in one write per beat.
+
+        A task whose lease was taken away (the rescuer re-queued it) is abandoned if it is
+        still being generated; one that is finishing learns it from its own fenced write."""
         while True:
             await asyncio.sleep(self._config.heartbeat_seconds)
+            held = list(self._running.items())
+            if not held:
+                continue
             try:
-                still_ours = await self._store.heartbeat(
-                    task.id, task.attempt, lease_until=time.time() + self._config.lease_seconds
+                renewed = await self._store.renew_leases(
+                    [(task.id, task.attempt) for _, task in held],
+                    lease_until=time.time() + self._config.lease_seconds,
                 )
             except StoreUnavailable:
-                continue  # the lease may still be valid; try again at the next beat
-            if not still_ours:
-                lease_lost.set()
-                work.cancel()
-                return
+                continue  # the leases may still be valid; try again at the next beat
+            for job, task in held:
+                if task.id not in renewed and job in self._generating:
+                    self._lost.add(job)
+                    job.cancel()
 
     async def _generate_and_store(self, task: Task, job: asyncio.Task[None] | None) -> None:
         engine = self._engines.get(task.engine)
