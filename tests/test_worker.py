@@ -325,3 +325,45 @@ async def test_one_write_renews_every_lease_the_runner_holds(rig: Rig) -> None:
     await run_until(runner, scenario)
     assert batches and max(batches) == 10
     assert len(batches) <= 7  # one write per beat, not one per task
+
+
+async def test_claims_go_first_but_never_hold_a_finished_image_back_for_long(rig: Rig) -> None:
+    """While the run loop keeps claiming (a backlog, slow claims of one task each, room to
+    spare), generated tasks wait for it before they are stored, but never longer than
+    FINISHING_MAX_DEFER_SECONDS: the claiming here goes on for about 4 s."""
+    from imageforge.worker.runner import FINISHING_MAX_DEFER_SECONDS
+
+    tasks = [await rig.add() for _ in range(40)]
+    generated_at: dict[str, float] = {}
+    generate = rig.engine.generate
+
+    delays = iter([0.01 * (i % 10) for i in range(len(tasks) * 2)])
+
+    async def recording(request: GenerationRequest) -> GeneratedImage:
+        await asyncio.sleep(next(delays))  # staggered, so some finish mid-claim
+        image = await generate(request)
+        generated_at[request.task_id] = time.time()
+        return image
+
+    rig.engine.generate = recording  # type: ignore[method-assign]
+    claim = rig.store.claim
+
+    async def slow_claim(**kwargs: Any) -> Any:
+        await asyncio.sleep(0.1)
+        return await claim(**{**kwargs, "limit": 1})
+
+    rig.store.claim = slow_claim  # type: ignore[method-assign]
+    runner = rig.runner(concurrency=100)
+
+    async def scenario() -> None:
+        for task in tasks:
+            await rig.wait_for(task, TaskStatus.COMPLETED, timeout=30)
+
+    await run_until(runner, scenario)
+    waits = []
+    for task in tasks:
+        done = await rig.store.get_task(task.id)
+        assert done is not None and done.finished_at is not None
+        waits.append(done.finished_at - generated_at[task.id])
+    assert max(waits) > 0.03, "no task ever waited for a claim: the test proves nothing"
+    assert max(waits) < min(FINISHING_MAX_DEFER_SECONDS, 1.0) + 0.3, max(waits)

@@ -37,8 +37,10 @@ from imageforge.worker.retry import retry_delay
 log = logging.getLogger(__name__)
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-#: Most tasks claimed in one round (see `Runner.__init__`).
+#: Most tasks claimed in one round (see `Runner._claim_limit`).
 CLAIM_BATCH = 32
+#: Longest a generated task waits for the run loop's claims before it is stored.
+FINISHING_MAX_DEFER_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,11 @@ class Runner:
         self._lost: set[asyncio.Task[None]] = set()
         self._lease_keeper: asyncio.Task[None] | None = None
         self._finishing = asyncio.Semaphore(config.concurrency)
+        # Set while the run loop is not claiming: finishing work waits for it, so that
+        # freed slots are refilled (claims, upstream calls going out) before images are
+        # stored and outcomes recorded; a wave of answers otherwise interleaves both.
+        self._claims_settled = asyncio.Event()
+        self._claims_settled.set()
 
     def wake(self) -> None:
         """A task was queued: look for work now instead of at the next poll."""
@@ -131,6 +138,7 @@ class Runner:
             claimed: list[Task] = []
             if free > 0:
                 self._work_hint = False
+                self._claims_settled.clear()
                 try:
                     claimed = await self._store.claim(
                         worker_id=self.worker_id,
@@ -142,6 +150,7 @@ class Runner:
                 except StoreUnavailable:
                     backoff = min(5.0, backoff * 2 or 0.1)
                     log.warning("database unavailable; worker retries in %.1fs", backoff)
+                    self._claims_settled.set()  # not claiming while it backs off
                     await self._sleep(backoff)
                     continue
                 for task in claimed:
@@ -169,6 +178,11 @@ class Runner:
         """Trade the generation slot for a finishing one (waiting while all are taken)."""
         async with self._finishing:
             self._free_slot(job)
+            if not self._claims_settled.is_set():
+                # Claims first, but a steady stream of them must not starve finishing.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(FINISHING_MAX_DEFER_SECONDS):
+                        await self._claims_settled.wait()
             yield
 
     async def _wait_for_work(self) -> None:
@@ -180,6 +194,7 @@ class Runner:
         loop = asyncio.get_running_loop()
         self._waiter = waiter = loop.create_future()
         timer = loop.call_later(self._config.poll_interval_seconds, self._nudge)
+        self._claims_settled.set()
         try:
             await waiter
         finally:
@@ -194,6 +209,7 @@ class Runner:
         """Stop claiming; let running tasks finish within the grace period, then hand
         the rest back to the queue so another worker picks them up at once."""
         self._stopping.set()
+        self._claims_settled.set()
         self._nudge()
         if self._running:
             await asyncio.wait(list(self._running), timeout=self._config.shutdown_grace_seconds)
