@@ -86,3 +86,14 @@ async def test_a_failed_write_leaves_no_file(
     monkeypatch.undo()
     assert not (storage.root / "2026/11/25/task.png").exists()
     await storage.aclose()
+
+
+async def test_a_directory_removed_behind_its_back_is_made_again(tmp_path: Path) -> None:
+    storage = make_storage(tmp_path / "images")
+    await storage.put("2026/11/25/a.png", b"a", "image/png")
+    day = storage.root / "2026/11/25"
+    (day / "a.png").unlink()
+    day.rmdir()
+    await storage.put("2026/11/25/b.png", b"b", "image/png")
+    assert (day / "b.png").read_bytes() == b"b"
+    await storage.aclose()

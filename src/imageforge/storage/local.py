@@ -73,7 +73,14 @@ class LocalStorage:
             with self._mkdir_lock:
                 self._make_directories(path.parent)
             self._directories.add(path.parent)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        try:
+            fd = os.open(path, flags, 0o644)
+        except FileNotFoundError:
+            # The directory went away behind our back (an operator cleaned up): make it again.
+            with self._mkdir_lock:
+                self._make_directories(path.parent)
+            fd = os.open(path, flags, 0o644)
         try:
             view = memoryview(data)
             while view:
