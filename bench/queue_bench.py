@@ -21,7 +21,6 @@ import asyncio
 import json
 import math
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -33,15 +32,15 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy.engine import make_url
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT / "src"))
 sys.path.insert(0, str(REPO_ROOT))
 
+from tests.pg import PostgresServer  # noqa: E402
+
 import loadgen  # noqa: E402  (bench/loadgen.py)
 from imageforge.ids import KeyId, new_task_id  # noqa: E402
-from imageforge.store import upgrade_database  # noqa: E402
 from imageforge.store.postgres import PostgresStore  # noqa: E402
 from imageforge.store.urls import asyncpg_dsn  # noqa: E402
 from imageforge.store.wakeups import APPLICATION_NAME  # noqa: E402
@@ -63,49 +62,6 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
         return math.nan
     rank = min(len(sorted_values), max(1, math.ceil(fraction * len(sorted_values))))
     return sorted_values[rank - 1]
-
-
-class Databases:
-    """Throw-away databases on one server, all dropped by `drop_all`."""
-
-    def __init__(self, server_url: str) -> None:
-        self.server_url = server_url
-        self.prefix = f"imageforge_bench_{os.getpid()}_{secrets.token_hex(3)}"
-        self.names: list[str] = []
-
-    async def _admin(self) -> Any:
-        return await asyncpg.connect(asyncpg_dsn(self.server_url), timeout=5)
-
-    def create(self) -> str:
-        name = f"{self.prefix}_{len(self.names)}"
-
-        async def create() -> None:
-            connection = await self._admin()
-            try:
-                await connection.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await connection.close()
-
-        asyncio.run(create())
-        self.names.append(name)
-        url = (
-            make_url(self.server_url)
-            .set(drivername="postgresql+asyncpg", database=name)
-            .render_as_string(hide_password=False)
-        )
-        upgrade_database(url)
-        return url
-
-    def drop_all(self) -> None:
-        async def drop() -> None:
-            connection = await self._admin()
-            try:
-                for name in self.names:
-                    await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await connection.close()
-
-        asyncio.run(drop())
 
 
 def make_task(now: float, *, run_after: float | None = None) -> Task:
@@ -363,7 +319,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     sections = set(args.sections.split(","))
-    databases = Databases(args.server_url)
+    databases = PostgresServer(args.server_url)
     work_dir = Path(tempfile.mkdtemp(prefix="imageforge-queue-bench-"))
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -376,12 +332,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     }
     try:
         if "dispatch" in sections:
-            report["dispatch"] = run_dispatch(args, databases.create(), work_dir)
+            report["dispatch"] = run_dispatch(args, databases.create_database(), work_dir)
         if "throughput" in sections:
-            report["throughput"] = run_throughput(args, databases.create(), work_dir)
+            report["throughput"] = run_throughput(args, databases.create_database(), work_dir)
         if "api" in sections:
             report["api_on_postgres"] = measure_api(
-                databases.create(), args.api_passes, args.api_duration
+                databases.create_database(), args.api_passes, args.api_duration
             )
     finally:
         databases.drop_all()
