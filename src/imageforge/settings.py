@@ -23,7 +23,7 @@ from pydantic_settings import (
 
 from imageforge.billing import PriceBook, build_price_book
 from imageforge.catalog import DEFAULT_MODELS, ModelSpec
-from imageforge.engines.config import UpstreamConfig
+from imageforge.engines.config import UpstreamConfig, normalize_base_url
 
 DEFAULT_CONFIG_FILE = "imageforge.toml"
 
@@ -135,12 +135,7 @@ class Settings(BaseSettings):
     @field_validator("public_base_url", "relay_base_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
+        return normalize_base_url(value)
 
     @field_validator("log_level", mode="before")
     @classmethod

@@ -21,6 +21,16 @@ DEFAULT_KEY_ENV: dict[str, str] = {
 }
 
 
+def normalize_base_url(value: str | None) -> str | None:
+    """An http(s) origin or prefix without its trailing slash; blank means unset."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip().rstrip("/")
+    if not value.startswith(("http://", "https://")):
+        raise ValueError("must start with http:// or https://")
+    return value
+
+
 class BreakerConfig(BaseModel):
     """When an upstream is taken out of rotation, and for how long."""
 
@@ -79,12 +89,7 @@ class UpstreamConfig(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
-        if value is None or not value.strip():
-            return None
-        value = value.strip().rstrip("/")
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
+        return normalize_base_url(value)
 
     @model_validator(mode="after")
     def _check_polling(self) -> UpstreamConfig:
