@@ -192,6 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         wait_for(lambda: b"started" in worker_log.read_bytes(), 60, "the worker to start")
         ready = time.monotonic()
         cpu_at_ready = cpu_seconds(worker.pid)
+        upstream_cpu_at_ready = cpu_seconds(upstream.pid)
         loop_cpu_at_ready = cpu_seconds(worker.pid, thread=worker.pid)
 
         def finished() -> bool:
@@ -210,6 +211,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         worker.send_signal(signal.SIGTERM)
         worker_exit = worker.wait(timeout=60)
         stats = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
+        upstream_cpu = cpu_seconds(upstream.pid) - upstream_cpu_at_ready
     finally:
         if worker is not None and worker.poll() is None:
             worker.kill()
@@ -246,6 +248,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "first_answer_after_s": round(answers[0] - starts[0], 3) if answers else None,
         "second_wave_started_after_s": round(starts[args.concurrency] - starts[0], 3)
         if len(starts) > args.concurrency
+        else None,
+        # After the first answer the loop is the limit: how long it takes to send the rest,
+        # and how long the last answer waits to be stored and completed.
+        "rest_sent_within_s": round(arrivals[-1] - arrivals[args.concurrency], 3)
+        if len(arrivals) > args.concurrency
+        else None,
+        "last_answer_to_last_finish_s": round(finishes[-1] - answers[-1], 3)
+        if answers and finishes
         else None,
     }
     return {
@@ -295,6 +305,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "worker_loop_thread_cpu_ms_per_task": round(loop_cpu / args.tasks * 1000, 2),
             "predicted_tasks_per_s_cpu_bound_waves": round(predicted, 1),
             "upstream_calls": stats["completed"],
+            "upstream_cpu_ms_per_call": round(upstream_cpu / max(1, stats["completed"]) * 1000, 2),
             "upstream_max_in_flight": stats["max_in_flight"],
             "upstream_connections": stats["connections"],
             "start_spread_first_wave_s": round(starts[args.concurrency - 1] - starts[0], 3)

@@ -4,8 +4,11 @@ it records, and what each kind of upstream failure does to a task."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import io
+import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -175,6 +178,84 @@ async def test_per_upstream_concurrency_limit(fake: FakeImagesAPI) -> None:
 
 
 # Each failure class, at the engine ---------------------------------------------------------
+
+
+def _png(width: int, height: int, noisy: bool = False) -> bytes:
+    image = (
+        Image.frombytes("RGB", (width, height), os.urandom(width * height * 3))
+        if noisy
+        else Image.new("RGB", (width, height), (1, 2, 3))
+    )
+    out = io.BytesIO()
+    image.save(out, format="PNG", compress_level=1)
+    return out.getvalue()
+
+
+def _answer(**fields: Any) -> bytes:
+    return json.dumps(fields).encode()
+
+
+PNG_B64 = base64.b64encode(_png(8, 6)).decode()
+
+
+@pytest.mark.parametrize(
+    ("body", "usage"),
+    [
+        (_answer(data=[{"b64_json": PNG_B64}]), {}),
+        (_answer(data=[{"b64_json": PNG_B64}], usage=None), {}),
+        # Gateways send partial or mistyped usage: keep the whole numbers that are there.
+        (
+            _answer(
+                data=[{"b64_json": PNG_B64}],
+                usage={"input_tokens": "12", "output_tokens": 7, "total_tokens": True},
+            ),
+            {"output_tokens": 7},
+        ),
+    ],
+)
+async def test_answers_with_odd_usage_still_give_the_image(
+    engine: OpenAIEngine, fake: FakeImagesAPI, body: bytes, usage: dict[str, int]
+) -> None:
+    fake.push(Reply(200, body=body))
+    image = await engine.generate(request())
+    assert (image.content_type, image.width, image.height) == ("image/png", 8, 6)
+    assert image.usage == usage
+
+
+@pytest.mark.parametrize(
+    ("body", "text"),
+    [
+        (b"[1, 2]", "unreadable"),
+        (b'{"data": "', "unreadable"),
+        (_answer(data=[]), "without an image"),
+        (_answer(data=[{"url": "https://example.com/i.png"}]), "without an image"),
+        (_answer(data=[{"b64_json": 42}]), "without an image"),
+        (_answer(data=[{"b64_json": "not base64!"}]), "invalid base64"),
+        (
+            _answer(data=[{"b64_json": base64.b64encode(b"GIF89a...").decode()}]),
+            "not a PNG, JPEG or WebP",
+        ),
+    ],
+)
+async def test_answers_without_a_usable_image_are_bad_responses(
+    engine: OpenAIEngine, fake: FakeImagesAPI, body: bytes, text: str
+) -> None:
+    fake.push(Reply(200, body=body))
+    with pytest.raises(UpstreamError) as caught:
+        await engine.generate(request())
+    assert caught.value.code == "upstream_bad_response"
+    assert caught.value.retryable
+    assert text in caught.value.message
+
+
+async def test_a_large_answer_is_read_whole(engine: OpenAIEngine, fake: FakeImagesAPI) -> None:
+    # Over a megabyte: read on a worker thread rather than the event loop.
+    png = _png(700, 700, noisy=True)
+    assert len(png) > 1024 * 1024
+    fake.push(Reply(200, body=_answer(data=[{"b64_json": base64.b64encode(png).decode()}])))
+    image = await engine.generate(request())
+    assert image.data == png
+    assert (image.width, image.height) == (700, 700)
 
 
 @pytest.mark.parametrize(

@@ -470,6 +470,8 @@ class ReferenceFetcher:
     async def fetch_all(self, urls: Sequence[str]) -> list[ReferenceImage]:
         """Fetch every reference, in order. The first failure raises ReferenceFetchError and
         cancels the rest."""
+        if not urls:
+            return []
         # A URL that is wrong on its face fails the task before anything touches the network.
         for index, url in enumerate(urls, start=1):
             try:

@@ -30,6 +30,12 @@ from imageforge.worker.runner import Runner, RunnerConfig
 
 log = logging.getLogger(__name__)
 
+#: Young-generation collections every 20,000 allocations instead of 700. A collection's
+#: cost is the objects that are still alive, and with hundreds of upstream calls in
+#: flight most young objects are: at 500 calls the default ran ~250 collections per
+#: 1,000 tasks (0.09 s of the loop), this runs 6 (0.05 s, ≤ 10 ms each).
+GC_THRESHOLDS = (20_000, 20, 20)
+
 
 @dataclass
 class Runtime:
@@ -89,6 +95,7 @@ class Runtime:
         # The tasks spawned above have not run yet, so nothing short-lived is frozen.
         gc.collect()
         gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         return runtime
 
     def _start_worker(self, engine_names: set[str]) -> None:
