@@ -171,6 +171,9 @@ class Runner:
     def _free_slot(self, job: asyncio.Task[None] | None) -> None:
         if job in self._generating:
             self._generating.discard(job)
+            if not self._stopping.is_set():
+                # The run loop claims for this slot next; finishing waits for that claim.
+                self._claims_settled.clear()
             self._nudge()
 
     @contextlib.asynccontextmanager
