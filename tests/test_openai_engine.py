@@ -228,7 +228,8 @@ async def test_answers_with_odd_usage_still_give_the_image(
         (b"[1, 2]", "unreadable"),
         (b'{"data": "', "unreadable"),
         (_answer(data=[]), "without an image"),
-        (_answer(data=[{"url": "https://example.com/i.png"}]), "without an image"),
+        (_answer(data=[{"url": 42}]), "without an image"),
+        (_answer(data=[{"url": "file:///etc/passwd"}]), "not http(s)"),
         (_answer(data=[{"b64_json": 42}]), "without an image"),
         (_answer(data=[{"b64_json": "not base64!"}]), "invalid base64"),
         (
@@ -246,6 +247,66 @@ async def test_answers_without_a_usable_image_are_bad_responses(
     assert caught.value.code == "upstream_bad_response"
     assert caught.value.retryable
     assert text in caught.value.message
+
+
+async def test_a_linked_image_is_downloaded_with_the_key_on_the_upstreams_origin(
+    engine: OpenAIEngine, fake: FakeImagesAPI
+) -> None:
+    fake.push(
+        Reply(
+            200,
+            body=_answer(
+                data=[{"url": f"{fake.base_url}/files/40x30.png"}], usage={"output_tokens": 9}
+            ),
+        )
+    )
+    image = await engine.generate(request())
+    assert (image.content_type, image.width, image.height) == ("image/png", 40, 30)
+    assert image.usage == {"output_tokens": 9}
+    assert fake.downloads == [("/files/40x30.png", f"Bearer {SECRET}")]
+
+
+async def test_a_relative_link_is_resolved_against_the_upstream(
+    engine: OpenAIEngine, fake: FakeImagesAPI
+) -> None:
+    fake.push(Reply(200, body=_answer(data=[{"url": "/files/12x10.png"}])))
+    image = await engine.generate(request())
+    assert (image.width, image.height) == (12, 10)
+    assert fake.downloads == [("/files/12x10.png", f"Bearer {SECRET}")]
+
+
+async def test_a_link_to_another_origin_gets_no_key(
+    engine: OpenAIEngine, fake: FakeImagesAPI
+) -> None:
+    with serve_images_api() as cdn:
+        fake.push(Reply(200, body=_answer(data=[{"url": f"{cdn.base_url}/files/16x9.png"}])))
+        image = await engine.generate(request())
+    assert (image.width, image.height) == (16, 9)
+    assert cdn.downloads == [("/files/16x9.png", "")]
+    assert fake.downloads == []
+
+
+async def test_a_broken_link_is_a_bad_response(engine: OpenAIEngine, fake: FakeImagesAPI) -> None:
+    fake.push(Reply(200, body=_answer(data=[{"url": f"{fake.base_url}/files/missing"}])))
+    with pytest.raises(UpstreamError) as caught:
+        await engine.generate(request())
+    assert caught.value.code == "upstream_bad_response" and caught.value.retryable
+    assert "answered 404 to the image download" in caught.value.message
+
+
+async def test_a_linked_image_over_the_cap_fails_for_good(fake: FakeImagesAPI) -> None:
+    settings = Settings(
+        engine="openai", upstreams={"fake": upstream(fake.base_url, max_image_bytes=1024)}
+    )
+    engine = OpenAIEngine(settings)
+    fake.push(Reply(200, body=_answer(data=[{"url": f"{fake.base_url}/files/512x512.png"}])))
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await engine.generate(request())
+    finally:
+        await engine.aclose()
+    assert caught.value.code == "upstream_bad_response" and not caught.value.retryable
+    assert "larger than 1024 bytes" in caught.value.message
 
 
 async def test_a_large_answer_is_read_whole(engine: OpenAIEngine, fake: FakeImagesAPI) -> None:

@@ -118,6 +118,8 @@ class FakeImagesAPI:
     completed: int = 0
     #: Wall-clock (time.time()) arrival and answer of each call, for the benchmark.
     timings: list[tuple[float, float]] = field(default_factory=list)
+    #: (path, Authorization header) of each GET /files/… download.
+    downloads: list[tuple[str, str]] = field(default_factory=list)
     #: Client ports seen: how many connections the callers opened.
     client_ports: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -139,7 +141,10 @@ class FakeImagesAPI:
             return
         path, method = scope["path"], scope["method"]
         if method == "GET" and path.startswith("/files/") and path.endswith(".png"):
-            # Reference images for the relay tests: /files/WxH.png
+            # Reference images for the relay tests, linked images for the openai ones:
+            # /files/WxH.png
+            with self._lock:
+                self.downloads.append((path, _headers(scope).get("authorization", "")))
             width, _, height = path.removeprefix("/files/").removesuffix(".png").partition("x")
             await _respond(
                 send, 200, solid_png(int(width), int(height), (200, 60, 40)), "image/png"

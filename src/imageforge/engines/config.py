@@ -74,12 +74,15 @@ class UpstreamConfig(BaseModel):
     )
     connect_timeout_seconds: float = Field(10.0, gt=0)
     request_timeout_seconds: float = Field(
-        30.0, gt=0, description="relay: one submit, poll or download call."
+        30.0,
+        gt=0,
+        description="relay: one submit, poll or download call; openai: downloading an "
+        "image an answer links to.",
     )
     poll_initial_seconds: float = Field(0.5, gt=0, description="relay: first poll interval.")
     poll_max_seconds: float = Field(5.0, gt=0, description="relay: the interval grows to this.")
     max_image_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="relay: largest image download accepted."
+        64 * 1024 * 1024, ge=1024, description="Largest image download accepted."
     )
     output_format: Literal["png", "jpeg", "webp"] = Field(
         "png", description="openai: the format asked of the Images API."

@@ -25,7 +25,9 @@ import binascii
 import importlib
 import io
 import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
+from urllib.parse import urljoin, urlsplit
 
 import orjson
 from PIL import Image
@@ -48,8 +50,9 @@ from imageforge.engines.upstream_errors import (
     error_for_status,
     parse_retry_after,
     timeout_error,
+    too_large_error,
 )
-from imageforge.engines.upstreams import Route, Router, Upstream, describe_image
+from imageforge.engines.upstreams import Route, Router, Upstream, describe_image, same_origin
 
 if TYPE_CHECKING:
     from imageforge.settings import Settings
@@ -69,6 +72,8 @@ class OpenAIEngine:
     def __init__(self, settings: Settings, *, router: Router | None = None) -> None:
         self._router = router or Router.from_settings(settings, "openai")
         self._clients: dict[str, openai.AsyncOpenAI] = {}
+        # For answers that link their image instead of carrying it (see `_download`).
+        self._downloads: aiohttp.ClientSession | None = None
         self._tls: ssl.SSLContext | None = None
         self._warm_up()
 
@@ -106,6 +111,9 @@ class OpenAIEngine:
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.close()
+        downloads, self._downloads = self._downloads, None
+        if downloads is not None:
+            await downloads.close()
 
     def _client(self, upstream: Upstream) -> openai.AsyncOpenAI:
         client = self._clients.get(upstream.name)
@@ -140,7 +148,7 @@ class OpenAIEngine:
         client = self._client(upstream)
         try:
             if uploads:
-                answer = await client.images.with_raw_response.edit(
+                raw = await client.images.with_raw_response.edit(
                     image=uploads,
                     prompt=request.prompt,
                     model=model,
@@ -149,7 +157,7 @@ class OpenAIEngine:
                     n=1,
                     output_format=output_format,
                 )
-                body = answer.content
+                body = raw.content
             else:
                 # What `images.generate` sends for these arguments (it omits unset ones).
                 fields: dict[str, object] = {
@@ -177,8 +185,65 @@ class OpenAIEngine:
         except openai.OpenAIError:
             raise bad_answer_error(upstream.name, "answered with an unreadable response") from None
         if len(body) > _INLINE_READ_BYTES:
-            return await asyncio.to_thread(_image_from, upstream, body)
-        return _image_from(upstream, body)
+            answer = await asyncio.to_thread(_read_answer, upstream, body)
+        else:
+            answer = _read_answer(upstream, body)
+        image = answer.image
+        if image is None:
+            assert answer.url is not None
+            image = await self._download(upstream, answer.url)
+        content_type, width, height = describe_image(upstream.name, image)
+        return GeneratedImage(
+            data=image,
+            content_type=content_type,
+            width=width,
+            height=height,
+            usage=answer.usage,
+            upstream=upstream.name,
+        )
+
+    async def _download(self, upstream: Upstream, link: str) -> bytes:
+        """The image an answer links to, up to `max_image_bytes`.
+
+        Some gateways (LocalAI among them) answer with a link unless asked for base64, a
+        parameter OpenAI's image models refuse, so the link is followed instead. The
+        upstream's key goes only to the upstream's own origin, never to a CDN."""
+        config = upstream.config
+        url = urljoin(upstream.base_url + "/", link)
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise bad_answer_error(upstream.name, "linked its image at a URL that is not http(s)")
+        headers = (
+            {"Authorization": f"Bearer {upstream.api_key}"}
+            if same_origin(url, upstream.base_url)
+            else {}
+        )
+        if self._downloads is None:
+            self._downloads = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(ssl=self._ssl_context()),
+                timeout=aiohttp.ClientTimeout(
+                    total=config.request_timeout_seconds,
+                    sock_connect=config.connect_timeout_seconds,
+                ),
+            )
+        cap = config.max_image_bytes
+        data = bytearray()
+        try:
+            async with self._downloads.get(url, headers=headers, allow_redirects=False) as reply:
+                if reply.status != 200:
+                    raise bad_answer_error(
+                        upstream.name, f"answered {reply.status} to the image download"
+                    )
+                if (reply.content_length or 0) > cap:
+                    raise too_large_error(upstream.name, cap)
+                async for chunk in reply.content.iter_chunked(64 * 1024):
+                    data += chunk
+                    if len(data) > cap:
+                        raise too_large_error(upstream.name, cap)
+        except (TimeoutError, aiohttp.ServerTimeoutError):
+            raise timeout_error(upstream.name, config.request_timeout_seconds) from None
+        except aiohttp.ClientError as exc:
+            raise connection_error(upstream.name, exc) from None
+        return bytes(data)
 
 
 def _transport_error(upstream: Upstream, exc: openai.APIConnectionError) -> Exception:
@@ -216,8 +281,17 @@ def _to_png(data: bytes) -> bytes:
         return out.getvalue()
 
 
-def _image_from(upstream: Upstream, body: bytes) -> GeneratedImage:
-    """The image and usage in an Images API answer (`{"data": [{"b64_json"}], "usage"}`).
+@dataclass(frozen=True)
+class _Answer:
+    #: The decoded image, or None when the answer links to it instead.
+    image: bytes | None
+    url: str | None
+    usage: dict[str, int]
+
+
+def _read_answer(upstream: Upstream, body: bytes) -> _Answer:
+    """The image (or its link) and usage in an Images API answer:
+    `{"data": [{"b64_json": …} or {"url": …}], "usage": {…}}`.
 
     Gateways send all sorts: text, other JSON, partial usage. Nothing here trusts the shape."""
     try:
@@ -229,13 +303,15 @@ def _image_from(upstream: Upstream, body: bytes) -> GeneratedImage:
     data = answer.get("data")
     first = data[0] if isinstance(data, list) and data else None
     encoded = first.get("b64_json") if isinstance(first, dict) else None
-    if not isinstance(encoded, str) or not encoded:
+    link = first.get("url") if isinstance(first, dict) else None
+    image: bytes | None = None
+    if isinstance(encoded, str) and encoded:
+        try:
+            image = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise bad_answer_error(upstream.name, "answered with invalid base64") from None
+    elif not (isinstance(link, str) and link):
         raise bad_answer_error(upstream.name, "answered without an image")
-    try:
-        image = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise bad_answer_error(upstream.name, "answered with invalid base64") from None
-    content_type, width, height = describe_image(upstream.name, image)
     reported = answer.get("usage")
     usage = (
         {
@@ -246,11 +322,4 @@ def _image_from(upstream: Upstream, body: bytes) -> GeneratedImage:
         if isinstance(reported, dict)
         else {}
     )
-    return GeneratedImage(
-        data=image,
-        content_type=content_type,
-        width=width,
-        height=height,
-        usage=usage,
-        upstream=upstream.name,
-    )
+    return _Answer(image=image, url=None if image is not None else link, usage=usage)

@@ -18,7 +18,7 @@ import asyncio
 import logging
 import ssl
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
 import httpx
 
@@ -32,8 +32,9 @@ from imageforge.engines.upstream_errors import (
     parse_retry_after,
     scrub,
     timeout_error,
+    too_large_error,
 )
-from imageforge.engines.upstreams import Route, Router, Upstream, describe_image
+from imageforge.engines.upstreams import Route, Router, Upstream, describe_image, same_origin
 
 if TYPE_CHECKING:
     from imageforge.settings import Settings
@@ -224,7 +225,7 @@ class RelayEngine:
     async def _download(self, upstream: Upstream, image_url: str) -> GeneratedImage:
         url = urljoin(upstream.base_url + "/", image_url)
         # The key goes only where it was meant to go: a CDN link gets no Authorization.
-        headers = self._auth(upstream) if _same_origin(url, upstream.base_url) else {}
+        headers = self._auth(upstream) if same_origin(url, upstream.base_url) else {}
         cap = upstream.config.max_image_bytes
         data = bytearray()
         try:
@@ -236,11 +237,11 @@ class RelayEngine:
                         )
                     declared = response.headers.get("content-length", "")
                     if declared.isdigit() and int(declared) > cap:
-                        raise _too_large(upstream.name, cap)
+                        raise too_large_error(upstream.name, cap)
                     async for chunk in response.aiter_bytes():
                         data += chunk
                         if len(data) > cap:
-                            raise _too_large(upstream.name, cap)
+                            raise too_large_error(upstream.name, cap)
         except httpx.TimeoutException:
             raise timeout_error(upstream.name, upstream.config.request_timeout_seconds) from None
         except httpx.HTTPError as exc:
@@ -321,17 +322,3 @@ def _json(upstream: Upstream, response: httpx.Response) -> dict[str, Any]:
 
 async def _close(client: httpx.AsyncClient) -> None:
     await client.aclose()
-
-
-def _same_origin(url: str, base_url: str) -> bool:
-    a, b = urlsplit(url), urlsplit(base_url)
-    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
-
-
-def _too_large(upstream: str, cap: int) -> UpstreamError:
-    return UpstreamError(
-        f"upstream '{upstream}' returned an image larger than {cap} bytes",
-        upstream=upstream,
-        retryable=False,
-        code="upstream_bad_response",
-    )

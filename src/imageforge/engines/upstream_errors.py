@@ -195,3 +195,13 @@ def bad_answer_error(upstream: str, what: str) -> UpstreamError:
         retryable=True,
         code="upstream_bad_response",
     )
+
+
+def too_large_error(upstream: str, cap: int) -> UpstreamError:
+    """The upstream's image is over the configured cap: asking again gets the same image."""
+    return UpstreamError(
+        f"upstream '{upstream}' returned an image larger than {cap} bytes",
+        upstream=upstream,
+        retryable=False,
+        code="upstream_bad_response",
+    )

@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
+from urllib.parse import urlsplit
 
 from PIL import Image, UnidentifiedImageError
 
@@ -289,3 +290,9 @@ def describe_image(upstream: str, data: bytes) -> tuple[str, int, int]:
         raise bad_answer_error(
             upstream, "returned data that is not a PNG, JPEG or WebP image"
         ) from exc
+
+
+def same_origin(url: str, base_url: str) -> bool:
+    """Whether `url` points at the upstream itself: only then does it get the upstream's key."""
+    a, b = urlsplit(url), urlsplit(base_url)
+    return (a.scheme, a.netloc) == (b.scheme, b.netloc)
