@@ -58,7 +58,7 @@ if TYPE_CHECKING:
     from imageforge.settings import Settings
 
 _UPLOAD_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
-#: Reading an answer (JSON, then base64) costs ~1.5 ms per MB; above this it moves off the
+#: Reading an answer (JSON, then base64) costs ~3 ms per MB; above this it moves off the
 #: event loop.
 _INLINE_READ_BYTES = 1024 * 1024
 #: Idle connections are closed after this long: below the 5 s keep-alive of common servers
