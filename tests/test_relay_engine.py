@@ -259,6 +259,36 @@ async def test_the_download_is_capped(make_engine: Callable[..., RelayEngine]) -
     assert not caught.value.retryable
 
 
+async def test_a_submission_left_unanswered_times_out_as_retryable(
+    make_engine: Callable[..., RelayEngine],
+) -> None:
+    """An upstream that accepts the connection and never answers: the call gives up after
+    `request_timeout_seconds` instead of hanging until the attempt's deadline."""
+    held: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        held.append(writer)
+        await reader.read(65536)
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    engine = make_engine(
+        upstreams={"mute": relay_config(f"http://127.0.0.1:{port}", request_timeout_seconds=0.3)}
+    )
+    started = time.monotonic()
+    try:
+        with pytest.raises(UpstreamError) as caught:
+            await engine.generate(request())
+    finally:
+        for writer in held:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+    assert caught.value.code == "upstream_timeout" and caught.value.retryable
+    assert held, "the engine never connected: the test proves nothing"
+    assert time.monotonic() - started < 5
+
+
 async def test_a_dead_upstream_fails_over_at_submission(
     make_engine: Callable[..., RelayEngine], relay_upstream: ImageforgeUpstream
 ) -> None:

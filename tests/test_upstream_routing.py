@@ -16,7 +16,6 @@ import pytest
 
 from imageforge.engines.breaker import BreakerState, CircuitBreaker
 from imageforge.engines.config import UpstreamConfig
-from imageforge.engines.pools import SHARD_CONNECTIONS, ClientShards
 from imageforge.engines.upstream_errors import (
     UpstreamError,
     error_for_status,
@@ -489,33 +488,3 @@ def test_readme_examples_load_and_route(tmp_path: Path, monkeypatch: pytest.Monk
         for kind in kinds - {"offline"}:
             router = Router.from_settings(settings, kind)  # type: ignore[arg-type]
             assert router.upstreams
-
-
-# Client shards -------------------------------------------------------------------------------
-
-
-async def test_client_shards_are_lazy_and_leased_least_busy_first() -> None:
-    made: list[int] = []
-    closed: list[str] = []
-
-    def make(connections: int) -> str:
-        made.append(connections)
-        return f"client-{len(made)}"
-
-    async def close(client: str) -> None:
-        closed.append(client)
-
-    size = SHARD_CONNECTIONS
-    shards = ClientShards(4 * size, make, close)  # → 4 clients of SHARD_CONNECTIONS
-    assert shards.connections_per_client == size and made == []
-    with shards.lease() as first, shards.lease() as second, shards.lease() as third:
-        assert (first, second, third) == ("client-1", "client-2", "client-3")
-    with shards.lease() as again:
-        assert again == "client-1"  # all idle: the first one
-    assert made == [size, size, size]
-    await shards.aclose()
-    await shards.aclose()
-    assert closed == ["client-1", "client-2", "client-3"]
-    with shards.lease() as reopened:
-        assert reopened == "client-4"
-    assert ClientShards(3, make, close).connections_per_client == 3

@@ -52,7 +52,14 @@ from imageforge.engines.upstream_errors import (
     timeout_error,
     too_large_error,
 )
-from imageforge.engines.upstreams import Route, Router, Upstream, describe_image, same_origin
+from imageforge.engines.upstreams import (
+    Route,
+    Router,
+    Upstream,
+    describe_image,
+    request_timeouts,
+    same_origin,
+)
 
 if TYPE_CHECKING:
     from imageforge.settings import Settings
@@ -220,10 +227,7 @@ class OpenAIEngine:
         if self._downloads is None:
             self._downloads = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl_context()),
-                timeout=aiohttp.ClientTimeout(
-                    total=config.request_timeout_seconds,
-                    sock_connect=config.connect_timeout_seconds,
-                ),
+                timeout=request_timeouts(config),
             )
         cap = config.max_image_bytes
         data = bytearray()

@@ -10,6 +10,11 @@ and our checkpoint on upstreams that honour the header.
 Polling backs off from `poll_initial_seconds` by ×1.5 to `poll_max_seconds`; the whole wait is
 bounded by the upstream's `timeout_seconds`. The finished image is downloaded into our own
 storage by the runner, since the upstream's link expires.
+
+Each upstream gets one aiohttp session with a pool as wide as its concurrency limit. A poll
+is the engine's most frequent call: with 500 in flight on one loop, a poll through httpx
+(sharded into clients of 4 connections, which kept its pool scans short) cost ~0.65 ms of CPU,
+through aiohttp ~0.07 ms.
 """
 
 from __future__ import annotations
@@ -17,13 +22,16 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote, urljoin
 
+import aiohttp
 import httpx
+import orjson
+from multidict import CIMultiDictProxy
 
 from imageforge.engines.base import GeneratedImage, GenerationRequest, UpstreamRef
-from imageforge.engines.pools import ClientShards
 from imageforge.engines.upstream_errors import (
     UpstreamError,
     bad_answer_error,
@@ -34,7 +42,14 @@ from imageforge.engines.upstream_errors import (
     timeout_error,
     too_large_error,
 )
-from imageforge.engines.upstreams import Route, Router, Upstream, describe_image, same_origin
+from imageforge.engines.upstreams import (
+    Route,
+    Router,
+    Upstream,
+    describe_image,
+    request_timeouts,
+    same_origin,
+)
 
 if TYPE_CHECKING:
     from imageforge.settings import Settings
@@ -48,6 +63,15 @@ _POLL_GROWTH = 1.5
 _PENDING = frozenset({"queued", "processing"})
 _MAX_REMOTE_ID_CHARS = 200
 _USER_AGENT = "imageforge-relay/0.1"
+#: Idle connections close after this long: below the 5 s keep-alive of common servers.
+_KEEPALIVE_SECONDS = 4.0
+
+
+@dataclass(frozen=True)
+class _Reply:
+    status: int
+    headers: CIMultiDictProxy[str]
+    body: bytes
 
 
 class _UpstreamTaskGone(Exception):
@@ -61,7 +85,7 @@ class RelayEngine:
 
     def __init__(self, settings: Settings, *, router: Router | None = None) -> None:
         self._router = router or Router.from_settings(settings, "relay")
-        self._clients: dict[str, ClientShards[httpx.AsyncClient]] = {}
+        self._sessions: dict[str, aiohttp.ClientSession] = {}
         self._tls: ssl.SSLContext | None = None
 
     @property
@@ -69,6 +93,8 @@ class RelayEngine:
         return self._router
 
     def _ssl_context(self) -> ssl.SSLContext:
+        # One for all sessions: building one loads the CA store (~15 ms, ~1.5 MB). httpx's,
+        # as before: certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR when they are set.
         if self._tls is None:
             self._tls = httpx.create_ssl_context()
         return self._tls
@@ -84,10 +110,10 @@ class RelayEngine:
         )
 
     async def aclose(self) -> None:
-        """Close every client; a later `generate` opens new ones."""
-        clients, self._clients = self._clients, {}
-        for shards in clients.values():
-            await shards.aclose()
+        """Close every session; a later `generate` opens new ones."""
+        sessions, self._sessions = self._sessions, {}
+        for session in sessions.values():
+            await session.close()
 
     # One upstream task --------------------------------------------------------
 
@@ -229,22 +255,22 @@ class RelayEngine:
         cap = upstream.config.max_image_bytes
         data = bytearray()
         try:
-            with self._shards(upstream).lease() as client:
-                async with client.stream("GET", url, headers=headers) as response:
-                    if not response.is_success:
-                        raise bad_answer_error(
-                            upstream.name, f"answered {response.status_code} to the image download"
-                        )
-                    declared = response.headers.get("content-length", "")
-                    if declared.isdigit() and int(declared) > cap:
+            async with self._session(upstream).get(
+                url, headers=headers, allow_redirects=False
+            ) as response:
+                if not 200 <= response.status < 300:
+                    raise bad_answer_error(
+                        upstream.name, f"answered {response.status} to the image download"
+                    )
+                if (response.content_length or 0) > cap:
+                    raise too_large_error(upstream.name, cap)
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    data += chunk
+                    if len(data) > cap:
                         raise too_large_error(upstream.name, cap)
-                    async for chunk in response.aiter_bytes():
-                        data += chunk
-                        if len(data) > cap:
-                            raise too_large_error(upstream.name, cap)
-        except httpx.TimeoutException:
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise timeout_error(upstream.name, upstream.config.request_timeout_seconds) from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise connection_error(upstream.name, exc) from None
         image = bytes(data)
         content_type, width, height = describe_image(upstream.name, image)
@@ -258,67 +284,61 @@ class RelayEngine:
 
     # HTTP ----------------------------------------------------------------------
 
-    def _shards(self, upstream: Upstream) -> ClientShards[httpx.AsyncClient]:
-        shards = self._clients.get(upstream.name)
-        if shards is None:
+    def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
+        session = self._sessions.get(upstream.name)
+        if session is None:
             config = upstream.config
-            # Users often copy an OpenAI-style base URL ending in /v1; our paths carry it.
-            base_url = upstream.base_url.removesuffix("/v1")
-            timeout = httpx.Timeout(
-                config.request_timeout_seconds, connect=config.connect_timeout_seconds
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=upstream.max_concurrency,
+                    keepalive_timeout=_KEEPALIVE_SECONDS,
+                    ssl=self._ssl_context(),
+                ),
+                timeout=request_timeouts(config),
+                headers={"User-Agent": _USER_AGENT},
             )
-
-            def make(connections: int) -> httpx.AsyncClient:
-                return httpx.AsyncClient(
-                    base_url=base_url,
-                    timeout=timeout,
-                    limits=httpx.Limits(
-                        max_connections=connections, max_keepalive_connections=connections
-                    ),
-                    headers={"User-Agent": _USER_AGENT},
-                    # One TLS context for every shard: each would load the CA store.
-                    verify=self._ssl_context(),
-                )
-
-            shards = ClientShards(upstream.max_concurrency, make, _close)
-            self._clients[upstream.name] = shards
-        return shards
+            self._sessions[upstream.name] = session
+        return session
 
     @staticmethod
     def _auth(upstream: Upstream) -> dict[str, str]:
-        # Per request, never a client default: downloads may go to another host.
+        # Per request, never a session default: downloads may go to another host.
         return {"Authorization": f"Bearer {upstream.api_key}"}
 
     async def _send(
-        self, upstream: Upstream, method: str, path: str, **kwargs: Any
-    ) -> httpx.Response:
+        self, upstream: Upstream, method: str, path: str, *, json: object = None, **kwargs: Any
+    ) -> _Reply:
+        # Users often copy an OpenAI-style base URL ending in /v1; our paths carry it.
+        url = upstream.base_url.removesuffix("/v1") + path
+        data = orjson.dumps(json) if json is not None else None
+        headers = kwargs.pop("headers", {})
+        if data is not None:
+            headers = {**headers, "Content-Type": "application/json"}
         try:
-            with self._shards(upstream).lease() as client:
-                response = await client.request(method, path, **kwargs)
-        except httpx.TimeoutException:
+            async with self._session(upstream).request(
+                method, url, data=data, headers=headers, allow_redirects=False, **kwargs
+            ) as response:
+                reply = _Reply(response.status, response.headers, await response.read())
+        except (TimeoutError, aiohttp.ServerTimeoutError):
             raise timeout_error(upstream.name, upstream.config.request_timeout_seconds) from None
-        except httpx.HTTPError as exc:
+        except aiohttp.ClientError as exc:
             raise connection_error(upstream.name, exc) from None
-        if response.is_success:
-            return response
+        if 200 <= reply.status < 300:
+            return reply
         raise error_for_status(
             upstream.name,
-            response.status_code,
-            body=response.content,
-            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            reply.status,
+            body=reply.body,
+            retry_after=parse_retry_after(reply.headers.get("retry-after")),
             secrets=self._router.secrets,
         )
 
 
-def _json(upstream: Upstream, response: httpx.Response) -> dict[str, Any]:
+def _json(upstream: Upstream, reply: _Reply) -> dict[str, Any]:
     try:
-        body = response.json()
-    except ValueError:
+        body = orjson.loads(reply.body)
+    except orjson.JSONDecodeError:
         body = None
     if not isinstance(body, dict):
         raise bad_answer_error(upstream.name, "answered with something that is not a JSON object")
     return body
-
-
-async def _close(client: httpx.AsyncClient) -> None:
-    await client.aclose()

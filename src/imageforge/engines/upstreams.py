@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
 from urllib.parse import urlsplit
 
+import aiohttp
 from PIL import Image, UnidentifiedImageError
 
 from imageforge.engines.breaker import CircuitBreaker
@@ -290,6 +291,19 @@ def describe_image(upstream: str, data: bytes) -> tuple[str, int, int]:
         raise bad_answer_error(
             upstream, "returned data that is not a PNG, JPEG or WebP image"
         ) from exc
+
+
+def request_timeouts(config: UpstreamConfig) -> aiohttp.ClientTimeout:
+    """Per-step limits for one short call (submit, poll, download), as httpx counts them: a
+    connection within `connect_timeout_seconds`, then no wait for a pool slot or for the next
+    bytes longer than `request_timeout_seconds`. No limit on the whole: a large image may take
+    longer than that to arrive, as long as it keeps arriving."""
+    return aiohttp.ClientTimeout(
+        total=None,
+        connect=config.request_timeout_seconds,
+        sock_connect=config.connect_timeout_seconds,
+        sock_read=config.request_timeout_seconds,
+    )
 
 
 def same_origin(url: str, base_url: str) -> bool:
