@@ -5,6 +5,11 @@ seconds per image. `--tasks` tasks are created through `imageforge serve --no-wo
 before the measurement), then one `imageforge worker --concurrency N` with the zero-config
 `IMAGEFORGE_ENGINE=openai` (`OPENAI_BASE_URL` pointing at the local upstream) runs them all.
 
+`--engine relay` measures the relay engine the same way against a local task API that finishes
+each task `--latency` seconds after its submission. The relay sees a task done only at its
+next poll, so its ceiling is `concurrency / (first poll at or after latency)` (2.875 s for a
+2 s latency with the default schedule), reported as `ratio_to_poll_schedule`.
+
 Reported (one JSON object on stdout, progress on stderr):
 
 - throughput: tasks / (last finish − first start), from the tasks' own timestamps, against the
@@ -100,12 +105,15 @@ def wait_for(condition: Any, timeout: float, what: str) -> None:
         time.sleep(0.05)
 
 
-def start_upstream(port: int, latency: float, log_path: Path) -> subprocess.Popen[bytes]:
+def start_upstream(
+    port: int, latency: float, log_path: Path, engine: str
+) -> subprocess.Popen[bytes]:
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    api = "images" if engine == "openai" else "tasks"
     with log_path.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "-m", "tests.upstream_servers", "--port", str(port),
-             "--delay", str(latency)],
+             "--delay", str(latency), "--api", api],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
 
@@ -157,14 +165,27 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     data_dir = work / "data"
     db = data_dir / "imageforge.db"
     port = free_port()
-    upstream = start_upstream(port, args.latency, work / "upstream.log")
+    upstream = start_upstream(port, args.latency, work / "upstream.log", args.engine)
+    engine_env = (
+        {
+            "OPENAI_API_KEY": "sk-bench-not-a-real-key",
+            "OPENAI_BASE_URL": f"http://127.0.0.1:{port}/v1",
+        }
+        if args.engine == "openai"
+        else {
+            "IMAGEFORGE_RELAY_BASE_URL": f"http://127.0.0.1:{port}",
+            "IMAGEFORGE_RELAY_API_KEY": "bench-not-a-real-key",
+        }
+    )
     worker: subprocess.Popen[bytes] | None = None
     try:
         key = create_key(data_dir)["key"]
         log(f"creating {args.tasks} tasks through the API")
         started = time.monotonic()
         # The engine is chosen when a task is accepted, so the API must route to openai too.
-        with ServerProcess(data_dir, "--no-worker", IMAGEFORGE_ENGINE="openai") as api:
+        with ServerProcess(
+            data_dir, "--no-worker", IMAGEFORGE_ENGINE=args.engine, **engine_env
+        ) as api:
             ids = asyncio.run(create_tasks(api.base_url, key, args.tasks))
             api.terminate()
         create_seconds = time.monotonic() - started
@@ -173,11 +194,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         log(f"running them through one worker, concurrency {args.concurrency}")
         worker_log = work / "worker.log"
         env = cli_env(
-            data_dir,
-            IMAGEFORGE_ENGINE="openai",
-            IMAGEFORGE_LOG_LEVEL="info",
-            OPENAI_API_KEY="sk-bench-not-a-real-key",
-            OPENAI_BASE_URL=f"http://127.0.0.1:{port}/v1",
+            data_dir, IMAGEFORGE_ENGINE=args.engine, IMAGEFORGE_LOG_LEVEL="info", **engine_env
         )
         with worker_log.open("wb") as out:
             profile = ["-m", "cProfile", "-o", args.profile] if args.profile else []
@@ -264,7 +281,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "tasks": args.tasks,
             "concurrency": args.concurrency,
             "upstream_latency_s": args.latency,
-            "engine": "openai (zero-config: IMAGEFORGE_ENGINE=openai, OPENAI_BASE_URL)",
+            "engine": f"{args.engine} (zero-config: IMAGEFORGE_ENGINE={args.engine})",
             "cpus": os.cpu_count(),
             "python": sys.version.split()[0],
         },
@@ -276,6 +293,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "ok": throughput / ideal >= THROUGHPUT_TARGET,
             "window_s": round(window, 3),
             "ideal_window_s": round(waves * args.latency, 3),
+            **(
+                {
+                    # The relay sees a task done only at its first poll after that: the
+                    # ceiling its default poll schedule allows.
+                    "first_poll_after_latency_s": round(seen, 3),
+                    "ratio_to_poll_schedule": round(throughput / (args.concurrency / seen), 3),
+                }
+                if args.engine == "relay" and (seen := first_poll_at_or_after(args.latency))
+                else {}
+            ),
         },
         "worker_rss_mb": {
             "at_start": round(baseline_kib / 1024, 1),
@@ -305,6 +332,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "worker_loop_thread_cpu_ms_per_task": round(loop_cpu / args.tasks * 1000, 2),
             "predicted_tasks_per_s_cpu_bound_waves": round(predicted, 1),
             "upstream_calls": stats["completed"],
+            **(
+                {"upstream_submissions": stats["submissions"], "upstream_polls": stats["polls"]}
+                if "polls" in stats
+                else {}
+            ),
             "upstream_cpu_ms_per_call": round(upstream_cpu / max(1, stats["completed"]) * 1000, 2),
             "upstream_max_in_flight": stats["max_in_flight"],
             "upstream_connections": stats["connections"],
@@ -315,6 +347,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             **phases,
         },
     }
+
+
+def first_poll_at_or_after(latency: float) -> float:
+    """When the relay's default schedule (`engines/relay.py`) polls a task for the first time
+    at or after `latency` seconds from its submission."""
+    from imageforge.engines.config import UpstreamConfig
+    from imageforge.engines.relay import _POLL_GROWTH
+
+    config = UpstreamConfig(kind="relay", base_url="http://127.0.0.1")
+    at = wait = interval = config.poll_initial_seconds
+    while at < latency:
+        wait, interval = interval, min(interval * _POLL_GROWTH, config.poll_max_seconds)
+        at += wait
+    return at
 
 
 def _median_gap(earlier: list[float], later: list[float]) -> float | None:
@@ -331,6 +377,13 @@ def main() -> None:
     parser.add_argument("--latency", type=float, default=2.0, help="upstream seconds per image")
     parser.add_argument("--timeout", type=float, default=90.0, help="give up after (s)")
     parser.add_argument("--profile", help="run the worker under cProfile, writing this file")
+    parser.add_argument(
+        "--engine",
+        choices=("openai", "relay"),
+        default="openai",
+        help="openai: a fake Images API answers after --latency; relay: a fake task API "
+        "finishes each task --latency after its submission (the relay polls for it)",
+    )
     args = parser.parse_args()
     try:
         report = run(args)

@@ -7,8 +7,10 @@
   and fault-injecting wrapper, for the relay engine.
 - `ServerThread`: either one served by uvicorn in a background thread on a pre-bound port.
 
-`python -m tests.upstream_servers --port N --delay 2` runs the fake Images API alone (the
-benchmark's upstream).
+- `FakeTaskAPI`: a GPT Image 2 task API that finishes every task after a fixed delay.
+
+`python -m tests.upstream_servers --port N --delay 2 [--api tasks]` runs the fake Images API
+(or the task API) alone: the benchmark's upstream.
 """
 
 from __future__ import annotations
@@ -271,6 +273,83 @@ async def _lifespan(receive: Receive, send: Send) -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# A GPT Image 2 task API that finishes every task after a fixed delay (the relay's benchmark)
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class FakeTaskAPI:
+    """`POST /v1/image2/images` accepts at once; `GET /v1/result/{id}` answers processing until
+    `delay` seconds after the submission, then completed with a link to a PNG of the size
+    asked for (`/files/WxH.png`). Cheap on purpose: it shares the machine with the worker
+    being measured, where a second imageforge would compete with it for the CPU."""
+
+    delay: float = 0.0
+    submissions: int = 0
+    polls: int = 0
+    downloads: int = 0
+    #: id → (time.monotonic() at submission, wall-clock submission, size).
+    tasks: dict[str, tuple[float, float, str]] = field(default_factory=dict)
+    _next: int = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            await _lifespan(receive, send)
+            return
+        path, method = scope["path"], scope["method"]
+        if method == "POST" and path == "/v1/image2/images":
+            fields = json.loads(await _read_body(receive) or b"{}")
+            self._next += 1
+            self.submissions += 1
+            task_id = f"image_fake-{self._next}"
+            self.tasks[task_id] = (time.monotonic(), time.time(), str(fields.get("size", "")))
+            body = {"id": task_id, "object": "image", "status": "queued"}
+            await _respond(send, 200, json.dumps(body).encode(), "application/json")
+        elif method == "GET" and path.startswith("/v1/result/"):
+            self.polls += 1
+            task = self.tasks.get(path.removeprefix("/v1/result/"))
+            if task is None:
+                await _respond(
+                    send, 404, b'{"error": {"message": "no such task"}}', "application/json"
+                )
+                return
+            submitted, _, size = task
+            body = {"id": path.removeprefix("/v1/result/"), "status": "processing"}
+            if time.monotonic() - submitted >= self.delay:
+                body = {**body, "status": "completed", "image_url": f"/files/{size}.png"}
+            await _respond(send, 200, json.dumps(body).encode(), "application/json")
+        elif method == "GET" and path.startswith("/files/") and path.endswith(".png"):
+            self.downloads += 1
+            width, _, height = path.removeprefix("/files/").removesuffix(".png").partition("x")
+            await _respond(send, 200, solid_png(int(width), int(height)), "image/png")
+        elif method == "GET" and path == "/stats":
+            # (submitted, finished) per task, wall clock, as FakeImagesAPI reports its calls.
+            timings = [(wall, wall + self.delay) for _, wall, _ in self.tasks.values()]
+            stats = {
+                "completed": self.downloads,
+                "submissions": self.submissions,
+                "polls": self.polls,
+                "max_in_flight": _max_overlap(timings),
+                "timings": timings,
+                "connections": None,
+            }
+            await _respond(send, 200, json.dumps(stats).encode(), "application/json")
+        else:
+            await _respond(
+                send, 404, b'{"error": {"message": "no such route"}}', "application/json"
+            )
+
+
+def _max_overlap(spans: list[tuple[float, float]]) -> int:
+    edges = sorted([(start, 1) for start, _ in spans] + [(end, -1) for _, end in spans])
+    peak = current = 0
+    for _, step in edges:
+        current += step
+        peak = max(peak, current)
+    return peak
+
+
+# --------------------------------------------------------------------------------------------
 # A second imageforge as the relay's upstream
 # --------------------------------------------------------------------------------------------
 
@@ -500,8 +579,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--delay", type=float, default=0.0, help="seconds per image")
+    parser.add_argument(
+        "--api", choices=("images", "tasks"), default="images", help="which API to serve"
+    )
     args = parser.parse_args()
-    app = FakeImagesAPI(default=Reply(delay=args.delay), record=False)
+    app: ASGIApp = (
+        FakeImagesAPI(default=Reply(delay=args.delay), record=False)
+        if args.api == "images"
+        else FakeTaskAPI(delay=args.delay)
+    )
     uvicorn.run(
         app,
         host="127.0.0.1",
