@@ -11,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from tests.server_process import cli_env
@@ -46,13 +46,28 @@ class WorkerProcess:
 
     _started = 0
 
-    def __init__(self, data_dir: Path, env: dict[str, str], *, concurrency: int = 4) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        env: dict[str, str],
+        *,
+        concurrency: int = 4,
+        args: Sequence[str] = (),
+    ) -> None:
         WorkerProcess._started += 1
         self.log_path = data_dir.parent / f"worker-{WorkerProcess._started}.log"
         data_dir.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "imageforge", "worker", "--concurrency", str(concurrency)],
+            [
+                sys.executable,
+                "-m",
+                "imageforge",
+                "worker",
+                "--concurrency",
+                str(concurrency),
+                *args,
+            ],
             env=cli_env(data_dir, IMAGEFORGE_LOG_LEVEL="info", **env),
             cwd=REPO_ROOT,
             stdout=self._log,

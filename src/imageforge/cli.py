@@ -174,6 +174,14 @@ def worker(
         int | None, typer.Option(min=1, help="Tasks run at once (default: settings).")
     ] = None,
     config: ConfigOption = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Worker processes to run, each on one core (PostgreSQL only).",
+        ),
+    ] = 1,
 ) -> None:
     """Run a worker without the API: claim and generate queued tasks until SIGTERM."""
     from imageforge.runtime import Runtime
@@ -182,6 +190,22 @@ def worker(
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
     _configure_logging(settings.log_level)
+    if processes > 1:
+        if settings.resolved_database_url.startswith("sqlite"):
+            err_console.print(
+                "[red]--processes needs PostgreSQL:[/red] SQLite has a single writer, and a "
+                "worker waiting for the write lock stalls its event loop. Set "
+                "IMAGEFORGE_DATABASE_URL to a PostgreSQL database, or run one process."
+            )
+            raise typer.Exit(2)
+        from imageforge.supervisor import Supervisor
+
+        command = [sys.executable, "-m", "imageforge", "worker"]
+        if concurrency is not None:
+            command += ["--concurrency", str(concurrency)]
+        if config is not None:
+            command += ["--config", str(config)]
+        raise typer.Exit(Supervisor(command, processes).run())
 
     async def run() -> None:
         import uvloop  # noqa: F401  (imported to fail early if missing)
