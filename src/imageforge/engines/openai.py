@@ -27,7 +27,6 @@ import io
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import urljoin, urlsplit
 
 import orjson
 from PIL import Image
@@ -50,15 +49,14 @@ from imageforge.engines.upstream_errors import (
     error_for_status,
     parse_retry_after,
     timeout_error,
-    too_large_error,
 )
 from imageforge.engines.upstreams import (
     Route,
     Router,
     Upstream,
-    describe_image,
+    download_image,
     request_timeouts,
-    same_origin,
+    upstream_image,
 )
 
 if TYPE_CHECKING:
@@ -199,15 +197,7 @@ class OpenAIEngine:
         if image is None:
             assert answer.url is not None
             image = await self._download(upstream, answer.url)
-        content_type, width, height = describe_image(upstream.name, image)
-        return GeneratedImage(
-            data=image,
-            content_type=content_type,
-            width=width,
-            height=height,
-            usage=answer.usage,
-            upstream=upstream.name,
-        )
+        return upstream_image(upstream, image, answer.usage)
 
     async def _download(self, upstream: Upstream, link: str) -> bytes:
         """The image an answer links to, up to `max_image_bytes`.
@@ -215,39 +205,12 @@ class OpenAIEngine:
         Some gateways (LocalAI among them) answer with a link unless asked for base64, a
         parameter OpenAI's image models refuse, so the link is followed instead. The
         upstream's key goes only to the upstream's own origin, never to a CDN."""
-        config = upstream.config
-        url = urljoin(upstream.base_url + "/", link)
-        if urlsplit(url).scheme not in ("http", "https"):
-            raise bad_answer_error(upstream.name, "linked its image at a URL that is not http(s)")
-        headers = (
-            {"Authorization": f"Bearer {upstream.api_key}"}
-            if same_origin(url, upstream.base_url)
-            else {}
-        )
         if self._downloads is None:
             self._downloads = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(ssl=self._ssl_context()),
-                timeout=request_timeouts(config),
+                timeout=request_timeouts(upstream.config),
             )
-        cap = config.max_image_bytes
-        data = bytearray()
-        try:
-            async with self._downloads.get(url, headers=headers, allow_redirects=False) as reply:
-                if reply.status != 200:
-                    raise bad_answer_error(
-                        upstream.name, f"answered {reply.status} to the image download"
-                    )
-                if (reply.content_length or 0) > cap:
-                    raise too_large_error(upstream.name, cap)
-                async for chunk in reply.content.iter_chunked(64 * 1024):
-                    data += chunk
-                    if len(data) > cap:
-                        raise too_large_error(upstream.name, cap)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise timeout_error(upstream.name, config.request_timeout_seconds) from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(upstream.name, exc) from None
-        return bytes(data)
+        return await download_image(self._downloads, upstream, link)
 
 
 def _transport_error(upstream: Upstream, exc: openai.APIConnectionError) -> Exception:

@@ -24,7 +24,7 @@ import logging
 import ssl
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, urljoin
+from urllib.parse import quote
 
 import aiohttp
 import httpx
@@ -40,15 +40,14 @@ from imageforge.engines.upstream_errors import (
     parse_retry_after,
     scrub,
     timeout_error,
-    too_large_error,
 )
 from imageforge.engines.upstreams import (
     Route,
     Router,
     Upstream,
-    describe_image,
+    download_image,
     request_timeouts,
-    same_origin,
+    upstream_image,
 )
 
 if TYPE_CHECKING:
@@ -249,38 +248,8 @@ class RelayEngine:
             interval = min(interval * _POLL_GROWTH, config.poll_max_seconds)
 
     async def _download(self, upstream: Upstream, image_url: str) -> GeneratedImage:
-        url = urljoin(upstream.base_url + "/", image_url)
-        # The key goes only where it was meant to go: a CDN link gets no Authorization.
-        headers = self._auth(upstream) if same_origin(url, upstream.base_url) else {}
-        cap = upstream.config.max_image_bytes
-        data = bytearray()
-        try:
-            async with self._session(upstream).get(
-                url, headers=headers, allow_redirects=False
-            ) as response:
-                if not 200 <= response.status < 300:
-                    raise bad_answer_error(
-                        upstream.name, f"answered {response.status} to the image download"
-                    )
-                if (response.content_length or 0) > cap:
-                    raise too_large_error(upstream.name, cap)
-                async for chunk in response.content.iter_chunked(64 * 1024):
-                    data += chunk
-                    if len(data) > cap:
-                        raise too_large_error(upstream.name, cap)
-        except (TimeoutError, aiohttp.ServerTimeoutError):
-            raise timeout_error(upstream.name, upstream.config.request_timeout_seconds) from None
-        except aiohttp.ClientError as exc:
-            raise connection_error(upstream.name, exc) from None
-        image = bytes(data)
-        content_type, width, height = describe_image(upstream.name, image)
-        return GeneratedImage(
-            data=image,
-            content_type=content_type,
-            width=width,
-            height=height,
-            upstream=upstream.name,
-        )
+        image = await download_image(self._session(upstream), upstream, image_url)
+        return upstream_image(upstream, image)
 
     # HTTP ----------------------------------------------------------------------
 

@@ -23,14 +23,21 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import aiohttp
 from PIL import Image, UnidentifiedImageError
 
+from imageforge.engines.base import GeneratedImage
 from imageforge.engines.breaker import CircuitBreaker
 from imageforge.engines.config import UpstreamConfig, UpstreamKind
-from imageforge.engines.upstream_errors import UpstreamError, bad_answer_error
+from imageforge.engines.upstream_errors import (
+    UpstreamError,
+    bad_answer_error,
+    connection_error,
+    timeout_error,
+    too_large_error,
+)
 from imageforge.errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -282,6 +289,21 @@ def _build_upstream(
     )
 
 
+def upstream_image(
+    upstream: Upstream, data: bytes, usage: dict[str, int] | None = None
+) -> GeneratedImage:
+    """What an engine returns for image bytes an upstream sent (checked by `describe_image`)."""
+    content_type, width, height = describe_image(upstream.name, data)
+    return GeneratedImage(
+        data=data,
+        content_type=content_type,
+        width=width,
+        height=height,
+        usage=usage or {},
+        upstream=upstream.name,
+    )
+
+
 def describe_image(upstream: str, data: bytes) -> tuple[str, int, int]:
     """Content type, width and height of an image an upstream returned, from its header."""
     try:
@@ -310,3 +332,37 @@ def same_origin(url: str, base_url: str) -> bool:
     """Whether `url` points at the upstream itself: only then does it get the upstream's key."""
     a, b = urlsplit(url), urlsplit(base_url)
     return (a.scheme, a.netloc) == (b.scheme, b.netloc)
+
+
+async def download_image(session: aiohttp.ClientSession, upstream: Upstream, link: str) -> bytes:
+    """The image at `link` (absolute, or relative to the upstream), up to `max_image_bytes`,
+    without following redirects. The upstream's key goes only to the upstream's own origin:
+    a CDN link gets no Authorization."""
+    config = upstream.config
+    url = urljoin(upstream.base_url + "/", link)
+    if urlsplit(url).scheme not in ("http", "https"):
+        raise bad_answer_error(upstream.name, "linked its image at a URL that is not http(s)")
+    headers = (
+        {"Authorization": f"Bearer {upstream.api_key}"}
+        if same_origin(url, upstream.base_url)
+        else {}
+    )
+    cap = config.max_image_bytes
+    data = bytearray()
+    try:
+        async with session.get(url, headers=headers, allow_redirects=False) as reply:
+            if not 200 <= reply.status < 300:
+                raise bad_answer_error(
+                    upstream.name, f"answered {reply.status} to the image download"
+                )
+            if (reply.content_length or 0) > cap:
+                raise too_large_error(upstream.name, cap)
+            async for chunk in reply.content.iter_chunked(64 * 1024):
+                data += chunk
+                if len(data) > cap:
+                    raise too_large_error(upstream.name, cap)
+    except (TimeoutError, aiohttp.ServerTimeoutError):
+        raise timeout_error(upstream.name, config.request_timeout_seconds) from None
+    except aiohttp.ClientError as exc:
+        raise connection_error(upstream.name, exc) from None
+    return bytes(data)
