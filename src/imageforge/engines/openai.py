@@ -51,11 +51,11 @@ from imageforge.engines.upstream_errors import (
     timeout_error,
 )
 from imageforge.engines.upstreams import (
+    KEEPALIVE_SECONDS,
     Route,
     Router,
     Upstream,
     download_image,
-    request_timeouts,
     upstream_image,
 )
 
@@ -66,9 +66,6 @@ _UPLOAD_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 #: Reading an answer (JSON, then base64) costs ~3 ms per MB; above this it moves off the
 #: event loop.
 _INLINE_READ_BYTES = 1024 * 1024
-#: Idle connections are closed after this long: below the 5 s keep-alive of common servers
-#: (uvicorn, gunicorn), so a request is not sent on a connection the server is closing.
-_KEEPALIVE_SECONDS = 4.0
 
 
 class OpenAIEngine:
@@ -129,7 +126,7 @@ class OpenAIEngine:
             limits = type(openai.DEFAULT_CONNECTION_LIMITS)(
                 max_connections=upstream.max_concurrency,
                 max_keepalive_connections=upstream.max_concurrency,
-                keepalive_expiry=_KEEPALIVE_SECONDS,
+                keepalive_expiry=KEEPALIVE_SECONDS,
             )
             client = openai.AsyncOpenAI(
                 api_key=upstream.api_key,
@@ -206,9 +203,11 @@ class OpenAIEngine:
         parameter OpenAI's image models refuse, so the link is followed instead. The
         upstream's key goes only to the upstream's own origin, never to a CDN."""
         if self._downloads is None:
+            # Shared by every upstream: `download_image` sets each one's timeouts per request.
             self._downloads = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(ssl=self._ssl_context()),
-                timeout=request_timeouts(upstream.config),
+                connector=aiohttp.TCPConnector(
+                    keepalive_timeout=KEEPALIVE_SECONDS, ssl=self._ssl_context()
+                )
             )
         return await download_image(self._downloads, upstream, link)
 

@@ -42,6 +42,7 @@ from imageforge.engines.upstream_errors import (
     timeout_error,
 )
 from imageforge.engines.upstreams import (
+    KEEPALIVE_SECONDS,
     Route,
     Router,
     Upstream,
@@ -62,8 +63,6 @@ _POLL_GROWTH = 1.5
 _PENDING = frozenset({"queued", "processing"})
 _MAX_REMOTE_ID_CHARS = 200
 _USER_AGENT = "imageforge-relay/0.1"
-#: Idle connections close after this long: below the 5 s keep-alive of common servers.
-_KEEPALIVE_SECONDS = 4.0
 
 
 @dataclass(frozen=True)
@@ -171,7 +170,7 @@ class RelayEngine:
         if urls:
             # The upstream fetches the references itself, from where the client put them.
             body["image_urls"] = list(urls)
-        headers = self._auth(upstream)
+        headers = upstream.authorization()
         if request.task_id:
             headers["Idempotency-Key"] = request.task_id
         response = await self._send(
@@ -214,7 +213,7 @@ class RelayEngine:
             if wait > 0:
                 await asyncio.sleep(wait)
             try:
-                response = await self._send(upstream, "GET", path, headers=self._auth(upstream))
+                response = await self._send(upstream, "GET", path, headers=upstream.authorization())
             except UpstreamError as exc:
                 if exc.status == 404:
                     raise _UpstreamTaskGone() from None
@@ -260,7 +259,7 @@ class RelayEngine:
             session = aiohttp.ClientSession(
                 connector=aiohttp.TCPConnector(
                     limit=upstream.max_concurrency,
-                    keepalive_timeout=_KEEPALIVE_SECONDS,
+                    keepalive_timeout=KEEPALIVE_SECONDS,
                     ssl=self._ssl_context(),
                 ),
                 timeout=request_timeouts(config),
@@ -268,11 +267,6 @@ class RelayEngine:
             )
             self._sessions[upstream.name] = session
         return session
-
-    @staticmethod
-    def _auth(upstream: Upstream) -> dict[str, str]:
-        # Per request, never a session default: downloads may go to another host.
-        return {"Authorization": f"Bearer {upstream.api_key}"}
 
     async def _send(
         self, upstream: Upstream, method: str, path: str, *, json: object = None, **kwargs: Any

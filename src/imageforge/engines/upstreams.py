@@ -65,6 +65,11 @@ class Upstream:
     breaker: CircuitBreaker
     slots: asyncio.Semaphore = field(repr=False)
 
+    def authorization(self) -> dict[str, str]:
+        """The header carrying this upstream's key. Per request, never a client default:
+        downloads may go to another host."""
+        return {"Authorization": f"Bearer {self.api_key}"}
+
     def model_for(self, public_model: str, route_model: str | None) -> str:
         """The model name to send here: this upstream's mapping, else the route's, else the
         kind's default, else the public name."""
@@ -315,6 +320,11 @@ def describe_image(upstream: str, data: bytes) -> tuple[str, int, int]:
         ) from exc
 
 
+#: Idle connections are closed after this long: below the 5 s keep-alive of common servers
+#: (uvicorn, gunicorn), so a request is not sent on a connection the server is closing.
+KEEPALIVE_SECONDS = 4.0
+
+
 def request_timeouts(config: UpstreamConfig) -> aiohttp.ClientTimeout:
     """Per-step limits for one short call (submit, poll, download), as httpx counts them: a
     connection within `connect_timeout_seconds`, then no wait for a pool slot or for the next
@@ -342,15 +352,13 @@ async def download_image(session: aiohttp.ClientSession, upstream: Upstream, lin
     url = urljoin(upstream.base_url + "/", link)
     if urlsplit(url).scheme not in ("http", "https"):
         raise bad_answer_error(upstream.name, "linked its image at a URL that is not http(s)")
-    headers = (
-        {"Authorization": f"Bearer {upstream.api_key}"}
-        if same_origin(url, upstream.base_url)
-        else {}
-    )
+    headers = upstream.authorization() if same_origin(url, upstream.base_url) else {}
     cap = config.max_image_bytes
     data = bytearray()
     try:
-        async with session.get(url, headers=headers, allow_redirects=False) as reply:
+        async with session.get(
+            url, headers=headers, allow_redirects=False, timeout=request_timeouts(config)
+        ) as reply:
             if not 200 <= reply.status < 300:
                 raise bad_answer_error(
                     upstream.name, f"answered {reply.status} to the image download"
