@@ -116,6 +116,7 @@ class FaultyProxy:
         self._upstream.close()
 
     def _record(self, handler: BaseHTTPRequestHandler, outcome: str) -> None:
+        """Before the answer goes out: a client that has its answer sees it logged."""
         parts = urlsplit(handler.path)
         with self._lock:
             self.script.seen.append(
@@ -137,15 +138,15 @@ class FaultyProxy:
             fault = self.script.take(handler.command, path)
             hide = self.script.hide_openapi and path == "/openapi.json"
         if hide:
-            self._answer(handler, 404, b'{"detail": "Not Found"}')
             self._record(handler, "404")
+            self._answer(handler, 404, b'{"detail": "Not Found"}')
             return
         if fault is not None and fault.kind == "drop":
             self._drop(handler)
             return
         if fault is not None and fault.kind == "status":
-            self._answer(handler, fault.status, _error_body(fault.status), fault.retry_after)
             self._record(handler, str(fault.status))
+            self._answer(handler, fault.status, _error_body(fault.status), fault.retry_after)
             return
         headers = {k: v for k, v in handler.headers.items() if k.lower() not in _HOP_BY_HOP}
         request = self._upstream.build_request(
@@ -159,8 +160,8 @@ class FaultyProxy:
                 if fault.kind == "forward_then_drop":
                     self._drop(handler)
                     return
-                self._answer(handler, fault.status, _error_body(fault.status), fault.retry_after)
                 self._record(handler, str(fault.status))
+                self._answer(handler, fault.status, _error_body(fault.status), fault.retry_after)
                 return
             self._relay(handler, response, path)
         finally:
@@ -185,8 +186,8 @@ class FaultyProxy:
         self._note_created(path, response)
         handler.send_header("Content-Length", str(len(content)))
         handler.end_headers()
-        handler.wfile.write(content)
         self._record(handler, str(response.status_code))
+        handler.wfile.write(content)
 
     def _note_created(self, path: str, response: httpx.Response) -> None:
         if path == "/v1/image2/images" and response.status_code == 200:
