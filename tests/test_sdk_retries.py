@@ -22,7 +22,7 @@ from imageforge_client import (
 )
 from tests.sdk_servers import Fault, FaultyProxy
 from tests.server_process import ServerProcess, create_key
-from tests.test_sdk import FAST, png_size
+from tests.test_sdk import FAST, UNKNOWN_TASK, png_size
 
 CREATE = ("POST", "/v1/image2/images")
 RESULT = ("GET", "/v1/result/")
@@ -88,9 +88,11 @@ def test_a_rate_limited_create_is_retried_with_the_same_idempotency_key(
 
 def test_retries_are_bounded(proxy: FaultyProxy, api_key: str) -> None:
     proxy.script.fail(*RESULT, *[Fault("status", 429, retry_after="0")] * 5)
-    with Client(api_key, base_url=proxy.base_url, max_retries=2) as client:
-        with pytest.raises(RateLimitError) as caught:
-            client.results.get("image_00000000-0000-4000-8000-000000000000")
+    with (
+        Client(api_key, base_url=proxy.base_url, max_retries=2) as client,
+        pytest.raises(RateLimitError) as caught,
+    ):
+        client.results.get(UNKNOWN_TASK)
     assert caught.value.status_code == 429 and caught.value.message == "Too many requests."
     assert len(proxy.script.requests_to(*RESULT)) == 3
 
@@ -100,9 +102,11 @@ def test_a_retry_after_beyond_the_longest_wait_is_raised_at_once(
 ) -> None:
     proxy.script.fail(*RESULT, Fault("status", 429, retry_after="3600"))
     started = time.monotonic()
-    with Client(api_key, base_url=proxy.base_url) as client:
-        with pytest.raises(RateLimitError) as caught:
-            client.results.get("image_00000000-0000-4000-8000-000000000000")
+    with (
+        Client(api_key, base_url=proxy.base_url) as client,
+        pytest.raises(RateLimitError) as caught,
+    ):
+        client.results.get(UNKNOWN_TASK)
     assert caught.value.retry_after == 3600
     assert time.monotonic() - started < 10
     assert len(proxy.script.requests_to(*RESULT)) == 1
