@@ -3,7 +3,7 @@ OpenAPI document, and mapping error answers to typed exceptions."""
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ def test_events_split_anywhere_decode_the_same() -> None:
 
 
 def test_retry_after_reads_seconds_and_http_dates() -> None:
-    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=timezone.utc)
+    now = datetime(2026, 12, 1, 12, 0, 0, tzinfo=UTC)
     assert retry_after_seconds("7", now=lambda: now) == 7
     assert retry_after_seconds(" 0.5 ", now=lambda: now) == 0.5
     assert retry_after_seconds("Tue, 01 Dec 2026 12:00:30 GMT", now=lambda: now) == 30
