@@ -150,7 +150,11 @@ def _replayable(state: ClientState, request: ApiRequest) -> Operation[bool]:
 
 def connection_error(exc: httpx.TransportError) -> APIConnectionError:
     cls = APITimeoutError if isinstance(exc, httpx.TimeoutException) else APIConnectionError
-    return cls(f"{type(exc).__name__} talking to {exc.request.url.host}: {exc}")
+    try:
+        where = f" talking to {exc.request.url.host}"
+    except RuntimeError:  # an error raised before httpx attached the request
+        where = ""
+    return cls(f"{type(exc).__name__}{where}: {exc or 'no answer'}")
 
 
 def parse(model: type[ModelT], response: httpx.Response) -> ModelT:
