@@ -14,12 +14,16 @@ from __future__ import annotations
 import json
 import threading
 from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
+
+from tests.server_process import ServerProcess
 
 FaultKind = Literal["status", "forward_then_status", "forward_then_drop", "drop"]
 
@@ -221,3 +225,10 @@ def _error_body(status: int) -> bytes:
     message = {429: "Too many requests.", 503: "Overloaded, try again."}.get(status, "Failed.")
     kind = "rate_limit_error" if status == 429 else "server_error"
     return json.dumps({"error": {"message": message, "type": kind, "code": str(status)}}).encode()
+
+
+def serve_imageforge(factory: pytest.TempPathFactory, name: str) -> Iterator[ServerProcess]:
+    """The body of a fixture: a real imageforge on a free port, stopped cleanly after."""
+    with ServerProcess(factory.mktemp(name) / "data") as running:
+        yield running
+        assert running.terminate() == 0

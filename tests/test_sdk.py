@@ -25,6 +25,7 @@ from imageforge_client import (
     RateLimitError,
     TaskResult,
 )
+from tests.sdk_servers import serve_imageforge
 from tests.server_process import ServerProcess, create_key, run_cli
 
 #: Polling fast enough that a test does not sit through the production schedule.
@@ -34,9 +35,7 @@ UNKNOWN_TASK = "image_00000000-0000-4000-8000-000000000000"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path_factory.mktemp("sdk") / "data") as running:
-        yield running
-        assert running.terminate() == 0
+    yield from serve_imageforge(tmp_path_factory, "sdk")
 
 
 @pytest.fixture(scope="module")

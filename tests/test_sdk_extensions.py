@@ -20,7 +20,7 @@ from imageforge_client import (
     TaskResult,
     TaskTimeoutError,
 )
-from tests.sdk_servers import FaultyProxy
+from tests.sdk_servers import FaultyProxy, serve_imageforge
 from tests.sdk_task_api import StandInTaskAPI, Switches, serve_task_api
 from tests.server_process import ServerProcess, create_key
 from tests.test_sdk import FAST, png_size
@@ -151,9 +151,7 @@ def test_listing_filters_and_pages(task_api: StandInTaskAPI) -> None:
 
 @pytest.fixture(scope="module")
 def imageforge(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path_factory.mktemp("sdk-ext") / "data") as running:
-        yield running
-        assert running.terminate() == 0
+    yield from serve_imageforge(tmp_path_factory, "sdk-ext")
 
 
 @pytest.fixture

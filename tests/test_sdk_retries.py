@@ -20,7 +20,7 @@ from imageforge_client import (
     ServiceUnavailableError,
     UnsupportedFeatureError,
 )
-from tests.sdk_servers import Fault, FaultyProxy
+from tests.sdk_servers import Fault, FaultyProxy, serve_imageforge
 from tests.server_process import ServerProcess, create_key
 from tests.test_sdk import FAST, UNKNOWN_TASK, png_size
 
@@ -30,9 +30,7 @@ RESULT = ("GET", "/v1/result/")
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    with ServerProcess(tmp_path_factory.mktemp("sdk-retries") / "data") as running:
-        yield running
-        assert running.terminate() == 0
+    yield from serve_imageforge(tmp_path_factory, "sdk-retries")
 
 
 @pytest.fixture

@@ -14,18 +14,12 @@ import httpx
 from imageforge_client import _operations as ops
 from imageforge_client import _waiting
 from imageforge_client._capabilities import Capabilities
-from imageforge_client._config import (
-    DEFAULT_TIMEOUT,
-    DEFAULT_WAIT_TIMEOUT,
-    ClientConfig,
-    ClientState,
-)
+from imageforge_client._config import DEFAULT_TIMEOUT, DEFAULT_WAIT_TIMEOUT
 from imageforge_client._drivers import ProgressCallback, run_async
 from imageforge_client._files import target_path, write_atomically
-from imageforge_client._results import _ImageBase, _TaskListBase
 from imageforge_client._retry import PollSchedule
+from imageforge_client._shared import _ClientBase, _ImageBase, _TaskListBase
 from imageforge_client._steps import Operation
-from imageforge_client._version import USER_AGENT
 from imageforge_client.models import Quote, TaskCreated, TaskPage, TaskResult, Usage
 
 if TYPE_CHECKING:
@@ -36,7 +30,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class AsyncClient:
+class AsyncClient(_ClientBase[httpx.AsyncClient]):
     """The asyncio twin of `Client` (same arguments, same calls, awaited).
 
         async with AsyncClient() as client:
@@ -56,26 +50,19 @@ class AsyncClient:
         polling: PollSchedule | None = None,
         http_client: httpx.AsyncClient | None = None,
     ) -> None:
-        config = ClientConfig.resolve(
+        super().__init__(
+            httpx.AsyncClient,
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
             polling=polling,
-        )
-        self._state = ClientState(config)
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(
-            timeout=httpx.Timeout(timeout), headers={"User-Agent": USER_AGENT}
+            http_client=http_client,
         )
         self.images = AsyncImages(self)
         self.results = AsyncResults(self)
         self.tasks = AsyncTasks(self)
         self.usage = AsyncUsageReports(self)
-
-    @property
-    def base_url(self) -> str:
-        return self._state.config.base_url
 
     async def capabilities(self) -> Capabilities:
         """The extensions the server lists in `/openapi.json` (read once per client)."""
@@ -93,9 +80,6 @@ class AsyncClient:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-    def __repr__(self) -> str:
-        return f"AsyncClient(base_url={self.base_url!r})"
 
 
 class AsyncImageResult(_ImageBase):

@@ -14,18 +14,12 @@ import httpx
 from imageforge_client import _operations as ops
 from imageforge_client import _waiting
 from imageforge_client._capabilities import Capabilities
-from imageforge_client._config import (
-    DEFAULT_TIMEOUT,
-    DEFAULT_WAIT_TIMEOUT,
-    ClientConfig,
-    ClientState,
-)
+from imageforge_client._config import DEFAULT_TIMEOUT, DEFAULT_WAIT_TIMEOUT
 from imageforge_client._drivers import ProgressCallback, run_sync
 from imageforge_client._files import target_path, write_atomically
-from imageforge_client._results import _ImageBase, _TaskListBase
 from imageforge_client._retry import PollSchedule
+from imageforge_client._shared import _ClientBase, _ImageBase, _TaskListBase
 from imageforge_client._steps import Operation
-from imageforge_client._version import USER_AGENT
 from imageforge_client.models import Quote, TaskCreated, TaskPage, TaskResult, Usage
 
 if TYPE_CHECKING:
@@ -36,7 +30,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-class Client:
+class Client(_ClientBase[httpx.Client]):
     """A blocking client for imageforge or any GPT Image 2 task API.
 
     `api_key` and `base_url` default to `IMAGEFORGE_API_KEY` and `IMAGEFORGE_BASE_URL`
@@ -58,26 +52,19 @@ class Client:
         polling: PollSchedule | None = None,
         http_client: httpx.Client | None = None,
     ) -> None:
-        config = ClientConfig.resolve(
+        super().__init__(
+            httpx.Client,
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
             max_retries=max_retries,
             polling=polling,
-        )
-        self._state = ClientState(config)
-        self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(
-            timeout=httpx.Timeout(timeout), headers={"User-Agent": USER_AGENT}
+            http_client=http_client,
         )
         self.images = Images(self)
         self.results = Results(self)
         self.tasks = Tasks(self)
         self.usage = UsageReports(self)
-
-    @property
-    def base_url(self) -> str:
-        return self._state.config.base_url
 
     def capabilities(self) -> Capabilities:
         """The extensions the server lists in `/openapi.json` (read once per client)."""
@@ -95,9 +82,6 @@ class Client:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return f"Client(base_url={self.base_url!r})"
 
 
 class ImageResult(_ImageBase):

@@ -1,13 +1,55 @@
-"""What the sync and async image results and task lists share."""
+"""What `Client` and `AsyncClient`, and their results and task lists, share."""
 
 from __future__ import annotations
 
 import builtins
+from typing import Generic, TypeVar
 
 import httpx
 
+from imageforge_client._config import ClientConfig, ClientState
 from imageforge_client._files import image_extension
+from imageforge_client._retry import PollSchedule
+from imageforge_client._version import USER_AGENT
 from imageforge_client.models import TaskResult
+
+HttpT = TypeVar("HttpT", httpx.Client, httpx.AsyncClient)
+
+
+class _ClientBase(Generic[HttpT]):
+    """Settings resolved once (arguments, then the environment) and the connection pool."""
+
+    def __init__(
+        self,
+        pool_type: type[HttpT],
+        *,
+        api_key: str | None,
+        base_url: str | None,
+        timeout: float,
+        max_retries: int,
+        polling: PollSchedule | None,
+        http_client: HttpT | None,
+    ) -> None:
+        config = ClientConfig.resolve(
+            api_key=api_key,
+            base_url=base_url,
+            timeout=timeout,
+            max_retries=max_retries,
+            polling=polling,
+        )
+        self._state = ClientState(config)
+        #: A pool the caller brought stays theirs to close.
+        self._owns_http = http_client is None
+        self._http: HttpT = http_client or pool_type(
+            timeout=httpx.Timeout(timeout), headers={"User-Agent": USER_AGENT}
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._state.config.base_url
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(base_url={self.base_url!r})"
 
 
 class _ImageBase:
