@@ -116,6 +116,9 @@ def test_bad_input_is_a_bad_request_naming_the_field(client: Client) -> None:
     with pytest.raises(BadRequestError) as caught:
         client.images.create("x", model="no-such-model")
     assert caught.value.param == "model"
+    with pytest.raises(BadRequestError) as caught:
+        client.images.create("x", model="")  # sent as given, never swapped for the default
+    assert caught.value.param == "model"
     with pytest.raises(TypeError, match="image_urls"):
         client.images.create("x", image_urls="https://example.com/a.png")
 

@@ -73,7 +73,9 @@ def image_body(prompt: str, options: ImageOptions) -> dict[str, Any]:
     urls = options.get("image_urls")
     if isinstance(urls, str):
         raise TypeError("image_urls must be a list of URLs, not one string")
-    body: dict[str, Any] = {"model": options.get("model") or DEFAULT_MODEL, "prompt": prompt}
+    model = options.get("model")
+    # An empty model is sent as it is, for the server to refuse by name, never replaced.
+    body: dict[str, Any] = {"model": DEFAULT_MODEL if model is None else model, "prompt": prompt}
     for name in ("quality", "ratio", "resolution", "size", "callback_url"):
         value = options.get(name)
         if value is not None:
