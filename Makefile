@@ -11,10 +11,11 @@ PORT ?= 8000
 install: $(STAMP)
 
 # Reinstall only when the project's metadata changes; `make install` is idempotent.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "imageforge needs Python 3.11 or newer")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e clients/python
 	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,openai,redis]'
 	@touch $(STAMP)
 
@@ -22,11 +23,12 @@ serve: install
 	$(BIN)/imageforge serve --host $(HOST) --port $(PORT)
 
 lint: install
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench clients/python
+	$(BIN)/ruff format --check src tests bench clients/python
 
 typecheck: install
 	$(BIN)/mypy
+	cd clients/python && $(abspath $(BIN))/mypy
 
 pytest: install
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
