@@ -35,7 +35,8 @@ class Caption:
     line_height: int
 
 
-def layout_caption(prompt: str, width: int, height: int, level: str, refs: int) -> Caption:
+def layout_caption(prompt: str, width: int, height: int, tier: str, refs: int) -> Caption:
+    """`tier` is what the caption names beside the size: the quality, or the resolution tier."""
     # Text scales with the picture's area, but never so big that a 3:1 strip is all caption.
     size = max(14, min(round(0.03 * math.sqrt(width * height)), round(height * 0.05)))
     label_size = max(10, round(size * 0.58))
@@ -43,7 +44,7 @@ def layout_caption(prompt: str, width: int, height: int, level: str, refs: int) 
     pad = round(size * 0.75)
     max_lines = 2 if height * 2 <= width else 3
     lines = _wrap(prompt, font, width - 2 * pad, max_lines)
-    label = _label(label_font, width - 2 * pad, f"{width} x {height}", level.upper(), refs)
+    label = _label(label_font, width - 2 * pad, f"{width} x {height}", tier.upper(), refs)
     label_height = round(label_size * 1.9)
     line_height = round(size * 1.3)
     band = 2 * pad + label_height + line_height * len(lines) - round(size * 0.25)
@@ -60,15 +61,15 @@ def layout_caption(prompt: str, width: int, height: int, level: str, refs: int) 
     )
 
 
-def _label(font: Font, max_width: int, size: str, level: str, refs: int) -> str:
+def _label(font: Font, max_width: int, size: str, tier: str, refs: int) -> str:
     # Narrow portraits cannot fit the long form; drop words rather than shrink the type.
     plural = "S" if refs > 1 else ""
     long_refs = [f"{refs} REFERENCE{plural}"] if refs else []
     short_refs = [f"{refs} REF{plural}"] if refs else []
     candidates = [
-        ["IMAGEFORGE OFFLINE PREVIEW", size, level, *long_refs],
-        ["OFFLINE PREVIEW", size, level, *short_refs],
-        ["OFFLINE", size, level, *short_refs],
+        ["IMAGEFORGE OFFLINE PREVIEW", size, tier, *long_refs],
+        ["OFFLINE PREVIEW", size, tier, *short_refs],
+        ["OFFLINE", size, tier, *short_refs],
     ]
     for parts in candidates:
         label = "  ·  ".join(parts)

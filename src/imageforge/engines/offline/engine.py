@@ -30,6 +30,7 @@ from imageforge.engines.offline.thumbnails import (
     layout_thumbnails,
     paint_thumbnails,
 )
+from imageforge.sizes import resolution_tier
 
 # --------------------------------------------------------------------------------------------
 # Public entry points
@@ -54,12 +55,14 @@ def render_png_bytes(
     """The worker-side entry point: plain, picklable arguments only (see `OfflineEngine`)."""
     if width < 1 or height < 1:
         raise ValueError(f"invalid size {width}x{height}")
-    # Models that ignore quality get the middle level, byte for byte.
+    # Models that ignore quality get the middle level of detail, and a caption that names what
+    # does apply to them: the resolution tier they are billed by, not a quality they never had.
     level: Quality = "low" if quality == "low" else "high" if quality == "high" else "medium"
     detail = DETAILS[level]
     digest = scene_digest(prompt, references)
+    tier = level if quality is not None else resolution_tier(width, height)
 
-    caption = layout_caption(prompt, width, height, level, len(references))
+    caption = layout_caption(prompt, width, height, tier, len(references))
     grid = layout_thumbnails(len(references), width, height, caption)
     thumbs = [decode_reference(data, i, grid.inner) for i, data in enumerate(references)]
     palette = make_palette(seeded_rng(digest, "palette"), average_colour(thumbs))
