@@ -18,6 +18,11 @@ Rendering is CPU-bound (some 20-50 ms at 1024², 0.2 s at 4K, more with large re
 
 from __future__ import annotations
 
-from imageforge.engines.offline.engine import OfflineEngine, render_png, render_png_bytes
+from imageforge.engines.offline.engine import (
+    OfflineEngine,
+    RenderOptions,
+    render_png,
+    render_png_bytes,
+)
 
-__all__ = ["OfflineEngine", "render_png", "render_png_bytes"]
+__all__ = ["OfflineEngine", "RenderOptions", "render_png", "render_png_bytes"]

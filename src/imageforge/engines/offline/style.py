@@ -9,12 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from PIL import ImageFont
-
 from imageforge.engines.base import Quality
 
 RGB = tuple[int, int, int]
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
 SceneKind = Literal["peaks", "dunes", "coast"]
 
 #: Bumping this changes every picture; do it only when the look changes on purpose.
