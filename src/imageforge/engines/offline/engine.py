@@ -16,14 +16,14 @@ from PIL import Image
 
 from imageforge.engines.base import EngineError, GeneratedImage, GenerationRequest, Quality
 from imageforge.engines.offline.caption import layout_caption, paint_caption
+from imageforge.engines.offline.lexicon import read_prompt
+from imageforge.engines.offline.plan import plan_scene
 from imageforge.engines.offline.scene import paint_scene
 from imageforge.engines.offline.style import (
     DETAILS,
     PNG_COMPRESS_LEVEL,
     UndecodableReference,
-    make_palette,
     scene_digest,
-    seeded_rng,
 )
 from imageforge.engines.offline.thumbnails import (
     average_colour,
@@ -77,10 +77,11 @@ def render_png_bytes(
     caption = layout_caption(prompt, width, height, tier, len(references), options.font_files)
     grid = layout_thumbnails(len(references), width, height, caption)
     thumbs = [decode_reference(data, i, grid.inner) for i, data in enumerate(references)]
-    palette = make_palette(seeded_rng(digest, "palette"), average_colour(thumbs))
+    plan = plan_scene(digest, read_prompt(prompt), average_colour(thumbs))
+    palette = plan.palette
 
     image = Image.new("RGB", (width, height), palette.sky_top)
-    paint_scene(image, digest, palette, detail, caption.top)
+    paint_scene(image, digest, plan, detail, caption.top)
     paint_caption(image, caption, palette)
     paint_thumbnails(image, thumbs, grid, palette)
 
