@@ -225,18 +225,25 @@ def _place_motifs(
     rng: random.Random, cues: Cues, kind: SceneKind, sun_x: float
 ) -> tuple[Motif, ...]:
     drawn = [t for t in cues.motifs if t.name in MOTIFS][:_MAX_MOTIFS]
+    # Things on the ground or the water share the width in equal slots, so none hides another;
+    # things in the sky only keep clear of the sun.
+    standing = [t.name for t in drawn if MOTIFS[t.name][0] != "sky"]
     placed: list[Motif] = []
-    taken: list[tuple[float, float]] = []  # (x, half width) of ground and water motifs
     for thing in drawn:
         place, size = MOTIFS[thing.name]
         if thing.name == "lighthouse" and kind == "coast":
             place = "rock"  # on a rock of its own in the sea
         main, trim = _DEFAULT_COLOURS[thing.name]
         colour = thing.colour or (rng.choice(_CAR_COLOURS) if thing.name == "car" else main)
-        half = size * (0.25 if thing.name == "lighthouse" else 0.9)
-        x = _free_x(rng, taken, half, sun_x if place == "sky" else None)
-        if place != "sky":
-            taken.append((x, half))
+        if place == "sky":
+            x = rng.uniform(0.15, 0.85)
+            if abs(x - sun_x) < 0.2:
+                x = (x + 0.5) % 1.0 * 0.7 + 0.15
+        else:
+            slot, slots = standing.index(thing.name), len(standing)
+            x = 0.12 + 0.76 * (slot + 0.5 + rng.uniform(-0.25, 0.25)) / slots
+            if slots == 1:
+                x = rng.uniform(0.3, 0.7)
         placed.append(
             Motif(
                 name=thing.name,
@@ -244,7 +251,7 @@ def _place_motifs(
                 trim=thing.trim or trim,
                 place=place,
                 x=x,
-                size=size * rng.uniform(0.9, 1.1),
+                size=size * rng.uniform(0.9, 1.1) * (1.0 if len(standing) < 3 else 0.8),
                 facing=rng.choice((1, -1)),
                 lift=rng.uniform(0.35, 0.65),
                 lean=rng.uniform(-25, 25) if thing.name == "rocket" else 0.0,
@@ -254,18 +261,3 @@ def _place_motifs(
 
 
 _CAR_COLOURS: tuple[RGB, ...] = ((196, 40, 40), (40, 90, 190), (232, 190, 48), (236, 236, 236))
-
-
-def _free_x(
-    rng: random.Random, taken: list[tuple[float, float]], half: float, avoid: float | None
-) -> float:
-    # A few tries at a spot clear of what is already there; the last try stands regardless.
-    x = 0.5
-    # Whole motifs inside the picture: a long fox's tail should not leave the frame.
-    lo, hi = min(0.4, 0.08 + half * 0.7), max(0.6, 0.92 - half * 0.7)
-    for _ in range(12):
-        x = rng.uniform(lo, hi)
-        clear = all(abs(x - other) > half + other_half for other, other_half in taken)
-        if clear and (avoid is None or abs(x - avoid) > 0.15):
-            break
-    return x
