@@ -46,6 +46,14 @@ def stylised_palette(rng: random.Random, tint: RGB | None) -> Palette:
         far, near = mix(hsv(land_hue, 0.4, 0.28), horizon, 0.5), hsv(land_hue, 0.45, 0.08)
         water = hsv(hue, 0.6, 0.2)
 
+    return _palette(mood, top, horizon, sun, far, near, water, tint)
+
+
+def _palette(
+    mood: str, top: RGB, horizon: RGB, sun: RGB, far: RGB, near: RGB, water: RGB, tint: RGB | None
+) -> Palette:
+    """The palette, tinted toward `tint` (a reference image's or the prompt's colour), with the
+    caption band's colours derived from it."""
     if tint is not None:
         top, horizon = mix(top, tint, 0.15), mix(horizon, tint, 0.15)
         far, near, water = mix(far, tint, 0.2), mix(near, tint, 0.2), mix(water, tint, 0.2)
@@ -135,20 +143,7 @@ def natural_palette(
         sea = _recolour(sea, water, 0.85)
     sea = mix(sea, top, 0.25 if mood in ("dusk", "night") else 0.1)
 
-    if tint is not None:
-        top, horizon = mix(top, tint, 0.2), mix(horizon, tint, 0.2)
-        far, near, sea = mix(far, tint, 0.2), mix(near, tint, 0.2), mix(sea, tint, 0.2)
-    return Palette(
-        mood=mood,
-        sky_top=top,
-        sky_horizon=horizon,
-        sun=sun,
-        far=far,
-        near=near,
-        water=sea,
-        band=mix(near, BLACK, 0.6),
-        accent=mix(sun, horizon, 0.25),
-    )
+    return _palette(mood, top, horizon, sun, far, near, sea, tint)
 
 
 def _recolour(colour: RGB, towards: RGB, t: float) -> RGB:
