@@ -24,6 +24,7 @@ from imageforge.engines.base import (
     ReferenceImage,
 )
 from imageforge.engines.offline import OfflineEngine, render_png
+from imageforge.engines.offline.caption import layout_caption
 
 RED = (255, 0, 0)
 
@@ -176,8 +177,16 @@ def test_task_id_and_model_do_not_change_the_picture() -> None:
     assert render_png(a) == render_png(b)
 
 
-def test_no_quality_renders_like_medium() -> None:
-    assert render_png(request(quality=None)) == render_png(request(quality="medium"))
+def test_no_quality_draws_medium_detail_and_captions_the_resolution_tier() -> None:
+    # gpt-image-2-r ignores quality (its quote says quality: null): its caption names the
+    # resolution tier it is billed by instead of a quality that does not apply.
+    plain, medium = render(request(quality=None)), render(request(quality="medium"))
+    top = layout_caption("A lighthouse on a rocky island at dusk", 1024, 1024, "1k", 0).top
+
+    assert plain.crop((0, 0, 1024, top)).tobytes() == medium.crop((0, 0, 1024, top)).tobytes()
+    assert plain.crop((0, top, 1024, 1024)).tobytes() != medium.crop((0, top, 1024, 1024)).tobytes()
+    assert layout_caption("x", 1024, 1024, "1k", 0).label.endswith("1024 x 1024  ·  1K")
+    assert layout_caption("x", 1024, 1024, "medium", 2).label.endswith("MEDIUM  ·  2 REFERENCES")
 
 
 def test_different_prompts_give_clearly_different_pictures() -> None:

@@ -1,4 +1,4 @@
-"""The caption band: a small label line and the prompt, wrapped to fit."""
+"""The caption band: a small label line and the prompt, wrapped to fit, in any script."""
 
 from __future__ import annotations
 
@@ -6,16 +6,15 @@ import math
 import unicodedata
 from dataclasses import dataclass
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
-from imageforge.engines.offline.style import (
-    ASCII_FALLBACKS,
-    CAPTION_SOURCE_CHARS,
-    WHITE,
-    Font,
-    Palette,
-    mix,
-)
+from imageforge.engines.offline.fonts import embedded_face, pil_font
+from imageforge.engines.offline.lettering import Lettering, Piece, split_clusters
+from imageforge.engines.offline.style import CAPTION_SOURCE_CHARS, WHITE, Palette, mix
+
+ELLIPSIS = "…"
+#: Categories drawn as a space: controls, surrogates, and space, line and paragraph separators.
+_BLANKS = frozenset({"Cc", "Cs", "Zs", "Zl", "Zp"})
 
 # --------------------------------------------------------------------------------------------
 # Caption band
@@ -23,34 +22,61 @@ from imageforge.engines.offline.style import (
 
 
 @dataclass(frozen=True)
+class Word:
+    """A piece of the prompt a line may break before; `spaced`: a space separates it from the
+    word before (CJK text breaks between characters, with no space)."""
+
+    text: str
+    spaced: bool
+
+
+@dataclass(frozen=True)
 class Caption:
     size: int
-    font: Font
-    label_font: Font
+    lettering: Lettering
+    label_size: int
     label: str
-    lines: list[str]
+    lines: list[list[Word]]
     top: int
     pad: int
     label_height: int
     line_height: int
 
+    def line_texts(self) -> list[str]:
+        return [_joined(line) for line in self.lines]
 
-def layout_caption(prompt: str, width: int, height: int, level: str, refs: int) -> Caption:
+    def pieces(self) -> list[Piece]:
+        """Every piece the prompt lines are drawn with, in order."""
+        return [p for line in self.lines for word in line for p in self.lettering.pieces(word.text)]
+
+
+def layout_caption(
+    prompt: str,
+    width: int,
+    height: int,
+    tier: str,
+    refs: int,
+    font_files: tuple[str, ...] = (),
+) -> Caption:
+    """`tier` is what the caption names beside the size: the quality, or the resolution tier.
+    `font_files` are tried before any font found on the machine (see `fonts`)."""
     # Text scales with the picture's area, but never so big that a 3:1 strip is all caption.
     size = max(14, min(round(0.03 * math.sqrt(width * height)), round(height * 0.05)))
     label_size = max(10, round(size * 0.58))
-    font, label_font = _font(size), _font(label_size)
+    source = _drawable(prompt[:CAPTION_SOURCE_CHARS])
+    lettering = Lettering.for_text(source, size, font_files)
     pad = round(size * 0.75)
     max_lines = 2 if height * 2 <= width else 3
-    lines = _wrap(prompt, font, width - 2 * pad, max_lines)
-    label = _label(label_font, width - 2 * pad, f"{width} x {height}", level.upper(), refs)
+    clipped = len(prompt) > CAPTION_SOURCE_CHARS
+    lines = _wrap(_words(source), lettering, width - 2 * pad, max_lines, clipped)
+    label = _label(label_size, width - 2 * pad, f"{width} x {height}", tier.upper(), refs)
     label_height = round(label_size * 1.9)
     line_height = round(size * 1.3)
     band = 2 * pad + label_height + line_height * len(lines) - round(size * 0.25)
     return Caption(
         size=size,
-        font=font,
-        label_font=label_font,
+        lettering=lettering,
+        label_size=label_size,
         label=label,
         lines=lines,
         top=height - band,
@@ -60,47 +86,84 @@ def layout_caption(prompt: str, width: int, height: int, level: str, refs: int) 
     )
 
 
-def _label(font: Font, max_width: int, size: str, level: str, refs: int) -> str:
-    # Narrow portraits cannot fit the long form; drop words rather than shrink the type.
+def _label(size: int, max_width: int, dimensions: str, tier: str, refs: int) -> str:
+    # Narrow portraits cannot fit the long form; drop words rather than shrink the type. The
+    # label is ASCII and a middle dot: the embedded font always has them.
+    font = pil_font(embedded_face(), size)
     plural = "S" if refs > 1 else ""
     long_refs = [f"{refs} REFERENCE{plural}"] if refs else []
     short_refs = [f"{refs} REF{plural}"] if refs else []
     candidates = [
-        ["IMAGEFORGE OFFLINE PREVIEW", size, level, *long_refs],
-        ["OFFLINE PREVIEW", size, level, *short_refs],
-        ["OFFLINE", size, level, *short_refs],
+        ["IMAGEFORGE OFFLINE PREVIEW", dimensions, tier, *long_refs],
+        ["OFFLINE PREVIEW", dimensions, tier, *short_refs],
+        ["OFFLINE", dimensions, tier, *short_refs],
     ]
     for parts in candidates:
         label = "  ·  ".join(parts)
         if font.getlength(label) <= max_width:
             return label
-    return _wrap(label, font, max_width, 1)[0]
+    while label and font.getlength(label + ELLIPSIS) > max_width:
+        label = label[:-1]
+    return label.rstrip() + ELLIPSIS
 
 
-def _font(size: int) -> Font:
-    # Pillow >= 10.1 embeds a scalable font (Aileron) and needs no font file on disk.
-    return ImageFont.load_default(size=size)
+def _drawable(text: str) -> str:
+    # Composed form, so an accent typed as a combining mark finds the precomposed glyph fonts
+    # have. Controls, lone surrogates and separators become spaces; format characters (the
+    # joiners and selectors emoji sequences are made of) stay, and so do unassigned and
+    # private-use code points, which are drawn as their code points.
+    composed = unicodedata.normalize("NFC", text)
+    return "".join(" " if unicodedata.category(c) in _BLANKS else c for c in composed)
 
 
-def _wrap(text: str, font: Font, max_width: int, max_lines: int) -> list[str]:
-    """Greedy word wrap; over-long words break anywhere; overflow ends in an ellipsis."""
-    clipped = len(text) > CAPTION_SOURCE_CHARS
-    words = _drawable(text[:CAPTION_SOURCE_CHARS]).split()
-    lines: list[str] = []
-    current = ""
+def _breaks_anywhere(cluster: str) -> bool:
+    # Chinese and Japanese break between any two characters; so do emoji.
+    return unicodedata.east_asian_width(cluster[0]) in ("W", "F")
+
+
+def _words(text: str) -> list[Word]:
+    words: list[Word] = []
+    for chunk in text.split():
+        spaced = True
+        current = ""
+        for cluster in split_clusters(chunk):
+            category = unicodedata.category(cluster[0])
+            if not _breaks_anywhere(cluster):
+                if current and _breaks_anywhere(current[-1]):
+                    words.append(Word(current, spaced))
+                    current, spaced = "", False
+                current += cluster
+            elif category in ("Pe", "Pf", "Po") and (current or words):
+                # Closing punctuation (。，」) never starts a line: it stays with what it closes.
+                current += cluster
+            else:
+                if current and unicodedata.category(current[-1]) not in ("Ps", "Pi"):
+                    words.append(Word(current, spaced))
+                    current, spaced = "", False
+                current += cluster
+        if current:
+            words.append(Word(current, spaced))
+    return words
+
+
+def _wrap(
+    words: list[Word], lettering: Lettering, max_width: int, max_lines: int, clipped: bool
+) -> list[list[Word]]:
+    """Greedy wrap; over-long words break anywhere; overflow ends in an ellipsis."""
+    lines: list[list[Word]] = []
+    current: list[Word] = []
     overflow = False
     for word in words:
-        candidate = f"{current} {word}" if current else word
-        if font.getlength(candidate) <= max_width:
-            current = candidate
+        if _width([*current, word], lettering) <= max_width:
+            current.append(word)
             continue
         if current:
             lines.append(current)
-        current = word
-        while font.getlength(current) > max_width and len(lines) < max_lines:
-            cut = _fitting_prefix(current, font, max_width)
-            lines.append(current[:cut])
-            current = current[cut:]
+        current = [Word(word.text, False)]
+        while lettering.measure(current[0].text) > max_width and len(lines) < max_lines:
+            head, tail = _fitting_prefix(current[0].text, lettering, max_width)
+            lines.append([Word(head, False)])
+            current = [Word(tail, False)] if tail else []
         if len(lines) >= max_lines and current:
             overflow = True
             break
@@ -109,32 +172,44 @@ def _wrap(text: str, font: Font, max_width: int, max_lines: int) -> list[str]:
     if len(lines) > max_lines:
         lines, overflow = lines[:max_lines], True
     if (overflow or clipped) and lines:
-        last = lines[-1]
-        while last and font.getlength(last + "…") > max_width:
-            last = last[:-1]
-        lines[-1] = last.rstrip() + "…"
+        lines[-1] = _with_ellipsis(lines[-1], lettering, max_width)
     return lines
 
 
-def _drawable(text: str) -> str:
-    # The embedded font covers little beyond ASCII: fold accents off letters and common
-    # punctuation to ASCII so European prompts read correctly. Scripts it lacks entirely (CJK,
-    # emoji...) still draw as empty boxes, which at least shows that something was there.
-    decomposed = unicodedata.normalize("NFKD", text).translate(ASCII_FALLBACKS)
-    return "".join(
-        " " if not c.isprintable() else c for c in decomposed if unicodedata.category(c) != "Mn"
-    )
+def _width(line: list[Word], lettering: Lettering) -> float:
+    gaps = sum(1 for i, word in enumerate(line) if i and word.spaced)
+    return sum(lettering.measure(word.text) for word in line) + gaps * lettering.space
 
 
-def _fitting_prefix(word: str, font: Font, max_width: int) -> int:
-    lo, hi = 1, len(word)
+def _joined(line: list[Word]) -> str:
+    return "".join((" " if i and word.spaced else "") + word.text for i, word in enumerate(line))
+
+
+def _fitting_prefix(word: str, lettering: Lettering, max_width: int) -> tuple[str, str]:
+    clusters = split_clusters(word)
+    lo, hi = 1, len(clusters)
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if font.getlength(word[:mid]) <= max_width:
+        if lettering.measure("".join(clusters[:mid])) <= max_width:
             lo = mid
         else:
             hi = mid - 1
-    return lo
+    return "".join(clusters[:lo]), "".join(clusters[lo:])
+
+
+def _with_ellipsis(line: list[Word], lettering: Lettering, max_width: int) -> list[Word]:
+    line = list(line)
+    while line:
+        last = line[-1]
+        candidate = [*line[:-1], Word(last.text + ELLIPSIS, last.spaced)]
+        if _width(candidate, lettering) <= max_width:
+            return candidate
+        clusters = split_clusters(last.text)
+        if len(clusters) > 1:
+            line[-1] = Word("".join(clusters[:-1]).rstrip(), last.spaced)
+        else:
+            line.pop()
+    return [Word(ELLIPSIS, False)]
 
 
 def paint_caption(image: Image.Image, caption: Caption, palette: Palette) -> None:
@@ -146,9 +221,17 @@ def paint_caption(image: Image.Image, caption: Caption, palette: Palette) -> Non
     rule = max(2, round(caption.size * 0.08))
     draw.rectangle((0, caption.top, width, caption.top + rule - 1), fill=palette.accent)
     y = caption.top + caption.pad
-    draw.text((caption.pad, y), caption.label, font=caption.label_font, fill=palette.accent)
+    label_font = pil_font(embedded_face(), caption.label_size)
+    draw.text((caption.pad, y), caption.label, font=label_font, fill=palette.accent)
     y += caption.label_height
     ink = mix(WHITE, palette.sky_horizon, 0.08)
+    lettering = caption.lettering
+    # Every face sits on one baseline, placed where the embedded font's letters sat before.
+    ascent = pil_font(embedded_face(), caption.size).getmetrics()[0]
     for line in caption.lines:
-        draw.text((caption.pad, y), line, font=caption.font, fill=ink)
+        x: float = caption.pad
+        for i, word in enumerate(line):
+            if i and word.spaced:
+                x += lettering.space
+            x = lettering.draw(image, x, y + ascent, word.text, ink)
         y += caption.line_height

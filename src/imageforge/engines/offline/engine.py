@@ -9,20 +9,21 @@ import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from typing import ClassVar
 
 from PIL import Image
 
 from imageforge.engines.base import EngineError, GeneratedImage, GenerationRequest, Quality
 from imageforge.engines.offline.caption import layout_caption, paint_caption
+from imageforge.engines.offline.lexicon import read_prompt
+from imageforge.engines.offline.plan import plan_scene
 from imageforge.engines.offline.scene import paint_scene
 from imageforge.engines.offline.style import (
     DETAILS,
     PNG_COMPRESS_LEVEL,
     UndecodableReference,
-    make_palette,
     scene_digest,
-    seeded_rng,
 )
 from imageforge.engines.offline.thumbnails import (
     average_colour,
@@ -30,16 +31,26 @@ from imageforge.engines.offline.thumbnails import (
     layout_thumbnails,
     paint_thumbnails,
 )
+from imageforge.sizes import resolution_tier
 
 # --------------------------------------------------------------------------------------------
 # Public entry points
 # --------------------------------------------------------------------------------------------
 
 
-def render_png(request: GenerationRequest) -> bytes:
+@dataclass(frozen=True)
+class RenderOptions:
+    """How this server's offline engine renders; the same for every request it serves."""
+
+    #: Font files tried before any font found on the machine, first to last; a file that
+    #: cannot be read is skipped (`fonts.check_font_files` tells at start-up).
+    font_files: tuple[str, ...] = ()
+
+
+def render_png(request: GenerationRequest, options: RenderOptions | None = None) -> bytes:
     """Render `request` synchronously in this process and return the PNG bytes."""
     try:
-        return render_png_bytes(*_render_args(request))
+        return render_png_bytes(*_render_args(request), options or RenderOptions())
     except UndecodableReference as exc:
         raise EngineError(str(exc), retryable=False) from exc
 
@@ -50,22 +61,27 @@ def render_png_bytes(
     height: int,
     quality: str | None,
     references: tuple[bytes, ...],
+    options: RenderOptions | None = None,
 ) -> bytes:
     """The worker-side entry point: plain, picklable arguments only (see `OfflineEngine`)."""
+    options = options or RenderOptions()
     if width < 1 or height < 1:
         raise ValueError(f"invalid size {width}x{height}")
-    # Models that ignore quality get the middle level, byte for byte.
+    # Models that ignore quality get the middle level of detail, and a caption that names what
+    # does apply to them: the resolution tier they are billed by, not a quality they never had.
     level: Quality = "low" if quality == "low" else "high" if quality == "high" else "medium"
     detail = DETAILS[level]
     digest = scene_digest(prompt, references)
+    tier = level if quality is not None else resolution_tier(width, height)
 
-    caption = layout_caption(prompt, width, height, level, len(references))
+    caption = layout_caption(prompt, width, height, tier, len(references), options.font_files)
     grid = layout_thumbnails(len(references), width, height, caption)
     thumbs = [decode_reference(data, i, grid.inner) for i, data in enumerate(references)]
-    palette = make_palette(seeded_rng(digest, "palette"), average_colour(thumbs))
+    plan = plan_scene(digest, read_prompt(prompt), average_colour(thumbs))
+    palette = plan.palette
 
     image = Image.new("RGB", (width, height), palette.sky_top)
-    paint_scene(image, digest, palette, detail, caption.top)
+    paint_scene(image, digest, plan, detail, caption.top)
     paint_caption(image, caption, palette)
     paint_thumbnails(image, thumbs, grid, palette)
 
@@ -78,6 +94,8 @@ class OfflineEngine:
     """Renders in a process pool, created on first use, so the event loop is never blocked."""
 
     name: ClassVar[str] = "offline"
+    #: Set by whoever builds the engine; a picklable value handed to every render.
+    render_options: RenderOptions = RenderOptions()
 
     def __init__(self, *, max_workers: int = 1) -> None:
         if max_workers < 1:
@@ -98,7 +116,9 @@ class OfflineEngine:
         pool = self._executor()
         loop = asyncio.get_running_loop()
         try:
-            data = await loop.run_in_executor(pool, render_png_bytes, *_render_args(request))
+            data = await loop.run_in_executor(
+                pool, render_png_bytes, *_render_args(request), self.render_options
+            )
         except UndecodableReference as exc:
             raise EngineError(str(exc), retryable=False) from exc
         except BrokenProcessPool as exc:

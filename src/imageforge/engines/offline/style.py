@@ -1,21 +1,17 @@
-"""Shared vocabulary of the offline renderer: colour types, seeds and palettes."""
+"""Shared vocabulary of the offline renderer: colour types, seeds, detail levels, the stage."""
 
 from __future__ import annotations
 
-import colorsys
 import hashlib
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from PIL import ImageFont
-
 from imageforge.engines.base import Quality
 
 RGB = tuple[int, int, int]
-Font = ImageFont.FreeTypeFont | ImageFont.ImageFont
-SceneKind = Literal["peaks", "dunes", "coast"]
+SceneKind = Literal["peaks", "dunes", "plains", "coast"]
 
 #: Bumping this changes every picture; do it only when the look changes on purpose.
 SEED_DOMAIN = b"imageforge.offline/v1"
@@ -168,11 +164,6 @@ class Palette:
     accent: RGB
 
 
-def _hsv(h: float, s: float, v: float) -> RGB:
-    r, g, b = colorsys.hsv_to_rgb(h % 1.0, min(max(s, 0.0), 1.0), min(max(v, 0.0), 1.0))
-    return (round(r * 255), round(g * 255), round(b * 255))
-
-
 def mix(a: RGB, b: RGB, t: float) -> RGB:
     return (
         round(a[0] + (b[0] - a[0]) * t),
@@ -181,50 +172,17 @@ def mix(a: RGB, b: RGB, t: float) -> RGB:
     )
 
 
-def make_palette(rng: random.Random, tint: RGB | None) -> Palette:
-    hue = rng.random()
-    if tint is not None:
-        th, ts, _ = colorsys.rgb_to_hsv(tint[0] / 255, tint[1] / 255, tint[2] / 255)
-        # Grey references carry no hue worth following; coloured ones set the sky's.
-        if ts > 0.15:
-            hue = th + rng.uniform(-0.03, 0.03)
-    mood = rng.choices(("day", "dusk", "dawn", "night"), weights=(3, 3, 2, 2))[0]
-    land_hue = hue + rng.choice((0.06, 0.12, -0.08, 0.42, 0.55))
-    # Sunrise and sunset light spans pink through orange to pale yellow.
-    warm = rng.uniform(-0.06, 0.11)
+@dataclass(frozen=True)
+class Stage:
+    """Where things are, in pixels; shared by the painters."""
 
-    if mood == "day":
-        top, horizon = _hsv(hue, 0.55, 0.88), _hsv(hue + 0.03, 0.16, 0.99)
-        sun = _hsv(0.13, 0.12, 1.0)
-        far, near = mix(_hsv(land_hue, 0.3, 0.7), horizon, 0.5), _hsv(land_hue, 0.55, 0.33)
-        water = _hsv(hue, 0.55, 0.6)
-    elif mood == "dusk":
-        top, horizon = _hsv(hue, 0.65, 0.32), _hsv(warm, 0.55, 1.0)
-        sun = _hsv(warm + 0.03, 0.35, 1.0)
-        far, near = mix(_hsv(land_hue, 0.4, 0.45), horizon, 0.4), _hsv(land_hue, 0.5, 0.16)
-        water = _hsv(hue, 0.6, 0.3)
-    elif mood == "dawn":
-        top, horizon = _hsv(hue, 0.35, 0.8), _hsv(warm, 0.28, 1.0)
-        sun = _hsv(warm + 0.04, 0.18, 1.0)
-        far, near = mix(_hsv(land_hue, 0.25, 0.7), horizon, 0.55), _hsv(land_hue, 0.38, 0.4)
-        water = _hsv(hue, 0.4, 0.65)
-    else:
-        top, horizon = _hsv(hue, 0.75, 0.09), _hsv(hue + 0.04, 0.5, 0.34)
-        sun = _hsv(hue, 0.07, 0.96)
-        far, near = mix(_hsv(land_hue, 0.4, 0.28), horizon, 0.5), _hsv(land_hue, 0.45, 0.08)
-        water = _hsv(hue, 0.6, 0.2)
-
-    if tint is not None:
-        top, horizon = mix(top, tint, 0.15), mix(horizon, tint, 0.15)
-        far, near, water = mix(far, tint, 0.2), mix(near, tint, 0.2), mix(water, tint, 0.2)
-    return Palette(
-        mood=mood,
-        sky_top=top,
-        sky_horizon=horizon,
-        sun=sun,
-        far=far,
-        near=near,
-        water=water,
-        band=mix(near, BLACK, 0.6),
-        accent=mix(sun, horizon, 0.25),
-    )
+    width: int
+    height: int
+    #: 1.0 at a 1024-pixel short side; strokes and ornaments scale with it.
+    scale: float
+    #: Top of the caption band: the visible bottom of the scene.
+    ground: int
+    horizon: int
+    sun_x: int
+    sun_y: int
+    sun_r: int
