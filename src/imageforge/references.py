@@ -78,6 +78,9 @@ class FetchLimits:
 class ReferenceFetchError(ImageforgeError):
     """One reference could not be used. `retryable` is True only for transient network trouble.
 
+    `index` counts from 0, as the JSON array does and as the create-time checks report it: the
+    first URL is `image_urls[0]`.
+
     `url` is the display form (credentials removed, trimmed), never the raw input, so the error
     can be logged and shown to the client as is.
     """
@@ -91,7 +94,9 @@ class ReferenceFetchError(ImageforgeError):
         self.url = _display_url(url)
         self.reason = reason
         self.retryable = retryable
-        super().__init__(f"image_urls[{index}] ({self.url}): {reason}", param="image_urls")
+        super().__init__(
+            f"image_urls[{index}] ({self.url}): {reason}", param=f"image_urls[{index}]"
+        )
 
 
 class _Refused(Exception):
@@ -473,7 +478,7 @@ class ReferenceFetcher:
         if not urls:
             return []
         # A URL that is wrong on its face fails the task before anything touches the network.
-        for index, url in enumerate(urls, start=1):
+        for index, url in enumerate(urls):
             try:
                 _check_url(url)
             except _Refused as refused:
@@ -487,9 +492,7 @@ class ReferenceFetcher:
             async with gate:
                 return await self._fetch_one(index, url)
 
-        tasks = [
-            asyncio.create_task(bounded(index, url)) for index, url in enumerate(urls, start=1)
-        ]
+        tasks = [asyncio.create_task(bounded(index, url)) for index, url in enumerate(urls)]
         try:
             return list(await asyncio.gather(*tasks))
         finally:
