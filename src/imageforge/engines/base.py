@@ -11,20 +11,19 @@ from dataclasses import dataclass, field
 from typing import ClassVar, Literal, Protocol
 
 from imageforge.errors import ImageforgeError
+from imageforge.references.images import ReferenceImage
+
+__all__ = [
+    "Engine",
+    "EngineError",
+    "GeneratedImage",
+    "GenerationRequest",
+    "Quality",
+    "ReferenceImage",
+    "UpstreamRef",
+]
 
 Quality = Literal["low", "medium", "high"]
-
-
-@dataclass(frozen=True)
-class ReferenceImage:
-    """A reference image already fetched and checked (format allow-listed, pixels bounded)."""
-
-    url: str
-    data: bytes
-    #: Pillow format name: "PNG", "JPEG", "WEBP" or "GIF".
-    format: str
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)
