@@ -13,7 +13,11 @@ from imageforge.references.images import ImageRejected, ReferenceImage, check_im
 from imageforge.references.outbound import OutboundClient, Timeouts, check_url, display_url
 
 USER_AGENT = "imageforge/0.1 (reference fetcher)"
-_ACCEPT = {"Accept": "image/png, image/jpeg, image/webp, image/gif"}
+_HEADERS = {
+    "Accept": "image/png, image/jpeg, image/webp, image/gif",
+    # Also through a client shared with callbacks.
+    "User-Agent": USER_AGENT,
+}
 # How many references of one task are in flight at once.
 _CONCURRENCY = 4
 # A socket read may stall this long; the total deadline is what bounds a trickle.
@@ -113,7 +117,7 @@ class ReferenceFetcher:
                 url,
                 max_bytes=limits.max_bytes,
                 timeouts=self._timeouts,
-                headers=_ACCEPT,
+                headers=_HEADERS,
                 max_redirects=limits.max_redirects,
             )
         except OutboundError as failed:

@@ -1,5 +1,4 @@
-"""The one guarded HTTP client for URLs someone else chose: a client's reference images, the
-image an upstream links to, a client's callback URL.
+"""The one guarded HTTP client for URLs a client chose: reference images, callback URLs.
 
 Each client holds one `AddressPolicy`; every connection it opens goes through the pinned
 backend (`transport.py`), so the address a request reaches is the address that was checked.
@@ -9,7 +8,8 @@ again; `post` never follows one (a callback that redirects is answered as it sta
 httpcore directly: httpx's transport takes a network backend only through a private
 attribute, and httpcore never decodes Content-Encoding, so a cap counts the bytes that came
 off the wire (`Accept-Encoding: identity` is asked for, and nothing sent otherwise is
-decompressed: a gzip bomb stays small).
+decompressed: a gzip bomb stays small). The upstream engines, many downloads a second on
+their own aiohttp pools, pin those through the same policy instead (`pinned_aiohttp.py`).
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def check_url(raw: str) -> httpx.URL:
     return url
 
 
-def origin_of(url: httpx.URL) -> tuple[str, str, int]:
+def _origin(url: httpx.URL) -> tuple[str, str, int]:
     """Scheme, host and port (the scheme's default when the URL names none)."""
     port = url.port or (443 if url.scheme == "https" else 80)
     return url.scheme, url.host, port
@@ -108,9 +108,9 @@ def _refused(reason: str) -> OutboundError:
 class OutboundClient:
     """HTTP to addresses the policy admits, and nowhere else.
 
-    `keep_alive=False` (the default) opens a connection per request, for hosts nobody vouches
-    for: a body longer than its Content-Length can then not poison a reused connection. A
-    client for one configured upstream's files may keep connections, up to `max_connections`.
+    No keep-alive: every request opens its connection through the pinned backend, and a
+    body longer than its Content-Length cannot poison a reused connection. These are hosts
+    nobody vouches for, reached a few times per task at most.
     """
 
     def __init__(
@@ -119,17 +119,12 @@ class OutboundClient:
         *,
         user_agent: str,
         ssl_context: ssl.SSLContext | None = None,
-        keep_alive: bool = False,
-        max_connections: int | None = None,
-        keepalive_expiry: float | None = None,
     ) -> None:
-        self._keep_alive = keep_alive
         self._user_agent = user_agent.encode()
         self._pool = httpcore.AsyncConnectionPool(
             ssl_context=ssl_context or create_tls_context(),
-            max_connections=max_connections,
-            max_keepalive_connections=max_connections if keep_alive else 0,
-            keepalive_expiry=keepalive_expiry,
+            max_keepalive_connections=0,
+            max_connections=None,
             network_backend=PinnedBackend(policy or AddressPolicy()),
         )
 
@@ -189,7 +184,7 @@ class OutboundClient:
         for hop in range(limit + 1):
             sent = (
                 headers
-                if origin_of(current) == origin_of(first)
+                if _origin(current) == _origin(first)
                 else {k: v for k, v in headers.items() if k.lower() not in _ORIGIN_BOUND_HEADERS}
             )
             try:
@@ -243,13 +238,13 @@ class OutboundClient:
     ) -> contextlib.AbstractAsyncContextManager[httpcore.Response]:
         sent = [
             (b"Host", target.netloc),
-            (b"User-Agent", self._user_agent),
             # Anything else would have to be decompressed, after the byte cap.
             (b"Accept-Encoding", b"identity"),
             *((name.encode(), value.encode()) for name, value in headers.items()),
         ]
-        if not self._keep_alive:
-            sent.append((b"Connection", b"close"))
+        if not any(name.lower() == "user-agent" for name in headers):
+            sent.append((b"User-Agent", self._user_agent))
+        sent.append((b"Connection", b"close"))
         pool_wait = timeouts.total if timeouts.total is not None else timeouts.read
         return self._pool.stream(
             method,

@@ -78,6 +78,8 @@ class OfflineEngine:
     """Renders in a process pool, created on first use, so the event loop is never blocked."""
 
     name: ClassVar[str] = "offline"
+    #: References are drawn into the picture: the worker fetches them.
+    fetches_references: ClassVar[bool] = True
 
     def __init__(self, *, max_workers: int = 1) -> None:
         if max_workers < 1:
