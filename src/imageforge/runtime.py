@@ -49,7 +49,7 @@ class Runtime:
     engines: dict[str, Engine] = field(default_factory=dict)
     runner: Runner | None = None
     rate_limiter: RequestRateLimiter | None = None
-    #: The guarded client for URLs clients chose: references and callbacks.
+    #: The guarded client for URLs clients chose: references (and callbacks, with `post`).
     outbound: OutboundClient | None = None
     fetcher: ReferenceFetcher | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)

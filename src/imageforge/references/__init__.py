@@ -3,13 +3,17 @@
 - `addresses.py`: which addresses a request may reach (classification, allow-lists,
   resolution);
 - `transport.py`: the pinned connection (resolve and check once, connect to that address);
-- `outbound.py`: `OutboundClient`, the one guarded HTTP client: a capped GET that follows
+- `outbound.py`: `OutboundClient`, the guarded HTTP client: a capped GET that follows
   checked redirects, a POST that follows none;
+- `pinned_aiohttp.py`: the same pinning for aiohttp sessions;
+- `errors.py`: `OutboundError`, one failure type with a `kind`;
 - `images.py`: checks on untrusted image bytes;
 - `fetcher.py`: a task's reference images (`image_urls`), through the above.
 
-The worker's reference fetcher, the upstream engines' downloads of the images their upstreams
-link to, and callbacks all go through `OutboundClient`, each with its own `AddressPolicy`.
+Every connection to such a URL is decided by an `AddressPolicy` and pinned to the address it
+checked: the worker's reference fetcher (and callbacks, through `OutboundClient.post`) on
+httpcore, the upstream engines' downloads of the images their upstreams link to on aiohttp
+(`pinned_aiohttp.py`, not imported here: aiohttp comes with those engines' extras).
 This package knows nothing of tasks, engines or the database.
 """
 

@@ -15,7 +15,7 @@ from imageforge.references.outbound import OutboundClient, Timeouts, check_url, 
 USER_AGENT = "imageforge/0.1 (reference fetcher)"
 _HEADERS = {
     "Accept": "image/png, image/jpeg, image/webp, image/gif",
-    # Also through a client shared with callbacks.
+    # The client may be shared (the runtime's), whose own User-Agent is generic.
     "User-Agent": USER_AGENT,
 }
 # How many references of one task are in flight at once.
@@ -59,7 +59,7 @@ class ReferenceFetchError(ImageforgeError):
 
 class ReferenceFetcher:
     """Downloads and checks references through an `OutboundClient`: the one given (shared
-    with the callbacks of the same allow-list, and closed by its owner), or one of its own
+    with callbacks under the same allow-list, and closed by its owner), or one of its own
     for `allowlist`."""
 
     def __init__(
