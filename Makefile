@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e clients/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,openai,redis]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,openai,relay,redis]'
 	@touch $(STAMP)
 
 serve: install

@@ -116,7 +116,7 @@ async def test_a_reference_outside_the_allowlist_fails_the_task_unreached(
     result = await api.wait_terminal(key, response.json()["id"])
     assert result["status"] == "failed"
     assert result["image_url"] is None
-    assert "image_urls[2]" in result["error"] and "127.0.0.2" in result["error"]
+    assert "image_urls[1]" in result["error"] and "127.0.0.2" in result["error"]
     assert "not allowed" in result["error"]
     assert sentinel.hits == []  # type: ignore[attr-defined]
 
@@ -130,10 +130,29 @@ async def test_a_missing_reference_fails_with_its_status(
     response = await api.create(key, image_urls=[f"http://127.0.0.1:{port}/gone.png"])
     result = await api.wait_terminal(key, response.json()["id"])
     assert result["status"] == "failed"
-    assert "image_urls[1]" in result["error"] and "404" in result["error"]
+    assert "image_urls[0]" in result["error"] and "404" in result["error"]
 
 
 def test_loopback_sentinel_port_is_free_for_ipv4_second_address() -> None:
     # 127.0.0.2 must be bindable on this machine for the sentinel tests to mean anything.
     with socket.socket() as sock:
         sock.bind(("127.0.0.2", 0))
+
+
+async def test_create_and_fetch_count_references_alike(
+    api_with_allowlist: ApiHarness, sentinel: ThreadingHTTPServer
+) -> None:
+    # The second URL is `image_urls[1]` whether it is refused at create or at fetch time.
+    api = api_with_allowlist
+    key = await api.new_key()
+    port = sentinel.server_address[1]
+    good = f"http://127.0.0.1:{port}/red.png"
+    rejected = await api.create(key, image_urls=[good, "ftp://127.0.0.1/x.png"])
+    assert rejected.status_code == 400
+    assert rejected.json()["error"]["param"] == "image_urls[1]"
+    assert rejected.json()["error"]["message"].startswith("image_urls[1]: ")
+    accepted = await api.create(key, image_urls=[good, f"http://127.0.0.2:{port}/blue.png"])
+    result = await api.wait_terminal(key, accepted.json()["id"])
+    assert result["status"] == "failed"
+    assert result["error"].startswith("image_urls[1] (http://127.0.0.2:")
+    assert sentinel.hits == []  # type: ignore[attr-defined]

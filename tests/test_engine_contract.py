@@ -3,6 +3,7 @@ and relay (a second imageforge on 127.0.0.1), each built through `build_engine`.
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import io
 import time
@@ -14,7 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imageforge.engines import Engine, GenerationRequest, ReferenceImage, build_engine
+from imageforge.engine_setup import build_engine
+from imageforge.engines import Engine, GenerationRequest, ReferenceImage
+from imageforge.errors import ConfigurationError
 from imageforge.settings import Settings
 from tests.upstream_servers import (
     FakeImagesAPI,
@@ -180,3 +183,101 @@ async def test_aclose_is_idempotent_and_the_engine_reopens(subject: Subject) -> 
 async def test_aclose_before_any_use_is_fine(subject: Subject) -> None:
     await subject.engine.aclose()
     await subject.engine.aclose()
+
+
+# How engines are built -----------------------------------------------------------------------
+
+
+class LegacyPlugin:
+    """A plugin written to the first contract: `settings=` only, no `fetches_references`."""
+
+    def __init__(self, *, settings: Settings) -> None:
+        self.settings = settings
+
+    async def generate(self, request: GenerationRequest) -> object:
+        return ("generated", request.prompt, self.settings.worker_concurrency)
+
+    async def aclose(self) -> None:
+        return None
+
+
+class FetchingPlugin(LegacyPlugin):
+    name = "fetching-itself"
+    fetches_references = False
+
+
+class NotAnEngine:
+    def __init__(self, *, settings: Settings) -> None:
+        pass
+
+    async def generate(self, request: GenerationRequest) -> object:
+        return None
+
+
+async def test_plugins_keep_the_settings_constructor_and_get_the_contracts_defaults() -> None:
+    settings = Settings(worker_concurrency=7)
+    legacy = build_engine("tests.test_engine_contract:LegacyPlugin", settings)
+    assert legacy.fetches_references is True
+    assert legacy.name == "tests.test_engine_contract:LegacyPlugin"
+    assert await legacy.generate(generation(prompt="p")) == ("generated", "p", 7)
+    await legacy.aclose()
+    fetching = build_engine("tests.test_engine_contract:FetchingPlugin", settings)
+    assert (fetching.name, fetching.fetches_references) == ("fetching-itself", False)
+
+
+@pytest.mark.parametrize(
+    ("path", "match"),
+    [
+        ("tests.test_engine_contract:NotAnEngine", r"has no aclose\(\) method"),
+        ("tests.test_engine_contract:Missing", "cannot load engine plugin"),
+        ("tests.no_such_module:Engine", "cannot load engine plugin"),
+        ("diffusion", "unknown engine 'diffusion'; available engines: offline, openai, relay"),
+    ],
+)
+def test_engines_that_cannot_be_built_stop_the_start(path: str, match: str) -> None:
+    with pytest.raises(ConfigurationError, match=match):
+        build_engine(path, Settings())
+
+
+def test_every_built_in_engine_declares_whether_it_fetches_references() -> None:
+    from imageforge.engines.offline import OfflineEngine
+    from imageforge.engines.openai import OpenAIEngine
+    from imageforge.engines.relay import RelayEngine
+
+    declared = {
+        cls.name: cls.__dict__["fetches_references"]
+        for cls in (OfflineEngine, OpenAIEngine, RelayEngine)
+    }
+    assert declared == {"offline": True, "openai": True, "relay": False}
+
+
+def test_a_bad_download_allowlist_stops_the_start(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KEY_ENV, "k")
+    config = {"kind": "relay", "base_url": "http://127.0.0.1:9", "api_key_env": KEY_ENV}
+    settings = Settings(
+        engine="relay", upstreams={"up": {**config, "download_allowlist": ["files.*"]}}
+    )
+    with pytest.raises(ConfigurationError, match=r"upstreams\.up\.download_allowlist entry"):
+        build_engine("relay", settings)
+
+
+def test_engines_read_neither_settings_nor_the_environment() -> None:
+    # The runtime hands each engine its configuration (imageforge.engine_setup).
+    package = Path(__file__).resolve().parents[1] / "src" / "imageforge" / "engines"
+    offenders = []
+    for path in sorted(package.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            names: list[str] = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.Attribute) and node.attr in ("environ", "getenv"):
+                names = [f"os.{node.attr}"]
+            offenders += [
+                f"{path.relative_to(package)}: {name}"
+                for name in names
+                if name.startswith(("imageforge.settings", "os.environ", "os.getenv"))
+            ]
+    assert offenders == []

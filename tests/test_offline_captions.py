@@ -236,3 +236,26 @@ def test_same_cjk_request_gives_the_same_bytes_in_another_process() -> None:
 
     # The pool's worker is a freshly spawned process: it finds its fonts on its own.
     assert asyncio.run(in_the_pool()) == render_png(req) == render_png(req, RenderOptions())
+
+
+def test_the_font_setting_reaches_the_engine_and_a_bad_file_stops_start_up(
+    tmp_path: os.PathLike[str],
+) -> None:
+    from imageforge.engine_setup import build_engine
+    from imageforge.errors import ConfigurationError
+    from imageforge.settings import Settings
+
+    bad = os.path.join(tmp_path, "broken.ttf")
+    with open(bad, "wb") as f:
+        f.write(b"not a font")
+    with pytest.raises(ConfigurationError, match=r"offline_font_files: .*broken\.ttf"):
+        build_engine("offline", Settings(data_dir=tmp_path, offline_font_files=[bad]))
+
+    dejavu = next(
+        (f for f in _fc_files("DejaVu Sans:style=Book") if f.endswith("DejaVuSans.ttf")), None
+    )
+    if dejavu is None:
+        pytest.skip("DejaVu Sans is not installed (Debian: fonts-dejavu-core)")
+    engine = build_engine("offline", Settings(data_dir=tmp_path, offline_font_files=dejavu))
+    assert isinstance(engine, OfflineEngine)
+    assert engine.render_options == RenderOptions(font_files=(dejavu,))

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from imageforge.engine_setup import build_router
 from imageforge.engines.base import GenerationRequest, ReferenceImage
 from imageforge.engines.breaker import BreakerState
 from imageforge.engines.openai import OpenAIEngine
@@ -24,7 +25,7 @@ from imageforge.engines.upstream_errors import UpstreamError
 from imageforge.settings import Settings
 from tests.conftest import ApiHarness, make_settings, start_harness
 from tests.server_process import free_port
-from tests.upstream_servers import FakeImagesAPI, Reply, serve_images_api
+from tests.upstream_servers import FakeImagesAPI, Reply, sentinel_beside, serve_images_api
 
 KEY_ENV = "IMAGEFORGE_TEST_OPENAI_KEY"
 SECRET = "sk-test-9f8e7d6c5b4a39281706"
@@ -41,6 +42,11 @@ def fake() -> Iterator[FakeImagesAPI]:
         yield api
 
 
+def openai_engine(settings: Settings) -> OpenAIEngine:
+    """The engine as the runtime builds it: its router from the settings."""
+    return OpenAIEngine(build_router(settings, "openai"))
+
+
 def upstream(base_url: str, **options: Any) -> dict[str, Any]:
     return {"kind": "openai", "base_url": f"{base_url}/v1", "api_key_env": KEY_ENV, **options}
 
@@ -48,7 +54,7 @@ def upstream(base_url: str, **options: Any) -> dict[str, Any]:
 @pytest.fixture
 async def engine(fake: FakeImagesAPI) -> AsyncIterator[OpenAIEngine]:
     settings = Settings(engine="openai", upstreams={"fake": upstream(fake.base_url)})
-    engine = OpenAIEngine(settings)
+    engine = openai_engine(settings)
     yield engine
     await engine.aclose()
 
@@ -116,7 +122,7 @@ async def test_upstream_model_names_are_configurable(fake: FakeImagesAPI) -> Non
         upstreams={"fake": upstream(fake.base_url, models={"house": "gpt-image-2-2026-04-21"})},
         models={"house": {}, "gpt-image-2": {"upstream_model": "gpt-image-1.5"}},
     )
-    engine = OpenAIEngine(settings)
+    engine = openai_engine(settings)
     try:
         await engine.generate(request(model="house"))
         await engine.generate(request(model="gpt-image-2"))
@@ -151,7 +157,7 @@ async def test_many_calls_in_flight_at_once(fake: FakeImagesAPI) -> None:
     settings = Settings(
         engine="openai", worker_concurrency=200, upstreams={"fake": upstream(fake.base_url)}
     )
-    engine = OpenAIEngine(settings)
+    engine = openai_engine(settings)
     started = time.monotonic()
     try:
         images = await asyncio.gather(
@@ -169,7 +175,7 @@ async def test_per_upstream_concurrency_limit(fake: FakeImagesAPI) -> None:
     settings = Settings(
         engine="openai", upstreams={"fake": upstream(fake.base_url, max_concurrency=2)}
     )
-    engine = OpenAIEngine(settings)
+    engine = openai_engine(settings)
     try:
         await asyncio.gather(*(engine.generate(request()) for _ in range(6)))
     finally:
@@ -275,12 +281,88 @@ async def test_a_relative_link_is_resolved_against_the_upstream(
     assert fake.downloads == [("/files/12x10.png", f"Bearer {SECRET}")]
 
 
-async def test_a_link_to_another_origin_gets_no_key(
+async def test_a_link_to_an_address_nobody_allowed_is_refused_unreached(
     engine: OpenAIEngine, fake: FakeImagesAPI
 ) -> None:
+    # The upstream is on 127.0.0.1; its answer points at 127.0.0.2, same port: an internal
+    # address nobody allowed. The worker must not even connect there.
+    port = fake.base_url.rsplit(":", 1)[1]
+    with sentinel_beside(fake.base_url) as sentinel:
+        fake.push(
+            Reply(200, body=_answer(data=[{"url": f"http://127.0.0.2:{port}/files/8x8.png"}]))
+        )
+        with pytest.raises(UpstreamError) as caught:
+            await engine.generate(request())
+    assert sentinel.connections == 0
+    error = caught.value
+    assert error.code == "upstream_bad_response" and not error.retryable
+    assert "download_allowlist" in error.message and "127.0.0.2" not in error.message
+    assert fake.downloads == []
+
+
+@pytest.mark.parametrize("host", ["2130706434", "0x7f.0.0.2", "127.0.0.2.", "[::ffff:127.0.0.2]"])
+async def test_other_spellings_of_an_address_nobody_allowed_are_refused_unreached(
+    engine: OpenAIEngine, fake: FakeImagesAPI, host: str
+) -> None:
+    port = fake.base_url.rsplit(":", 1)[1]
+    with sentinel_beside(fake.base_url) as sentinel:
+        fake.push(Reply(200, body=_answer(data=[{"url": f"http://{host}:{port}/files/8x8.png"}])))
+        with pytest.raises(UpstreamError) as caught:
+            await engine.generate(request())
+    assert sentinel.connections == 0
+    assert "download_allowlist" in caught.value.message
+
+
+async def test_a_name_is_checked_where_it_resolves(fake: FakeImagesAPI) -> None:
+    # `localhost` is not the upstream's origin (127.0.0.1) by name; it resolves to loopback.
+    port = fake.base_url.rsplit(":", 1)[1]
+    link = _answer(data=[{"url": f"http://localhost:{port}/files/8x6.png"}])
+    for allowlist, allowed in (([], False), (["localhost"], True)):
+        settings = Settings(
+            engine="openai",
+            upstreams={"fake": upstream(fake.base_url, download_allowlist=allowlist)},
+        )
+        engine = openai_engine(settings)
+        fake.push(Reply(200, body=link))
+        try:
+            if allowed:
+                image = await engine.generate(request())
+                assert (image.width, image.height) == (8, 6)
+            else:
+                with pytest.raises(UpstreamError, match="download_allowlist"):
+                    await engine.generate(request())
+        finally:
+            await engine.aclose()
+    # Another origin than the upstream's (by name): no key.
+    assert fake.downloads == [("/files/8x6.png", "")]
+
+
+async def test_another_port_of_the_upstreams_host_is_not_its_origin(
+    engine: OpenAIEngine, fake: FakeImagesAPI
+) -> None:
+    # Same address, another service: the origin is scheme, host and port.
+    with serve_images_api() as other:
+        fake.push(Reply(200, body=_answer(data=[{"url": f"{other.base_url}/files/16x9.png"}])))
+        with pytest.raises(UpstreamError) as caught:
+            await engine.generate(request())
+    assert "download_allowlist" in caught.value.message
+    assert other.downloads == []
+
+
+async def test_a_download_allowlist_entry_admits_a_file_host_without_the_key(
+    fake: FakeImagesAPI,
+) -> None:
     with serve_images_api() as cdn:
-        fake.push(Reply(200, body=_answer(data=[{"url": f"{cdn.base_url}/files/16x9.png"}])))
-        image = await engine.generate(request())
+        settings = Settings(
+            engine="openai",
+            upstreams={"fake": upstream(fake.base_url, download_allowlist=["127.0.0.1"])},
+        )
+        engine = openai_engine(settings)
+        try:
+            fake.push(Reply(200, body=_answer(data=[{"url": f"{cdn.base_url}/files/16x9.png"}])))
+            image = await engine.generate(request())
+        finally:
+            await engine.aclose()
     assert (image.width, image.height) == (16, 9)
     assert cdn.downloads == [("/files/16x9.png", "")]
     assert fake.downloads == []
@@ -298,7 +380,7 @@ async def test_a_linked_image_over_the_cap_fails_for_good(fake: FakeImagesAPI) -
     settings = Settings(
         engine="openai", upstreams={"fake": upstream(fake.base_url, max_image_bytes=1024)}
     )
-    engine = OpenAIEngine(settings)
+    engine = openai_engine(settings)
     fake.push(Reply(200, body=_answer(data=[{"url": f"{fake.base_url}/files/512x512.png"}])))
     try:
         with pytest.raises(UpstreamError) as caught:
@@ -364,7 +446,7 @@ async def test_a_slow_upstream_times_out_as_retryable(fake: FakeImagesAPI) -> No
     settings = Settings(
         engine="openai", upstreams={"fake": upstream(fake.base_url, timeout_seconds=0.3)}
     )
-    engine = OpenAIEngine(settings)
+    engine = openai_engine(settings)
     try:
         with pytest.raises(UpstreamError) as caught:
             await engine.generate(request())
@@ -377,7 +459,7 @@ async def test_an_unreachable_upstream_is_retryable() -> None:
     settings = Settings(
         engine="openai", upstreams={"gone": upstream(f"http://127.0.0.1:{free_port()}")}
     )
-    engine = OpenAIEngine(settings)
+    engine = openai_engine(settings)
     try:
         with pytest.raises(UpstreamError) as caught:
             await engine.generate(request())
@@ -401,7 +483,7 @@ async def test_failover_to_a_second_upstream_and_back(fake: FakeImagesAPI) -> No
             },
             models={"gpt-image-2": {"upstreams": ["primary", "backup"]}},
         )
-        engine = OpenAIEngine(settings)
+        engine = openai_engine(settings)
         try:
             fake.default = Reply(503)
             served = await engine.generate(request())

@@ -481,8 +481,8 @@ async def test_the_error_names_index_url_and_reason(servers: Servers) -> None:
     with pytest.raises(ReferenceFetchError) as caught:
         await fetch([servers.url("/png"), bad])
     error = caught.value
-    assert str(error) == f"image_urls[2] ({bad}): address 127.0.0.2 is not allowed (loopback)"
-    assert (error.index, error.url, error.retryable) == (2, bad, False)
+    assert str(error) == f"image_urls[1] ({bad}): address 127.0.0.2 is not allowed (loopback)"
+    assert (error.index, error.url, error.retryable) == (1, bad, False)
     assert isinstance(error, ImageforgeError)
     assert error.code == "invalid_reference"
 
@@ -492,7 +492,7 @@ async def test_long_urls_are_trimmed_in_the_message(servers: Servers) -> None:
     error = await refused(bad)
     assert len(error.url) <= 200
     assert error.url.endswith("…")
-    assert error.index == 1
+    assert error.index == 0
 
 
 async def test_dns_rebinding_cannot_swap_the_address(servers: Servers, dns: FakeDNS) -> None:
@@ -636,7 +636,7 @@ async def test_a_bad_url_fails_before_any_fetch(servers: Servers) -> None:
     before = len(servers.requests)
     with pytest.raises(ReferenceFetchError) as caught:
         await fetch([servers.url("/png?first"), "file:///etc/passwd"])
-    assert caught.value.index == 2
+    assert caught.value.index == 1
     assert len(servers.requests) == before
 
 
@@ -705,7 +705,7 @@ async def test_first_failure_cancels_the_rest(servers: Servers) -> None:
     started = time.monotonic()
     with pytest.raises(ReferenceFetchError) as caught:
         await fetch([servers.url("/slow"), servers.url("/status/404")])
-    assert caught.value.index == 2
+    assert caught.value.index == 1
     assert time.monotonic() - started < 3
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from imageforge.engine_setup import build_router
 from imageforge.engines.base import GenerationRequest, ReferenceImage, UpstreamRef
 from imageforge.engines.relay import RelayEngine
 from imageforge.engines.upstream_errors import UpstreamError
@@ -26,7 +27,9 @@ from tests.upstream_servers import (
     FakeImagesAPI,
     ImageforgeUpstream,
     Reply,
+    sentinel_beside,
     serve_images_api,
+    serve_task_api,
     solid_png,
 )
 
@@ -52,6 +55,11 @@ def files() -> Iterator[FakeImagesAPI]:
         yield api
 
 
+def relay_engine(settings: Settings) -> RelayEngine:
+    """The engine as the runtime builds it: its router from the settings."""
+    return RelayEngine(build_router(settings, "relay"))
+
+
 def relay_config(base_url: str, **options: Any) -> dict[str, Any]:
     values: dict[str, Any] = {
         "kind": "relay",
@@ -75,7 +83,7 @@ async def make_engine(
             engine="relay",
             upstreams=upstreams or {"up": relay_config(relay_upstream.base_url, **options)},
         )
-        engine = RelayEngine(settings)
+        engine = relay_engine(settings)
         engines.append(engine)
         return engine
 
@@ -259,6 +267,53 @@ async def test_the_download_is_capped(make_engine: Callable[..., RelayEngine]) -
     assert not caught.value.retryable
 
 
+async def test_a_finished_task_linking_to_an_address_nobody_allowed_is_refused_unreached(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "ifk_test")
+    with serve_task_api() as (api, base_url), sentinel_beside(base_url) as sentinel:
+        api.link_base = "http://127.0.0.2:" + base_url.rsplit(":", 1)[1]
+        engine = relay_engine(Settings(engine="relay", upstreams={"up": relay_config(base_url)}))
+        try:
+            with pytest.raises(UpstreamError) as caught:
+                await engine.generate(request())
+        finally:
+            await engine.aclose()
+    assert sentinel.connections == 0
+    assert api.downloads == 0 and api.submissions == 1
+    assert not caught.value.retryable and not caught.value.failover
+    assert "download_allowlist" in caught.value.message
+
+
+async def test_the_upstreams_own_origin_and_its_download_allowlist_are_allowed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv(KEY_ENV, "ifk_test")
+    with serve_images_api() as files, serve_task_api() as (api, base_url):
+        own = relay_engine(Settings(engine="relay", upstreams={"up": relay_config(base_url)}))
+        try:
+            image = await own.generate(request(width=1024, height=768))
+            assert (image.width, image.height) == (1024, 768)
+            assert api.downloads == 1
+
+            # The task API's files live on another server (same address, another port).
+            api.link_base = files.base_url
+            with pytest.raises(UpstreamError):
+                await own.generate(request())
+            assert files.downloads == []
+        finally:
+            await own.aclose()
+        config = relay_config(base_url, download_allowlist=["127.0.0.1"])
+        allowed = relay_engine(Settings(engine="relay", upstreams={"up": config}))
+        try:
+            image = await allowed.generate(request(width=768, height=1024))
+        finally:
+            await allowed.aclose()
+    assert (image.width, image.height) == (768, 1024)
+    # The file host is not the upstream: it gets no key.
+    assert files.downloads == [("/files/768x1024.png", "")]
+
+
 async def test_a_submission_left_unanswered_times_out_as_retryable(
     make_engine: Callable[..., RelayEngine],
 ) -> None:
@@ -421,3 +476,47 @@ async def test_a_worker_killed_mid_poll_is_resumed_with_one_submission(
                     worker.wait()
         await api.client.aclose()
         await lifespan.__aexit__(None, None, None)
+
+
+# Installed without aiohttp ------------------------------------------------------------------
+
+#: Runs `imageforge worker` in a Python where aiohttp cannot be imported, as on a base install.
+_WITHOUT_AIOHTTP = """
+import runpy, sys
+
+class NoAiohttp:
+    def find_spec(self, name, path=None, target=None):
+        if name == "aiohttp" or name.startswith("aiohttp."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+
+sys.meta_path.insert(0, NoAiohttp())
+sys.argv = ["imageforge", "worker"]
+runpy.run_module("imageforge", run_name="__main__", alter_sys=True)
+"""
+
+
+def test_the_relay_without_aiohttp_stops_the_worker_saying_which_extra_to_install(
+    tmp_path: Path,
+) -> None:
+    env = cli_env(
+        tmp_path / "data",
+        IMAGEFORGE_ENGINE="relay",
+        IMAGEFORGE_RELAY_BASE_URL=f"http://127.0.0.1:{free_port()}",
+        IMAGEFORGE_RELAY_API_KEY="ifk_unused",
+        COLUMNS="200",
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_AIOHTTP],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    output = " ".join((done.stdout + done.stderr).split())
+    assert done.returncode != 0
+    # The error the operator reads last is the one that says what to do.
+    assert output.endswith(
+        "ConfigurationError: the relay engine needs aiohttp: pip install 'imageforge[relay]'"
+    ), output[-2000:]

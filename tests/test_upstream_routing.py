@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from imageforge.engine_setup import build_router
 from imageforge.engines.breaker import BreakerState, CircuitBreaker
 from imageforge.engines.config import UpstreamConfig
 from imageforge.engines.upstream_errors import (
@@ -342,7 +343,7 @@ def test_keys_stay_out_of_reprs() -> None:
 
 def test_zero_config_openai_uses_the_sdk_variables() -> None:
     settings = Settings(engine="openai")
-    router = Router.from_settings(
+    router = build_router(
         settings,
         "openai",
         environ={"OPENAI_API_KEY": "sk-zero", "OPENAI_BASE_URL": "http://127.0.0.1:9/v1/"},
@@ -359,12 +360,10 @@ def test_zero_config_openai_uses_the_sdk_variables() -> None:
 
 
 def test_zero_config_openai_defaults_to_openai_and_needs_a_key() -> None:
-    router = Router.from_settings(
-        Settings(engine="openai"), "openai", environ={"OPENAI_API_KEY": "k"}
-    )
+    router = build_router(Settings(engine="openai"), "openai", environ={"OPENAI_API_KEY": "k"})
     assert router.upstreams["openai"].base_url == "https://api.openai.com/v1"
     with pytest.raises(ConfigurationError, match="OPENAI_API_KEY"):
-        Router.from_settings(Settings(engine="openai"), "openai", environ={})
+        build_router(Settings(engine="openai"), "openai", environ={})
 
 
 def test_zero_config_relay_from_imageforge_variables(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -374,14 +373,14 @@ def test_zero_config_relay_from_imageforge_variables(monkeypatch: pytest.MonkeyP
     settings = Settings()
     assert settings.relay_api_key is not None
     assert "ifk_relaykey" not in repr(settings)
-    router = Router.from_settings(settings, "relay", environ={})
+    router = build_router(settings, "relay", environ={})
     upstream = router.upstreams["relay"]
     assert (upstream.base_url, upstream.api_key) == ("https://relay.example.com", "ifk_relaykey")
     assert upstream.model_for("gpt-image-2-r", None) == "gpt-image-2-r"
 
     monkeypatch.delenv("IMAGEFORGE_RELAY_BASE_URL")
     with pytest.raises(ConfigurationError, match="IMAGEFORGE_RELAY_BASE_URL"):
-        Router.from_settings(Settings(), "relay", environ={})
+        build_router(Settings(), "relay", environ={})
 
 
 def test_models_route_to_their_listed_upstreams() -> None:
@@ -403,7 +402,7 @@ def test_models_route_to_their_listed_upstreams() -> None:
             "gpt-image-2-r": {"upstream_model": "gpt-image-2-mini"},
         },
     )
-    router = Router.from_settings(settings, "openai", environ={"KEY_A": "a", "KEY_B": "b"})
+    router = build_router(settings, "openai", environ={"KEY_A": "a", "KEY_B": "b"})
     assert set(router.upstreams) == {"primary", "backup"}
     assert router.upstreams["primary"].max_concurrency == 8
     route = router.route_for("gpt-image-2")
@@ -453,7 +452,7 @@ def test_bad_routes_fail_at_start_up(
 ) -> None:
     settings = Settings(engine="openai", upstreams=upstreams, models=models)
     with pytest.raises(ConfigurationError, match=match):
-        Router.from_settings(settings, "openai", environ={"K": "k", "OPENAI_API_KEY": "k"})
+        build_router(settings, "openai", environ={"K": "k", "OPENAI_API_KEY": "k"})
 
 
 def test_upstream_config_rejects_typos_and_bad_urls() -> None:
@@ -486,5 +485,5 @@ def test_readme_examples_load_and_route(tmp_path: Path, monkeypatch: pytest.Monk
         kinds = {spec.engine for spec in settings.model_specs().values()}
         assert kinds <= {"openai", "relay", "offline"}, kinds
         for kind in kinds - {"offline"}:
-            router = Router.from_settings(settings, kind)  # type: ignore[arg-type]
+            router = build_router(settings, kind)  # type: ignore[arg-type]
             assert router.upstreams

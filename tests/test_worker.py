@@ -31,6 +31,7 @@ class ScriptedEngine:
     """An engine whose outcome per call is scripted by the test."""
 
     name: ClassVar[str] = "scripted"
+    fetches_references: ClassVar[bool] = True
     script: list[Callable[[], GeneratedImage]] = field(default_factory=list)
     delay: float = 0.0
     calls: list[GenerationRequest] = field(default_factory=list)

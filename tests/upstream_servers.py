@@ -8,6 +8,8 @@
 - `ServerThread`: either one served by uvicorn in a background thread on a pre-bound port.
 
 - `FakeTaskAPI`: a GPT Image 2 task API that finishes every task after a fixed delay.
+- `Sentinel`: a TCP listener on a loopback address nobody allowed, counting every connection:
+  an outbound guard that works leaves it at 0.
 
 `python -m tests.upstream_servers --port N --delay 2 [--api tasks]` runs the fake Images API
 (or the task API) alone: the benchmark's upstream.
@@ -285,6 +287,9 @@ class FakeTaskAPI:
     being measured, where a second imageforge would compete with it for the CPU."""
 
     delay: float = 0.0
+    #: Where finished tasks link their image: "" for this server (a relative link), or another
+    #: origin such as a file host.
+    link_base: str = ""
     submissions: int = 0
     polls: int = 0
     downloads: int = 0
@@ -316,7 +321,8 @@ class FakeTaskAPI:
             submitted, _, size = task
             body = {"id": path.removeprefix("/v1/result/"), "status": "processing"}
             if time.monotonic() - submitted >= self.delay:
-                body = {**body, "status": "completed", "image_url": f"/files/{size}.png"}
+                link = f"{self.link_base}/files/{size}.png"
+                body = {**body, "status": "completed", "image_url": link}
             await _respond(send, 200, json.dumps(body).encode(), "application/json")
         elif method == "GET" and path.startswith("/files/") and path.endswith(".png"):
             self.downloads += 1
@@ -508,6 +514,60 @@ class ServerThread:
         self._server.should_exit = True
         self._thread.join(timeout=15)
         self._sock.close()
+
+
+class Sentinel:
+    """Accepts TCP connections on `host:port` and counts them, answering nothing."""
+
+    def __init__(self, host: str, port: int) -> None:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._sock = socket.socket(family, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self._sock.listen(16)
+        self._sock.settimeout(0.05)
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, name=f"sentinel:{host}", daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            conn.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self._sock.close()
+
+
+@contextlib.contextmanager
+def sentinel_beside(base_url: str, host: str = "127.0.0.2") -> Iterator[Sentinel]:
+    """A sentinel on `host` at the port of `base_url`'s server: a link that swaps only the
+    address of the server lands on it."""
+    sentinel = Sentinel(host, int(base_url.rsplit(":", 1)[1].split("/", 1)[0]))
+    try:
+        yield sentinel
+    finally:
+        sentinel.close()
+
+
+@contextlib.contextmanager
+def serve_task_api(**options: Any) -> Iterator[tuple[FakeTaskAPI, str]]:
+    """A FakeTaskAPI on a real port, and its base URL, for the duration of the block."""
+    api = FakeTaskAPI(**options)
+    server = ServerThread(api).start()
+    try:
+        yield api, server.base_url
+    finally:
+        server.stop()
 
 
 @contextlib.contextmanager

@@ -15,10 +15,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from imageforge.catalog import billing_tiers
-from imageforge.engines import Engine, build_engines
+from imageforge.engine_setup import build_engines
+from imageforge.engines import Engine
 from imageforge.keyring import KeyRing
 from imageforge.ratelimit import RequestRateLimiter, build_rate_limiter
-from imageforge.references import FetchLimits, ReferenceFetcher
+from imageforge.references import AddressPolicy, FetchLimits, OutboundClient, ReferenceFetcher
 from imageforge.service import ImageService
 from imageforge.settings import Settings
 from imageforge.storage import LocalStorage, UrlSigner, load_or_create_secret
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 #: flight most young objects are: at 500 calls the default ran ~250 collections per
 #: 1,000 tasks (0.09 s of the loop), this runs 6 (0.05 s, ≤ 10 ms each).
 GC_THRESHOLDS = (20_000, 20, 20)
+OUTBOUND_USER_AGENT = "imageforge/0.1"
 
 
 @dataclass
@@ -47,6 +49,8 @@ class Runtime:
     engines: dict[str, Engine] = field(default_factory=dict)
     runner: Runner | None = None
     rate_limiter: RequestRateLimiter | None = None
+    #: The guarded client for URLs clients chose: references (and callbacks, with `post`).
+    outbound: OutboundClient | None = None
     fetcher: ReferenceFetcher | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -101,8 +105,11 @@ class Runtime:
     def _start_worker(self, engine_names: set[str]) -> None:
         settings = self.settings
         self.engines = build_engines(engine_names, settings)
+        self.outbound = OutboundClient(
+            AddressPolicy(settings.reference_allowlist), user_agent=OUTBOUND_USER_AGENT
+        )
         self.fetcher = ReferenceFetcher(
-            allowlist=settings.reference_allowlist,
+            client=self.outbound,
             limits=FetchLimits(
                 max_bytes=settings.reference_max_bytes,
                 max_pixels=settings.reference_max_pixels,
@@ -158,5 +165,7 @@ class Runtime:
                 await engine.aclose()
         if self.fetcher is not None:
             await self.fetcher.aclose()
+        if self.outbound is not None:
+            await self.outbound.aclose()
         await self.storage.aclose()
         await self.store.close()

@@ -76,6 +76,10 @@ class Settings(BaseSettings):
     engine: str = Field("offline", description="Engine for every model without its own routing.")
     models: dict[str, ModelConfig] = Field(default_factory=dict)
     render_processes: int = Field(1, ge=1, le=64, description="Offline engine render processes.")
+    offline_font_files: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Font files the offline engine tries first for captions, comma-separated.",
+    )
     upstreams: dict[str, UpstreamConfig] = Field(
         default_factory=dict, description="Named upstreams of the openai and relay engines."
     )
@@ -125,7 +129,7 @@ class Settings(BaseSettings):
     #: Mounts `/_bench/*` baseline routes; only the benchmark turns this on.
     bench_endpoints: bool = False
 
-    @field_validator("reference_allowlist", mode="before")
+    @field_validator("reference_allowlist", "offline_font_files", mode="before")
     @classmethod
     def _split_comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):

@@ -8,23 +8,23 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal, Protocol
+from typing import Literal, Protocol
 
-from imageforge.errors import ImageforgeError
+from imageforge.errors import ConfigurationError, ImageforgeError
+from imageforge.references.images import ReferenceImage
+
+__all__ = [
+    "Engine",
+    "EngineError",
+    "GeneratedImage",
+    "GenerationRequest",
+    "Quality",
+    "ReferenceImage",
+    "UpstreamRef",
+    "missing_extra",
+]
 
 Quality = Literal["low", "medium", "high"]
-
-
-@dataclass(frozen=True)
-class ReferenceImage:
-    """A reference image already fetched and checked (format allow-listed, pixels bounded)."""
-
-    url: str
-    data: bytes
-    #: Pillow format name: "PNG", "JPEG", "WEBP" or "GIF".
-    format: str
-    width: int
-    height: int
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,31 @@ class EngineError(ImageforgeError):
 
 
 class Engine(Protocol):
-    name: ClassVar[str]
-    # An engine may declare `fetches_references: ClassVar[bool] = False` when the
-    # service behind it fetches the URLs itself (relay): the worker then skips the
-    # download and passes only `reference_urls`.
+    """What the worker needs of an engine. Engines are built by the runtime
+    (`imageforge.engine_setup`) from their explicit configuration; they read neither the
+    settings nor the environment."""
+
+    @property
+    def name(self) -> str:
+        """The engine's name, for logs."""
+        ...
+
+    @property
+    def fetches_references(self) -> bool:
+        """True: the worker downloads and checks `image_urls` and passes them as `references`.
+        False: the service behind the engine fetches the URLs itself (relay), so the worker
+        downloads nothing and passes only `reference_urls`."""
+        ...
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage: ...
 
-    async def aclose(self) -> None: ...
+    async def aclose(self) -> None:
+        """Release what the engine holds; a later `generate` may open it again."""
+        ...
+
+
+def missing_extra(engine: str, needs: str) -> ConfigurationError:
+    """The start-up error of an engine whose optional dependencies are not installed."""
+    return ConfigurationError(
+        f"the {engine} engine needs {needs}: pip install 'imageforge[{engine}]'"
+    )

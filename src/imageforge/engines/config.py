@@ -3,6 +3,7 @@
 Only pydantic models live here: `settings.py` imports this module, so it must not import
 settings (or anything that connects). Keys are never part of the configuration, only the
 name of the environment variable that holds one, so a config file can be shared or logged.
+The runtime reads these (`imageforge.engine_setup`) and hands each engine what it needs.
 """
 
 from __future__ import annotations
@@ -83,6 +84,12 @@ class UpstreamConfig(BaseModel):
     poll_max_seconds: float = Field(5.0, gt=0, description="relay: the interval grows to this.")
     max_image_bytes: int = Field(
         64 * 1024 * 1024, ge=1024, description="Largest image download accepted."
+    )
+    download_allowlist: list[str] = Field(
+        default_factory=list,
+        description="Hosts or CIDRs, besides this upstream's own origin, that the images it "
+        "links to may come from although they are not public (its file server, its CDN on a "
+        "private network). Checked when the worker starts, like reference_allowlist.",
     )
     output_format: Literal["png", "jpeg", "webp"] = Field(
         "png", description="openai: the format asked of the Images API."

@@ -26,21 +26,18 @@ import importlib
 import io
 import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import orjson
 from PIL import Image
 
-from imageforge.errors import ConfigurationError
+from imageforge.engines.base import missing_extra
 
 try:
     import aiohttp
     import openai
 except ImportError as exc:  # pragma: no cover - depends on how imageforge was installed
-    raise ConfigurationError(
-        "the openai engine needs the openai package with its aiohttp transport: "
-        "pip install 'imageforge[openai]'"
-    ) from exc
+    raise missing_extra("openai", "the openai package with its aiohttp transport") from exc
 
 from imageforge.engines.base import GeneratedImage, GenerationRequest, ReferenceImage
 from imageforge.engines.upstream_errors import (
@@ -50,19 +47,11 @@ from imageforge.engines.upstream_errors import (
     parse_retry_after,
     timeout_error,
 )
-from imageforge.engines.upstreams import (
-    KEEPALIVE_SECONDS,
-    Route,
-    Router,
-    Upstream,
-    download_image,
-    upstream_image,
-)
-
-if TYPE_CHECKING:
-    from imageforge.settings import Settings
+from imageforge.engines.upstream_http import KEEPALIVE_SECONDS, UpstreamHTTP, upstream_image
+from imageforge.engines.upstreams import Route, Router, Upstream
 
 _UPLOAD_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+_USER_AGENT = "imageforge/0.1 (openai engine)"
 #: Reading an answer (JSON, then base64) costs ~3 ms per MB; above this it moves off the
 #: event loop.
 _INLINE_READ_BYTES = 1024 * 1024
@@ -70,24 +59,17 @@ _INLINE_READ_BYTES = 1024 * 1024
 
 class OpenAIEngine:
     name: ClassVar[str] = "openai"
+    fetches_references: ClassVar[bool] = True
 
-    def __init__(self, settings: Settings, *, router: Router | None = None) -> None:
-        self._router = router or Router.from_settings(settings, "openai")
+    def __init__(self, router: Router) -> None:
+        self._router = router
         self._clients: dict[str, openai.AsyncOpenAI] = {}
-        # For answers that link their image instead of carrying it (see `_download`).
-        self._downloads: aiohttp.ClientSession | None = None
-        self._tls: ssl.SSLContext | None = None
+        # Its TLS context serves the SDK's clients too; its downloads serve answers that link
+        # their image instead of carrying it (see `_generate_on`).
+        self._http = UpstreamHTTP(
+            router.upstreams.values(), user_agent=_USER_AGENT, tls=_sdk_tls_context
+        )
         self._warm_up()
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        # One context for all of this engine's clients: building one loads the CA store
-        # (~15 ms and ~1.5 MB each). It is built by the SDK's own HTTP library, so
-        # verification is what it would do.
-        if self._tls is None:
-            client_class = openai.DefaultAsyncHttpxClient.__mro__[1]
-            http_library = importlib.import_module(client_class.__module__.partition(".")[0])
-            self._tls = http_library.create_ssl_context()
-        return self._tls
 
     def _warm_up(self) -> None:
         """Pay the one-off costs now, not on the first wave of tasks: each client builds
@@ -113,9 +95,7 @@ class OpenAIEngine:
         clients, self._clients = self._clients, {}
         for client in clients.values():
             await client.close()
-        downloads, self._downloads = self._downloads, None
-        if downloads is not None:
-            await downloads.close()
+        await self._http.aclose()
 
     def _client(self, upstream: Upstream) -> openai.AsyncOpenAI:
         client = self._clients.get(upstream.name)
@@ -134,7 +114,7 @@ class OpenAIEngine:
                 timeout=timeout,
                 max_retries=0,
                 http_client=openai.DefaultAioHttpClient(
-                    limits=limits, timeout=timeout, verify=self._ssl_context()
+                    limits=limits, timeout=timeout, verify=self._http.tls_context()
                 ),
             )
             self._clients[upstream.name] = client
@@ -192,24 +172,19 @@ class OpenAIEngine:
             answer = _read_answer(upstream, body)
         image = answer.image
         if image is None:
+            # Some gateways (LocalAI among them) answer with a link unless asked for base64,
+            # a parameter OpenAI's image models refuse, so the link is followed instead.
             assert answer.url is not None
-            image = await self._download(upstream, answer.url)
+            image = await self._http.download_image(upstream, answer.url)
         return upstream_image(upstream, image, answer.usage)
 
-    async def _download(self, upstream: Upstream, link: str) -> bytes:
-        """The image an answer links to, up to `max_image_bytes`.
 
-        Some gateways (LocalAI among them) answer with a link unless asked for base64, a
-        parameter OpenAI's image models refuse, so the link is followed instead. The
-        upstream's key goes only to the upstream's own origin, never to a CDN."""
-        if self._downloads is None:
-            # Shared by every upstream: `download_image` sets each one's timeouts per request.
-            self._downloads = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    keepalive_timeout=KEEPALIVE_SECONDS, ssl=self._ssl_context()
-                )
-            )
-        return await download_image(self._downloads, upstream, link)
+def _sdk_tls_context() -> ssl.SSLContext:
+    """Built by the SDK's own HTTP library, so verification is what the SDK would do."""
+    client_class = openai.DefaultAsyncHttpxClient.__mro__[1]
+    http_library = importlib.import_module(client_class.__module__.partition(".")[0])
+    context: ssl.SSLContext = http_library.create_ssl_context()
+    return context
 
 
 def _transport_error(upstream: Upstream, exc: openai.APIConnectionError) -> Exception:

@@ -8,8 +8,9 @@ the next attempt (`request.resume`) instead of submitted again. The submission a
 and our checkpoint on upstreams that honour the header.
 
 Polling backs off from `poll_initial_seconds` by ×1.5 to `poll_max_seconds`; the whole wait is
-bounded by the upstream's `timeout_seconds`. The finished image is downloaded into our own
-storage by the runner, since the upstream's link expires.
+bounded by the upstream's `timeout_seconds`. The finished image is downloaded (where the
+upstream's answer may point: `upstream_http.py`) and the runner stores it as our own, since
+the upstream's link expires.
 
 Each upstream gets one aiohttp session with a pool as wide as its concurrency limit. A poll
 is the engine's most frequent call: with 500 in flight on one loop, a poll through httpx
@@ -21,15 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import ssl
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 from urllib.parse import quote
 
-import aiohttp
-import httpx
 import orjson
-from multidict import CIMultiDictProxy
+
+from imageforge.engines.base import missing_extra
+
+try:
+    import aiohttp
+    from multidict import CIMultiDictProxy
+except ImportError as exc:  # pragma: no cover - depends on how imageforge was installed
+    raise missing_extra("relay", "aiohttp") from exc
 
 from imageforge.engines.base import GeneratedImage, GenerationRequest, UpstreamRef
 from imageforge.engines.upstream_errors import (
@@ -41,18 +46,8 @@ from imageforge.engines.upstream_errors import (
     scrub,
     timeout_error,
 )
-from imageforge.engines.upstreams import (
-    KEEPALIVE_SECONDS,
-    Route,
-    Router,
-    Upstream,
-    download_image,
-    request_timeouts,
-    upstream_image,
-)
-
-if TYPE_CHECKING:
-    from imageforge.settings import Settings
+from imageforge.engines.upstream_http import UpstreamHTTP, upstream_image
+from imageforge.engines.upstreams import Route, Router, Upstream
 
 log = logging.getLogger(__name__)
 
@@ -81,21 +76,15 @@ class RelayEngine:
     #: The upstream fetches reference images itself; the worker need not download them.
     fetches_references: ClassVar[bool] = False
 
-    def __init__(self, settings: Settings, *, router: Router | None = None) -> None:
-        self._router = router or Router.from_settings(settings, "relay")
-        self._sessions: dict[str, aiohttp.ClientSession] = {}
-        self._tls: ssl.SSLContext | None = None
+    def __init__(self, router: Router) -> None:
+        self._router = router
+        # One session per upstream, for its API calls and its image downloads alike; httpx's
+        # TLS context, as before: certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR.
+        self._http = UpstreamHTTP(router.upstreams.values(), user_agent=_USER_AGENT)
 
     @property
     def router(self) -> Router:
         return self._router
-
-    def _ssl_context(self) -> ssl.SSLContext:
-        # One for all sessions: building one loads the CA store (~15 ms, ~1.5 MB). httpx's,
-        # as before: certifi's roots, or SSL_CERT_FILE / SSL_CERT_DIR when they are set.
-        if self._tls is None:
-            self._tls = httpx.create_ssl_context()
-        return self._tls
 
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         if request.resume is not None:
@@ -109,9 +98,7 @@ class RelayEngine:
 
     async def aclose(self) -> None:
         """Close every session; a later `generate` opens new ones."""
-        sessions, self._sessions = self._sessions, {}
-        for session in sessions.values():
-            await session.close()
+        await self._http.aclose()
 
     # One upstream task --------------------------------------------------------
 
@@ -247,26 +234,10 @@ class RelayEngine:
             interval = min(interval * _POLL_GROWTH, config.poll_max_seconds)
 
     async def _download(self, upstream: Upstream, image_url: str) -> GeneratedImage:
-        image = await download_image(self._session(upstream), upstream, image_url)
+        image = await self._http.download_image(upstream, image_url)
         return upstream_image(upstream, image)
 
     # HTTP ----------------------------------------------------------------------
-
-    def _session(self, upstream: Upstream) -> aiohttp.ClientSession:
-        session = self._sessions.get(upstream.name)
-        if session is None:
-            config = upstream.config
-            session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(
-                    limit=upstream.max_concurrency,
-                    keepalive_timeout=KEEPALIVE_SECONDS,
-                    ssl=self._ssl_context(),
-                ),
-                timeout=request_timeouts(config),
-                headers={"User-Agent": _USER_AGENT},
-            )
-            self._sessions[upstream.name] = session
-        return session
 
     async def _send(
         self, upstream: Upstream, method: str, path: str, *, json: object = None, **kwargs: Any
@@ -278,7 +249,7 @@ class RelayEngine:
         if data is not None:
             headers = {**headers, "Content-Type": "application/json"}
         try:
-            async with self._session(upstream).request(
+            async with self._http.session(upstream).request(
                 method, url, data=data, headers=headers, allow_redirects=False, **kwargs
             ) as response:
                 reply = _Reply(response.status, response.headers, await response.read())

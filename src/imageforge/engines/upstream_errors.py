@@ -177,10 +177,11 @@ def timeout_error(upstream: str, seconds: float) -> UpstreamError:
     )
 
 
-def connection_error(upstream: str, exc: BaseException) -> UpstreamError:
-    # The exception's own text can carry a URL with credentials in it; its type is enough.
+def connection_error(upstream: str, exc: BaseException, *, detail: str = "") -> UpstreamError:
+    """`detail` replaces the exception's type name: words of ours, never the exception's own
+    text, which can carry a URL with credentials in it."""
     return UpstreamError(
-        f"could not reach upstream '{upstream}' ({type(exc).__name__})",
+        scrub(f"could not reach upstream '{upstream}' ({detail or type(exc).__name__})"),
         upstream=upstream,
         retryable=True,
         code="upstream_unreachable",

@@ -280,9 +280,7 @@ class Runner:
                     f"engine {task.engine!r} is not configured on this worker", retryable=False
                 )
             references = (
-                await self._fetcher.fetch_all(task.image_urls)
-                if getattr(engine, "fetches_references", True)
-                else []
+                await self._fetcher.fetch_all(task.image_urls) if engine.fetches_references else []
             )
             image = await engine.generate(
                 GenerationRequest(

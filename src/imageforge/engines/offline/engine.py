@@ -94,13 +94,15 @@ class OfflineEngine:
     """Renders in a process pool, created on first use, so the event loop is never blocked."""
 
     name: ClassVar[str] = "offline"
-    #: Set by whoever builds the engine; a picklable value handed to every render.
-    render_options: RenderOptions = RenderOptions()
+    #: References are drawn into the picture: the worker fetches them.
+    fetches_references: ClassVar[bool] = True
 
-    def __init__(self, *, max_workers: int = 1) -> None:
+    def __init__(self, *, max_workers: int = 1, options: RenderOptions | None = None) -> None:
         if max_workers < 1:
             raise ValueError("max_workers must be at least 1")
         self._max_workers = max_workers
+        #: A picklable value handed to every render.
+        self.render_options = options or RenderOptions()
         self._pool: ProcessPoolExecutor | None = None
 
     def _executor(self) -> ProcessPoolExecutor:

@@ -1,0 +1,141 @@
+"""Fetch a task's reference images (`image_urls`) without becoming an SSRF proxy."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from imageforge.errors import ImageforgeError
+from imageforge.references.addresses import AddressPolicy
+from imageforge.references.errors import OutboundError
+from imageforge.references.images import ImageRejected, ReferenceImage, check_image
+from imageforge.references.outbound import OutboundClient, Timeouts, check_url, display_url
+
+USER_AGENT = "imageforge/0.1 (reference fetcher)"
+_HEADERS = {
+    "Accept": "image/png, image/jpeg, image/webp, image/gif",
+    # The client may be shared (the runtime's), whose own User-Agent is generic.
+    "User-Agent": USER_AGENT,
+}
+# How many references of one task are in flight at once.
+_CONCURRENCY = 4
+# A socket read may stall this long; the total deadline is what bounds a trickle.
+_READ_TIMEOUT_S = 10.0
+
+
+@dataclass(frozen=True)
+class FetchLimits:
+    max_bytes: int = 20 * 1024 * 1024
+    max_pixels: int = 50_000_000  # decoded width*height
+    total_timeout_s: float = 30.0  # per reference, whole fetch incl. redirects
+    connect_timeout_s: float = 5.0
+    max_redirects: int = 5
+
+
+class ReferenceFetchError(ImageforgeError):
+    """One reference could not be used. `retryable` is True only for transient network trouble.
+
+    `index` counts from 0, as the JSON array does and as the create-time checks report it: the
+    first URL is `image_urls[0]`.
+
+    `url` is the display form (credentials removed, trimmed), never the raw input, so the error
+    can be logged and shown to the client as is.
+    """
+
+    status_code = 400
+    error_type = "invalid_request_error"
+    code = "invalid_reference"
+
+    def __init__(self, *, index: int, url: str, reason: str, retryable: bool) -> None:
+        self.index = index
+        self.url = display_url(url)
+        self.reason = reason
+        self.retryable = retryable
+        super().__init__(
+            f"image_urls[{index}] ({self.url}): {reason}", param=f"image_urls[{index}]"
+        )
+
+
+class ReferenceFetcher:
+    """Downloads and checks references through an `OutboundClient`: the one given (shared
+    with callbacks under the same allow-list, and closed by its owner), or one of its own
+    for `allowlist`."""
+
+    def __init__(
+        self,
+        *,
+        allowlist: Sequence[str] = (),
+        limits: FetchLimits = FetchLimits(),
+        client: OutboundClient | None = None,
+    ) -> None:
+        self._limits = limits
+        self._owns_client = client is None
+        self._client = client or OutboundClient(AddressPolicy(allowlist), user_agent=USER_AGENT)
+        self._timeouts = Timeouts(
+            connect=limits.connect_timeout_s,
+            read=min(_READ_TIMEOUT_S, limits.total_timeout_s),
+            total=limits.total_timeout_s,
+        )
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def fetch_all(self, urls: Sequence[str]) -> list[ReferenceImage]:
+        """Fetch every reference, in order. The first failure raises ReferenceFetchError and
+        cancels the rest."""
+        if not urls:
+            return []
+        # A URL that is wrong on its face fails the task before anything touches the network.
+        for index, url in enumerate(urls):
+            try:
+                check_url(url)
+            except OutboundError as refused:
+                raise ReferenceFetchError(
+                    index=index, url=url, reason=refused.reason, retryable=False
+                ) from None
+
+        gate = asyncio.Semaphore(_CONCURRENCY)
+
+        async def bounded(index: int, url: str) -> ReferenceImage:
+            async with gate:
+                return await self._fetch_one(index, url)
+
+        tasks = [asyncio.create_task(bounded(index, url)) for index, url in enumerate(urls)]
+        try:
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _fetch_one(self, index: int, url: str) -> ReferenceImage:
+        limits = self._limits
+        try:
+            fetched = await self._client.get(
+                url,
+                max_bytes=limits.max_bytes,
+                timeouts=self._timeouts,
+                headers=_HEADERS,
+                max_redirects=limits.max_redirects,
+            )
+        except OutboundError as failed:
+            raise ReferenceFetchError(
+                index=index, url=url, reason=failed.reason, retryable=failed.retryable
+            ) from None
+        try:
+            fmt, width, height = await asyncio.to_thread(
+                check_image, fetched.body, limits.max_pixels
+            )
+        except ImageRejected as rejected:
+            reason = rejected.reason
+            if fetched.content_encoding:
+                reason += (
+                    f" (the body was sent with Content-Encoding: {fetched.content_encoding}, "
+                    "which is never decoded)"
+                )
+            raise ReferenceFetchError(
+                index=index, url=url, reason=reason, retryable=False
+            ) from None
+        return ReferenceImage(url=url, data=fetched.body, format=fmt, width=width, height=height)
