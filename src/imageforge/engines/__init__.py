@@ -17,6 +17,7 @@ from imageforge.errors import ConfigurationError
 
 if TYPE_CHECKING:
     # Not at run time: settings imports engines.config, which imports this package.
+    from imageforge.engines.diffusers.config import DiffusersModelConfig
     from imageforge.settings import Settings
 
 __all__ = [
@@ -28,7 +29,7 @@ __all__ = [
     "build_engines",
 ]
 
-KNOWN_ENGINES = ("offline", "openai", "relay")
+KNOWN_ENGINES = ("offline", "openai", "relay", "diffusers")
 
 
 def build_engine(name: str, settings: Settings) -> Engine:
@@ -44,12 +45,31 @@ def build_engine(name: str, settings: Settings) -> Engine:
         from imageforge.engines.relay import RelayEngine
 
         return RelayEngine(settings)
+    if name == "diffusers":
+        from imageforge.engines.diffusers import DiffusersEngine
+
+        return DiffusersEngine(_diffusers_models(settings))
     if ":" in name:
         return _load_plugin(name, settings)
     raise ConfigurationError(
         f"unknown engine {name!r}; available engines: {', '.join(KNOWN_ENGINES)}, "
         "or a plugin as 'package.module:ClassName'"
     )
+
+
+def _diffusers_models(settings: Settings) -> dict[str, DiffusersModelConfig]:
+    """The `[models.NAME.diffusers]` tables of the models routed to the diffusers engine."""
+    routed = [spec.name for spec in settings.model_specs().values() if spec.engine == "diffusers"]
+    models: dict[str, DiffusersModelConfig] = {}
+    for name in routed:
+        config = settings.models.get(name)
+        if config is None or config.diffusers is None:
+            raise ConfigurationError(
+                f"model {name!r} is routed to the diffusers engine but has no "
+                f'[models."{name}".diffusers] table (path = its model folder)'
+            )
+        models[name] = config.diffusers
+    return models
 
 
 def _load_plugin(path: str, settings: Settings) -> Engine:
