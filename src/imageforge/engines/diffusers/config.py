@@ -147,7 +147,7 @@ class DiffusersModelConfig(BaseModel):
         description="quality=high: a second image-to-image pass at the output size.",
     )
     refine_max_pixels: int = Field(
-        2_097_152, ge=65_536, description="The refinement pass runs at most at this many pixels."
+        2_097_152, ge=4096, description="The refinement pass runs at most at this many pixels."
     )
     max_batch: int | None = Field(
         None, ge=1, le=64, description="Queued tasks per pipeline call; default 4 on CUDA, else 1."
