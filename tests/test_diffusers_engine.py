@@ -294,9 +294,14 @@ async def test_a_cancelled_generation_stops_at_its_next_step(
     engines.append(engine)
     await engine.generate(request())
     figures: list[int] = []
-    job = asyncio.create_task(engine.generate(request(model="slow", progress=figures.append)))
-    while not figures:
-        await asyncio.sleep(0.01)
+    stepping = asyncio.Event()
+
+    def record(figure: int) -> None:
+        figures.append(figure)
+        stepping.set()
+
+    job = asyncio.create_task(engine.generate(request(model="slow", progress=record)))
+    await asyncio.wait_for(stepping.wait(), timeout=30)
     job.cancel()
     with pytest.raises(asyncio.CancelledError):
         await job
