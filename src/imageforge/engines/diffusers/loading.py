@@ -263,33 +263,32 @@ def image_to_image(text_to_image: Any) -> Any:
 
 
 def optimise(pipeline: Any, device: torch.device, *, compile_denoiser: bool) -> None:
-    """The speed-ups that pay on a GPU: PyTorch's fused attention (SDPA), channels-last
-    convolutions, and optionally torch.compile of the denoiser (minutes on its first call,
-    per size and batch). Nothing on CPU, where channels-last measured slower."""
-    if device.type == "cpu":
-        return
+    """The speed-ups the engine applies: PyTorch's fused attention (SDPA) wherever a layer
+    still runs diffusers' unfused processor, channels-last convolutions on CUDA, and on request
+    torch.compile of the denoiser (minutes on its first call at each size and batch)."""
     import torch
-    from diffusers.models.attention_processor import AttnProcessor2_0
+    from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
 
-    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
-    if getattr(pipeline, "unet", None) is not None and model_uses_plain_attention(denoiser):
-        denoiser.set_attn_processor(AttnProcessor2_0())
+    unet = getattr(pipeline, "unet", None)
+    denoiser = unet if unet is not None else pipeline.transformer
+    if unet is not None:
+        processors = unet.attn_processors
+        # One by one: IP-Adapter layers keep their own processors.
+        fused = {
+            name: AttnProcessor2_0() if type(processor) is AttnProcessor else processor
+            for name, processor in processors.items()
+        }
+        if any(fused[name] is not processors[name] for name in processors):
+            unet.set_attn_processor(fused)
     if device.type == "cuda":
         denoiser.to(memory_format=torch.channels_last)
         pipeline.vae.to(memory_format=torch.channels_last)
     if compile_denoiser:
-        compiled = torch.compile(denoiser, fullgraph=False)
-        if getattr(pipeline, "unet", None) is not None:
+        compiled = torch.compile(denoiser)
+        if unet is not None:
             pipeline.unet = compiled
         else:
             pipeline.transformer = compiled
-
-
-def model_uses_plain_attention(denoiser: Any) -> bool:
-    """True when some attention layer runs the unfused (pre-SDPA) processor."""
-    from diffusers.models.attention_processor import AttnProcessor
-
-    return any(isinstance(p, AttnProcessor) for p in denoiser.attn_processors.values())
 
 
 def check_scheduler(model_name: str, scheduler: str) -> None:
