@@ -18,7 +18,8 @@ from PIL import Image, ImageChops, ImageStat
 from pydantic import ValidationError
 
 from imageforge.engines import EngineError, GenerationRequest, ReferenceImage, build_engine
-from imageforge.engines.diffusers import DiffusersEngine, DiffusersModelConfig
+from imageforge.engines.diffusers.config import DiffusersModelConfig
+from imageforge.engines.diffusers.engine import DiffusersEngine
 from imageforge.engines.diffusers.plan import image_to_image_steps
 from imageforge.errors import ConfigurationError
 from imageforge.settings import Settings

@@ -46,7 +46,7 @@ def build_engine(name: str, settings: Settings) -> Engine:
 
         return RelayEngine(settings)
     if name == "diffusers":
-        from imageforge.engines.diffusers import DiffusersEngine
+        from imageforge.engines.diffusers.engine import DiffusersEngine
 
         return DiffusersEngine(_diffusers_models(settings))
     if ":" in name:

@@ -1,12 +1,6 @@
 """Local generation with diffusers model folders (the `local` extra).
 
-Importing this package imports neither torch nor diffusers: the engine loads them on its own
-thread, and `settings.py` needs only the configuration models.
+The engine lives in `engines/diffusers/engine.py`; this package imports nothing else, so that
+`settings.py` reads `config.py` without loading the engine, and nothing here imports torch
+or diffusers until the engine loads a model on its own thread.
 """
-
-from __future__ import annotations
-
-from imageforge.engines.diffusers.config import DiffusersModelConfig, IPAdapterConfig
-from imageforge.engines.diffusers.engine import DiffusersEngine
-
-__all__ = ["DiffusersEngine", "DiffusersModelConfig", "IPAdapterConfig"]
