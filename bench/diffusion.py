@@ -155,9 +155,7 @@ def device_name(device: torch.device) -> str:
 
 def build_on(device: torch.device, arch: str, dtype: torch.dtype) -> Any:
     began = time.monotonic()
-    # Built directly on the device: initialising 3.5 billion random weights on a CPU is slow.
-    with torch.device(device):
-        pipeline = build_pipeline(ARCHITECTURES[arch], dtype=dtype)
+    pipeline = build_pipeline(ARCHITECTURES[arch], dtype=dtype, device=device)
     pipeline.set_progress_bar_config(disable=True)
     image_to_image(pipeline)  # as the engine does; shares the weights
     log(f"built {arch} on {device} in {time.monotonic() - began:.1f} s")

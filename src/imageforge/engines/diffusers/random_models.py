@@ -245,22 +245,33 @@ def _byte_alphabet() -> list[str]:
 
 
 def build_pipeline(
-    architecture: Architecture, *, seed: int = 0, dtype: torch.dtype = torch.float32
+    architecture: Architecture,
+    *,
+    seed: int = 0,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
 ) -> StableDiffusionPipeline | StableDiffusionXLPipeline:
-    """A pipeline of `architecture` with random weights (reproducible from `seed`)."""
+    """A pipeline of `architecture` with random weights (reproducible from `seed`), built
+    directly on `device`: initialising billions of weights on a CPU first takes minutes."""
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**architecture.unet)
-    vae = AutoencoderKL(**architecture.vae)
+    # Outside the device context: schedulers keep their tables on the CPU (numpy reads them).
     scheduler_class = (
         EulerAncestralDiscreteScheduler if architecture.ancestral else EulerDiscreteScheduler
     )
     scheduler = scheduler_class(**architecture.scheduler)
+    with torch.device(device):
+        unet = UNet2DConditionModel(**architecture.unet)
+        vae = AutoencoderKL(**architecture.vae)
+        encoders = [
+            (CLIPTextModel if index == 0 else CLIPTextModelWithProjection)(CLIPTextConfig(**c))
+            for index, c in enumerate(architecture.text_encoders)
+        ]
     if architecture.layout == "sd":
-        (text,) = architecture.text_encoders
+        (text_encoder,) = encoders
         pipeline: StableDiffusionPipeline | StableDiffusionXLPipeline = StableDiffusionPipeline(
             unet=unet,
             vae=vae,
-            text_encoder=CLIPTextModel(CLIPTextConfig(**text)),
+            text_encoder=text_encoder,
             tokenizer=byte_level_tokenizer(),
             scheduler=scheduler,
             safety_checker=None,
@@ -269,17 +280,17 @@ def build_pipeline(
             requires_safety_checker=False,
         )
     else:
-        first, second = architecture.text_encoders
+        first, second = encoders
         pipeline = StableDiffusionXLPipeline(
             unet=unet,
             vae=vae,
-            text_encoder=CLIPTextModel(CLIPTextConfig(**first)),
-            text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**second)),
+            text_encoder=first,
+            text_encoder_2=second,
             tokenizer=byte_level_tokenizer(),
             tokenizer_2=byte_level_tokenizer(),
             scheduler=scheduler,
         )
-    return pipeline.to(dtype=dtype)
+    return pipeline if dtype == torch.float32 else pipeline.to(dtype=dtype)
 
 
 def save_model_folder(
