@@ -113,9 +113,10 @@ def prepare_inputs(plan: Plan, request: GenerationRequest) -> Inputs:
     """Decode the references a plan uses, sized for it."""
     if plan.mode == "text":
         return Inputs()
+    if plan.mode == "image":  # only the first reference is used
+        first = _decode(0, request.references[0].data)
+        return Inputs(init_image=fit_exactly(first, plan.first.width, plan.first.height))
     references = [_decode(index, ref.data) for index, ref in enumerate(request.references)]
-    if plan.mode == "image":
-        return Inputs(init_image=fit_exactly(references[0], plan.first.width, plan.first.height))
     for reference in references:
         reference.thumbnail((IP_REFERENCE_EDGE, IP_REFERENCE_EDGE), Image.Resampling.LANCZOS)
     return Inputs(references=references)
