@@ -340,6 +340,21 @@ async def test_an_unknown_model_is_refused_for_good(
     assert raised.value.retryable is False
 
 
+async def test_a_device_the_machine_lacks_fails_its_tasks_for_good(
+    tiny_folders: TinyFolders, engines: list[DiffusersEngine], caplog: pytest.LogCaptureFixture
+) -> None:
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    engines.append(engine := engine_for(tiny=tiny_config(tiny_folders.sd, device="cuda:7")))
+    with pytest.raises(EngineError, match=r"device 'cuda:7' is configured but") as raised:
+        await engine.generate(request())
+    assert raised.value.retryable is False
+    # The preload at start-up already said so in the log.
+    assert any("could not load diffusers model 'tiny'" in r.getMessage() for r in caplog.records)
+
+
 # Start-up errors ----------------------------------------------------------------------------
 
 
@@ -403,6 +418,7 @@ def test_a_model_routed_to_diffusers_needs_its_table(tiny_folders: TinyFolders) 
         ({"strength": {"low": 0, "medium": 0.5, "high": 0.5}}, "strength"),
         ({"steps": {"low": 0, "medium": 1, "high": 1}}, "steps.low"),
         ({"device": "tpu"}, "device"),
+        ({"device": "cudax"}, "device"),
         ({"scheduler": "fast"}, "scheduler"),
         ({"bogus": 1}, "bogus"),
     ],

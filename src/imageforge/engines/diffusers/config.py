@@ -16,7 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from imageforge.engines.base import Quality
 
 Family = Literal["sd", "sd-turbo", "sdxl", "sdxl-turbo", "flux", "flux-schnell", "sd3", "sd3-turbo"]
-Device = Literal["auto", "cuda", "mps", "cpu"]
+#: auto, cpu, mps, cuda or cuda:N (the N-th GPU).
+DEVICE_PATTERN = r"^(auto|cpu|mps|cuda(:[0-9]{1,2})?)$"
 Dtype = Literal["auto", "float16", "bfloat16", "float32"]
 
 #: Short scheduler names accepted besides diffusers' own class names.
@@ -123,7 +124,9 @@ class DiffusersModelConfig(BaseModel):
         description="Picks the defaults below; default: from the folder's pipeline class, "
         "'-turbo'/'-schnell' when the folder name says turbo, schnell or lightning.",
     )
-    device: Device = Field("auto", description="auto: cuda, else mps, else cpu.")
+    device: str = Field(
+        "auto", pattern=DEVICE_PATTERN, description="auto: cuda, else mps, else cpu; or cuda:N."
+    )
     dtype: Dtype = Field("auto", description="auto: the family's on a GPU, float32 on CPU.")
     scheduler: str | None = Field(
         None, description="A diffusers scheduler class or alias (euler, euler_a, dpmpp_2m, …)."

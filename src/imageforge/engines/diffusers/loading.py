@@ -203,10 +203,13 @@ def resolve_device(wanted: str) -> torch.device:
         if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if wanted == "cuda" and not torch.cuda.is_available():
-        raise ValueError(
-            f"device 'cuda' is configured but this torch ({torch.__version__}) sees no CUDA GPU"
-        )
+    if wanted.startswith("cuda"):
+        index = int(wanted.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise ValueError(
+                f"device {wanted!r} is configured but this torch ({torch.__version__}) sees "
+                f"{torch.cuda.device_count()} CUDA GPU(s)"
+            )
     if wanted == "mps" and not torch.backends.mps.is_available():
         raise ValueError("device 'mps' is configured but this machine has no MPS device")
     return torch.device(wanted)
