@@ -419,6 +419,7 @@ def test_a_model_routed_to_diffusers_needs_its_table(tiny_folders: TinyFolders) 
         ({"steps": {"low": 0, "medium": 1, "high": 1}}, "steps.low"),
         ({"device": "tpu"}, "device"),
         ({"device": "cudax"}, "device"),
+        ({"guidance": {"low": -1, "medium": 0, "high": 0}}, "guidance"),
         ({"scheduler": "fast"}, "scheduler"),
         ({"bogus": 1}, "bogus"),
     ],

@@ -177,3 +177,11 @@ class DiffusersModelConfig(BaseModel):
             if not 0 < getattr(value, row) <= 1:
                 raise ValueError(f"{row}: must be in (0, 1]")
         return value
+
+    @field_validator("guidance")
+    @classmethod
+    def _guidance_not_negative(cls, value: PerQuality | None) -> PerQuality | None:
+        for row in ("low", "medium", "high"):
+            if value is not None and not 0 <= getattr(value, row) <= 50:
+                raise ValueError(f"{row}: must be between 0 and 50")
+        return value
