@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 HOST ?= 127.0.0.1
 PORT ?= 8000
+TORCH_VERSION ?= 2.13.0
 
-.PHONY: install serve test lint typecheck pytest bench bench-upstream bench-queue clean
+.PHONY: install serve test lint typecheck pytest bench bench-upstream bench-queue bench-diffusion clean
 
 install: $(STAMP)
 
@@ -15,8 +16,11 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "imageforge needs Python 3.11 or newer")'
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
+	@# torch first and pinned, so that the `local` extra's loose torch>=2.4 is already met and
+	@# pip never fetches a multi-gigabyte CUDA build.
+	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e clients/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,openai,relay,redis]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,openai,relay,redis,local]'
 	@touch $(STAMP)
 
 serve: install
@@ -44,6 +48,9 @@ bench-upstream: install
 
 bench-queue: install
 	$(BIN)/python bench/queue.py
+
+bench-diffusion: install
+	$(BIN)/python bench/diffusion.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

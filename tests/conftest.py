@@ -14,6 +14,7 @@ from imageforge.api.app import create_app
 from imageforge.keyring import create_api_key
 from imageforge.runtime import Runtime
 from imageforge.settings import Settings
+from tests.tiny_diffusers import tiny_folders  # noqa: F401  (a session fixture, shared)
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:

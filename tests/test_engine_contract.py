@@ -1,5 +1,7 @@
-"""What every engine promises, run against offline, openai (a fake Images API on 127.0.0.1)
-and relay (a second imageforge on 127.0.0.1), each built through `build_engine`."""
+"""What every engine promises, run against offline, openai (a fake Images API on 127.0.0.1),
+relay (a second imageforge on 127.0.0.1) and diffusers (tiny random SD and SDXL model
+folders: references through an IP-Adapter on SD, image-to-image on SDXL), each built through
+`build_engine`."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from imageforge.engine_setup import build_engine
 from imageforge.engines import Engine, GenerationRequest, ReferenceImage
 from imageforge.errors import ConfigurationError
 from imageforge.settings import Settings
+from tests.tiny_diffusers import TinyFolders, tiny_config
 from tests.upstream_servers import (
     FakeImagesAPI,
     ImageforgeUpstream,
@@ -50,7 +53,34 @@ def files() -> Iterator[FakeImagesAPI]:
         yield api
 
 
-@pytest.fixture(params=["offline", "openai", "relay"])
+def diffusers_subject(folders: TinyFolders, layout: str, reference: ReferenceImage) -> Subject:
+    plain = folders.sd if layout == "sd" else folders.sdxl
+    with_references = folders.sd_ip_adapter if layout == "sd" else folders.sdxl
+    # A model of 500 steps a generation, on the same folder (and so the same loaded pipeline
+    # and thread): a task queued behind one of its generations waits for seconds.
+    slow = {"low": 500, "medium": 500, "high": 500}
+    settings = Settings(
+        engine="diffusers",
+        models={
+            "gpt-image-2": {"diffusers": tiny_config(plain)},
+            "gpt-image-2-r": {"diffusers": tiny_config(with_references)},
+            "slow-lane": {"diffusers": tiny_config(plain, steps=slow)},
+        },
+    )
+    engine = build_engine("diffusers", settings)
+    blockers: list[asyncio.Task[object]] = []
+
+    def slow_down() -> None:
+        blockers.append(asyncio.create_task(engine.generate(generation(model="slow-lane"))))
+
+    def speed_up() -> None:
+        for blocker in blockers:
+            blocker.cancel()
+
+    return Subject(engine, reference, slow_down, speed_up, lambda: 0, False)
+
+
+@pytest.fixture(params=["offline", "openai", "relay", "diffusers-sd", "diffusers-sdxl"])
 async def subject(
     request: pytest.FixtureRequest,
     tmp_path: Path,
@@ -77,6 +107,9 @@ async def subject(
             lambda: None,  # the slow reply was for one call only
             lambda: files.completed + files.in_flight,
         )
+    elif name.startswith("diffusers-"):
+        folders: TinyFolders = request.getfixturevalue("tiny_folders")
+        subject = diffusers_subject(folders, name.removeprefix("diffusers-"), reference)
     else:
         upstream = await ImageforgeUpstream.start(tmp_path / "upstream")
         monkeypatch.setenv(KEY_ENV, upstream.api_key)

@@ -2,7 +2,8 @@
 
 The one place engines meet `Settings`: each engine is constructed from its own explicit
 configuration, assembled here, and reads neither the settings nor `os.environ` itself.
-`offline` gets its process count; `openai` and `relay` get a `Router` of their upstreams,
+`offline` gets its process count and font files; `diffusers` the `[models.NAME.diffusers]`
+tables of its models; `openai` and `relay` get a `Router` of their upstreams,
 with the keys read from the environment variables the configuration names. A new engine is
 one builder in `_BUILDERS` (`(settings, environ) -> Engine`), taking from the settings what
 it needs, e.g. its models' own tables.
@@ -26,6 +27,7 @@ from typing import Any
 from imageforge.engines import Engine, GeneratedImage, GenerationRequest
 from imageforge.engines.breaker import CircuitBreaker
 from imageforge.engines.config import UpstreamConfig, UpstreamKind
+from imageforge.engines.diffusers.config import DiffusersModelConfig
 from imageforge.engines.upstreams import Route, Router, Upstream
 from imageforge.errors import ConfigurationError
 from imageforge.settings import Settings
@@ -86,7 +88,33 @@ def _relay(settings: Settings, environ: Mapping[str, str]) -> Engine:
     return RelayEngine(build_router(settings, "relay", environ=environ))
 
 
-_BUILDERS: dict[str, EngineBuilder] = {"offline": _offline, "openai": _openai, "relay": _relay}
+def _diffusers(settings: Settings, environ: Mapping[str, str]) -> Engine:
+    from imageforge.engines.diffusers.engine import DiffusersEngine
+
+    return DiffusersEngine(_diffusers_models(settings))
+
+
+def _diffusers_models(settings: Settings) -> dict[str, DiffusersModelConfig]:
+    """The `[models.NAME.diffusers]` tables of the models routed to the diffusers engine."""
+    routed = [spec.name for spec in settings.model_specs().values() if spec.engine == "diffusers"]
+    models: dict[str, DiffusersModelConfig] = {}
+    for name in routed:
+        config = settings.models.get(name)
+        if config is None or config.diffusers is None:
+            raise ConfigurationError(
+                f"model {name!r} is routed to the diffusers engine but has no "
+                f'[models."{name}".diffusers] table (path = its model folder)'
+            )
+        models[name] = config.diffusers
+    return models
+
+
+_BUILDERS: dict[str, EngineBuilder] = {
+    "offline": _offline,
+    "openai": _openai,
+    "relay": _relay,
+    "diffusers": _diffusers,
+}
 
 
 # Upstream engines: the settings and the environment → a Router ------------------------------

@@ -24,6 +24,7 @@ from pydantic_settings import (
 from imageforge.billing import PriceBook, build_price_book
 from imageforge.catalog import DEFAULT_MODELS, ModelSpec
 from imageforge.engines.config import UpstreamConfig, normalize_base_url
+from imageforge.engines.diffusers.config import DiffusersModelConfig
 
 DEFAULT_CONFIG_FILE = "imageforge.toml"
 
@@ -52,6 +53,10 @@ class ModelConfig(BaseModel):
     )
     upstream_model: str | None = Field(
         None, description="Model name sent upstream; default: the public name."
+    )
+    # The diffusers engine: see engines/diffusers/config.py.
+    diffusers: DiffusersModelConfig | None = Field(
+        None, description="The local model folder and its settings (engine = diffusers)."
     )
 
 

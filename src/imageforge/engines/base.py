@@ -57,6 +57,12 @@ class GenerationRequest:
     checkpoint: Callable[[UpstreamRef], Awaitable[None]] | None = field(
         default=None, compare=False, repr=False
     )
+    #: Engines that know how far along they are call this with a 0–100 figure, on the event
+    #: loop thread; the figures rise and end at 100.
+    progress: Callable[[int], None] | None = field(default=None, compare=False, repr=False)
+    #: The seed of engines that draw noise (diffusers); None: derived from the task id, so
+    #: every attempt at one task draws the same image.
+    seed: int | None = None
 
 
 @dataclass(frozen=True)
