@@ -41,7 +41,7 @@ bench-upstream: install
 	$(BIN)/python bench/upstream.py
 
 bench-queue: install
-	$(BIN)/python bench/queue.py
+	$(BIN)/python bench/queue_bench.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -15,6 +15,9 @@ from imageforge.keyring import create_api_key
 from imageforge.runtime import Runtime
 from imageforge.settings import Settings
 
+# PostgreSQL fixtures for every module that asks for them (skipped without a server).
+pytest_plugins = ["tests.pg"]
+
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 from PIL import Image
 
-from tests.server_process import ServerProcess, create_key, run_cli, wait_terminal
+from imageforge.testing.processes import ServerProcess, create_key, run_cli, wait_terminal
 
 KEY_PATTERN = re.compile(r"ifk_[0-9A-Za-z]{38}")
 
