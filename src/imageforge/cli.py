@@ -17,13 +17,14 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from imageforge.billing import format_amount, parse_amount, to_json_number
+from imageforge.billing import format_amount, parse_amount
 from imageforge.errors import ImageforgeError
 from imageforge.ids import KeyId
 from imageforge.keyring import create_api_key
 from imageforge.settings import Settings
 from imageforge.store import ApiKeyRecord, Store, open_store, upgrade_database
 from imageforge.store.base import UsageRow
+from imageforge.wire import key_created_body, key_info_body, usage_body
 
 app = typer.Typer(
     name="imageforge",
@@ -103,14 +104,16 @@ def serve(
     _configure_logging(settings.log_level)
     asyncio.run(_announce_first_key(settings, host, port))
     uvicorn_config = uvicorn.Config(
-        create_app(settings, run_worker=not no_worker),
+        # The one place the garbage collector is tuned: this process serves and nothing else.
+        create_app(settings, run_worker=not no_worker, tune_gc=True),
         host=host,
         port=port,
         loop="uvloop",
         http="httptools",
         access_log=settings.access_log,
         log_level=settings.log_level,
-        proxy_headers=True,
+        # The app applies `trusted_proxies` itself; uvicorn's FORWARDED_ALLOW_IPS is not read.
+        proxy_headers=False,
         server_header=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
@@ -210,7 +213,7 @@ def worker(
     async def run() -> None:
         import uvloop  # noqa: F401  (imported to fail early if missing)
 
-        runtime = await Runtime.start(settings, run_api=False, run_worker=True)
+        runtime = await Runtime.start(settings, run_api=False, run_worker=True, tune_gc=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -268,16 +271,15 @@ def keys_create(
     balance = _amount(credits, "--credits")
     settings = _settings(config)
 
-    async def create(store: Store) -> tuple[str, str]:
-        record, secret = await create_api_key(store, name, balance_micros=balance)
-        return record.id, secret
+    async def create(store: Store) -> tuple[ApiKeyRecord, str]:
+        return await create_api_key(store, name, balance_micros=balance)
 
-    key_id, secret = asyncio.run(_with_store(settings, create))
+    record, secret = asyncio.run(_with_store(settings, create))
     if as_json:
-        print(json.dumps({"id": key_id, "key": secret, "name": name}))
+        print(json.dumps(key_created_body(record, secret)))
         return
     console.print(
-        f"Created API key [bold]{key_id}[/bold] ({name}, credits: "
+        f"Created API key [bold]{record.id}[/bold] ({name}, credits: "
         f"{_balance_text(balance, settings.currency)}). Store the secret now:"
     )
     print(secret)
@@ -338,30 +340,7 @@ def keys_usage(
         raise typer.Exit(1)
     currency = settings.currency
     if as_json:
-        print(
-            json.dumps(
-                {
-                    "key_id": key.id,
-                    "currency": currency,
-                    "balance": None
-                    if key.balance_micros is None
-                    else to_json_number(key.balance_micros),
-                    "spend": to_json_number(sum(r.spend_micros for r in rows)),
-                    "days": [
-                        {
-                            "day": r.day,
-                            "model": r.model,
-                            "tasks": r.tasks,
-                            "completed": r.completed,
-                            "failed": r.failed,
-                            "unfinished": r.unfinished,
-                            "spend": to_json_number(r.spend_micros),
-                        }
-                        for r in rows
-                    ],
-                }
-            )
-        )
+        print(json.dumps(usage_body(key, currency, rows)))
         return
     console.print(
         f"{key.id} ({key.name}): balance {_balance_text(key.balance_micros, currency)}, "
@@ -390,24 +369,7 @@ def keys_list(
     settings = _settings(config)
     records = asyncio.run(_with_store(settings, lambda store: store.list_keys()))
     if as_json:
-        print(
-            json.dumps(
-                [
-                    {
-                        "id": r.id,
-                        "name": r.name,
-                        "hint": r.hint,
-                        "created_at": r.created_at,
-                        "revoked_at": r.revoked_at,
-                        "active": r.is_active,
-                        "balance": None
-                        if r.balance_micros is None
-                        else to_json_number(r.balance_micros),
-                    }
-                    for r in records
-                ]
-            )
-        )
+        print(json.dumps([key_info_body(record) for record in records]))
         return
     table = Table("id", "name", "key", "credits", "created", "revoked")
     for r in records:
