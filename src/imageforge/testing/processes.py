@@ -44,9 +44,9 @@ def run_cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProce
     )
 
 
-def create_key(data_dir: Path, name: str = "test") -> dict[str, Any]:
+def create_key(data_dir: Path, name: str = "test", **env: str) -> dict[str, Any]:
     """`imageforge keys create --json`: → {"id", "key", "name"}."""
-    result = run_cli(data_dir, "keys", "create", "--name", name, "--json")
+    result = run_cli(data_dir, "keys", "create", "--name", name, "--json", **env)
     if result.returncode != 0:
         raise RuntimeError(f"keys create failed: {result.stderr}")
     created: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
