@@ -6,6 +6,7 @@ variable, plus the data dir and what the caller adds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -80,6 +81,8 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,
+            # Its own process group, so that `kill` takes the render processes with it.
+            start_new_session=True,
         )
         self._wait_ready()
 
@@ -112,7 +115,9 @@ class ServerProcess:
         return code
 
     def kill(self) -> None:
-        self.process.kill()
+        """SIGKILL, as a crash would: the server and every process it started."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         self._log.close()
 
