@@ -47,7 +47,7 @@ bench-upstream: install
 	$(BIN)/python bench/upstream.py
 
 bench-queue: install
-	$(BIN)/python bench/queue.py
+	$(BIN)/python bench/queue_bench.py
 
 bench-diffusion: install
 	$(BIN)/python bench/diffusion.py

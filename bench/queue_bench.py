@@ -1,4 +1,4 @@
-"""The queue benchmark on PostgreSQL (entry point: bench/queue.py). One JSON report.
+"""The queue benchmark on PostgreSQL: `python bench/queue_bench.py [--help]`. One JSON report.
 
 1. dispatch: idle `imageforge worker` processes; tasks are inserted one at a time, as an
    API node does (INSERT + NOTIFY in one statement); latency = the claim's `started_at`
@@ -33,18 +33,15 @@ from typing import Any
 
 import asyncpg
 
+import loadgen  # bench/loadgen.py
+from imageforge.ids import KeyId, new_task_id
+from imageforge.store.postgres import PostgresStore
+from imageforge.store.urls import asyncpg_dsn
+from imageforge.store.wakeups import APPLICATION_NAME
+from imageforge.tasks import Task
+from imageforge.testing.postgres import PostgresServer
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO_ROOT / "src"))
-sys.path.insert(0, str(REPO_ROOT))
-
-from tests.pg import PostgresServer  # noqa: E402
-
-import loadgen  # noqa: E402  (bench/loadgen.py)
-from imageforge.ids import KeyId, new_task_id  # noqa: E402
-from imageforge.store.postgres import PostgresStore  # noqa: E402
-from imageforge.store.urls import asyncpg_dsn  # noqa: E402
-from imageforge.store.wakeups import APPLICATION_NAME  # noqa: E402
-from imageforge.tasks import Task  # noqa: E402
 
 DISPATCH_P50_TARGET_MS = 20.0
 DISPATCH_P99_TARGET_MS = 100.0
@@ -69,7 +66,7 @@ def make_task(now: float, *, run_after: float | None = None) -> Task:
         id=new_task_id(),
         key_id=KeyId("key_bench"),
         model="gpt-image-2",
-        engine="tests.chaos_engine:ChaosEngine",
+        engine="imageforge.testing.engines:ChaosEngine",
         prompt="bench",
         quality="low",
         width=1024,
@@ -93,10 +90,9 @@ class Workers:
         env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEFORGE_")}
         env.update(
             {
-                "PYTHONPATH": str(REPO_ROOT),
                 "IMAGEFORGE_DATABASE_URL": url,
                 "IMAGEFORGE_DATA_DIR": str(work_dir / "data"),
-                "IMAGEFORGE_ENGINE": "tests.chaos_engine:ChaosEngine",
+                "IMAGEFORGE_ENGINE": "imageforge.testing.engines:ChaosEngine",
                 "IMAGEFORGE_CHAOS_MAX_SECONDS": "0",
                 "IMAGEFORGE_LOG_LEVEL": "warning",
             }
@@ -324,7 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
         "config": {
-            "engine": "instant (tests.chaos_engine with 0 s)",
+            "engine": "instant (imageforge.testing.engines.ChaosEngine with 0 s)",
             "worker_concurrency": args.concurrency,
             "poll_interval_s": 0.5,
             "dispatch_workers": args.dispatch_workers,
@@ -374,3 +370,7 @@ def run_throughput(args: argparse.Namespace, url: str, work_dir: Path) -> dict[s
     for result in throughput.values():
         result["scaling_vs_1"] = round(result["tasks_per_s"] / base, 2)
     return throughput
+
+
+if __name__ == "__main__":
+    sys.exit(main())

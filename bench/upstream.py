@@ -42,10 +42,9 @@ from typing import Any
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+from imageforge.testing.processes import ServerProcess, cli_env, create_key, free_port
 
-from tests.server_process import ServerProcess, cli_env, create_key, free_port  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 THROUGHPUT_TARGET = 0.90
 RSS_GROWTH_TARGET_MB = 200.0

@@ -1,8 +1,8 @@
 """Distributed mode as an operator runs it: API nodes and workers as real processes.
 
-API nodes are `imageforge serve --no-worker` (tests.server_process.ServerProcess);
+API nodes are `imageforge serve --no-worker` (imageforge.testing.processes.ServerProcess);
 workers are `imageforge worker` (WorkerProcess here). All share one database and one
-data dir, and run the chaos engine from tests/chaos_engine.py.
+data dir, and run the chaos engine from imageforge.testing.engines.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from tests.server_process import cli_env
+from imageforge.testing.processes import cli_env
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-CHAOS_ENGINE = "tests.chaos_engine:ChaosEngine"
+CHAOS_ENGINE = "imageforge.testing.engines:ChaosEngine"
 
 
 def cluster_env(

@@ -12,9 +12,13 @@ from fastapi import FastAPI
 
 from imageforge.api.app import create_app
 from imageforge.keyring import create_api_key
-from imageforge.runtime import Runtime
+from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
+from tests.storages import BACKENDS, Backend, make_backend
 from tests.tiny_diffusers import tiny_folders  # noqa: F401  (a session fixture, shared)
+
+# PostgreSQL fixtures for every module that asks for them (skipped without a server).
+pytest_plugins = ["tests.pg"]
 
 
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
@@ -73,8 +77,10 @@ class ApiHarness:
             await asyncio.sleep(0.05)
 
 
-async def start_harness(settings: Settings, *, run_worker: bool = True) -> tuple[Any, ApiHarness]:
-    app = create_app(settings, run_worker=run_worker)
+async def start_harness(
+    settings: Settings, *, run_worker: bool = True, storage: StorageFactory | None = None
+) -> tuple[Any, ApiHarness]:
+    app = create_app(settings, run_worker=run_worker, storage=storage)
     lifespan = app.router.lifespan_context(app)
     await lifespan.__aenter__()
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://testserver")
@@ -99,3 +105,13 @@ async def api(settings: Settings) -> AsyncIterator[ApiHarness]:
 @pytest.fixture
 async def key(api: ApiHarness) -> str:
     return await api.new_key()
+
+
+@pytest.fixture(params=BACKENDS)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Each storage backend in turn, empty."""
+    made = make_backend(request.param, tmp_path)
+    try:
+        yield made
+    finally:
+        await made.storage.aclose()

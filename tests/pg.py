@@ -1,6 +1,6 @@
 """PostgreSQL for tests: throw-away databases on a real server, dropped at the end.
 
-Modules that need PostgreSQL load this as a plugin (`pytest_plugins = ["tests.pg"]`).
+`tests/conftest.py` loads this as a plugin, so every test module can ask for its fixtures.
 The server is `IMAGEFORGE_TEST_DATABASE_URL` (any database on it; default
 postgresql://postgres@127.0.0.1:5432/postgres). Each test session creates its
 databases under a unique name and drops them when it ends. Without a reachable server
@@ -13,92 +13,27 @@ plugin imported before pytest registers it cannot get): PYTEST_DONT_REWRITE.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import os
-import secrets
-from collections.abc import Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Iterator
+from typing import Any
 
 import asyncpg
 import pytest
 from sqlalchemy.engine import make_url
 
-from imageforge.store import upgrade_database
 from imageforge.store.schema import metadata
 from imageforge.store.urls import asyncpg_dsn
+from imageforge.testing.postgres import PostgresServer, run_sync
+
+# Re-exported: the PostgreSQL tests import these from here, beside the fixtures.
+__all__ = ["PostgresServer", "pg_connect", "run_sync", "truncate_all"]
 
 DEFAULT_SERVER_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 SERVER_URL_ENV = "IMAGEFORGE_TEST_DATABASE_URL"
-_NAME_PREFIX = "imageforge_test_"
-T = TypeVar("T")
 
 
 def postgres_required() -> bool:
     return bool(os.environ.get("CI")) or os.environ.get("IMAGEFORGE_REQUIRE_POSTGRES") == "1"
-
-
-def in_thread(function: Callable[[], T]) -> T:
-    """Run blocking code that may start its own event loop (asyncio.run, Alembic) from
-    anywhere, including a fixture called while the test's loop is running."""
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        return pool.submit(function).result()
-
-
-def run_sync(make: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine to completion on a private loop in another thread."""
-
-    async def main() -> T:
-        return await make()
-
-    return in_thread(lambda: asyncio.run(main()))
-
-
-class PostgresServer:
-    """The server under test and the databases this session made on it."""
-
-    def __init__(self, server_url: str) -> None:
-        self.server_url = server_url
-        self.session_name = f"{_NAME_PREFIX}{os.getpid()}_{secrets.token_hex(3)}"
-        self.databases: list[str] = []
-
-    def url_for(self, database: str) -> str:
-        """The `postgresql+asyncpg://` URL imageforge is configured with."""
-        url = make_url(self.server_url).set(drivername="postgresql+asyncpg", database=database)
-        return url.render_as_string(hide_password=False)
-
-    async def _admin(self) -> Any:
-        return await asyncpg.connect(asyncpg_dsn(self.server_url), timeout=3)
-
-    def create_database(self, *, migrate: bool = True) -> str:
-        name = f"{self.session_name}_{len(self.databases)}"
-
-        async def create() -> None:
-            connection = await self._admin()
-            try:
-                await connection.execute(f'CREATE DATABASE "{name}"')
-            finally:
-                await connection.close()
-
-        run_sync(create)
-        self.databases.append(name)
-        url = self.url_for(name)
-        if migrate:
-            in_thread(lambda: upgrade_database(url))
-        return url
-
-    def drop_all(self) -> None:
-        async def drop() -> None:
-            connection = await self._admin()
-            try:
-                for name in self.databases:
-                    # FORCE: a subprocess a failed test left behind must not keep it alive.
-                    await connection.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-            finally:
-                await connection.close()
-
-        run_sync(drop)
-        self.databases.clear()
 
 
 def _unreachable(reason: str) -> None:
@@ -121,7 +56,7 @@ def postgres_server() -> Iterator[PostgresServer]:
     try:
 
         async def probe() -> None:
-            connection = await server._admin()
+            connection = await server.admin_connection()
             await connection.close()
 
         run_sync(probe)

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from tests.server_process import ServerProcess
+from imageforge.testing.processes import ServerProcess
 
 FaultKind = Literal["status", "forward_then_status", "forward_then_drop", "drop"]
 

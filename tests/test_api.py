@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import io
 import re
 import time
@@ -12,6 +13,11 @@ import httpx
 import pytest
 from PIL import Image
 
+from imageforge.api.app import create_app
+from imageforge.errors import ServiceUnavailable
+from imageforge.runtime import GC_THRESHOLDS, Runtime
+from imageforge.storage import UrlSigner
+from imageforge.testing.storage import MemoryStorage
 from tests.conftest import ApiHarness, make_settings, start_harness
 
 UUID_ID = re.compile(r"^image_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
@@ -229,11 +235,10 @@ async def test_image_links_expire_and_cannot_be_forged(api: ApiHarness, key: str
     )
     assert (await api.client.get(tampered)).status_code == 403
     assert (await api.client.get(url.copy_remove_param("signature"))).status_code == 403
-    storage = api.runtime.storage
     key_path = url.path.removeprefix("/files/")
     past = int(time.time()) - 10
     expired = url.copy_merge_params(
-        {"expires": str(past), "signature": storage.signer.signature(key_path, past)}
+        {"expires": str(past), "signature": api.runtime.signer.signature(key_path, past)}
     )
     response = await api.client.get(expired)
     assert response.status_code == 410
@@ -297,3 +302,134 @@ async def test_image_links_answer_head_requests(api: ApiHarness, key: str) -> No
     head = await api.client.head(url)
     assert head.status_code == 200 and head.headers["content-type"] == "image/png"
     assert int(head.headers["content-length"]) > 0 and head.content == b""
+
+
+async def test_the_api_serves_images_from_any_storage_backend(tmp_path: Path) -> None:
+    """Runtime, runner, poll and /files use only the Storage interface: an in-memory
+    backend serves the whole flow, and nothing is written to disk."""
+    backends: list[MemoryStorage] = []
+
+    def in_memory(signer: UrlSigner) -> MemoryStorage:
+        backends.append(MemoryStorage(signer))
+        return backends[-1]
+
+    settings = make_settings(tmp_path / "data")
+    lifespan, harness = await start_harness(settings, storage=in_memory)
+    try:
+        secret = await harness.new_key()
+        task_id = (await harness.create(secret, size="1024x640")).json()["id"]
+        url = (await harness.wait_terminal(secret, task_id))["image_url"]
+        [memory] = backends
+        [key] = memory.keys()
+        assert httpx.URL(url).path == f"/files/{key}"
+        image = await harness.client.get(url)
+        assert image.status_code == 200 and image.headers["content-type"] == "image/png"
+        assert Image.open(io.BytesIO(image.content)).size == (1024, 640)
+        head = await harness.client.head(url)
+        assert head.headers["content-length"] == str(len(image.content)) and not head.content
+        part = await harness.client.get(url, headers={"Range": "bytes=0-7"})
+        assert part.status_code == 206 and part.content == image.content[:8]
+        await memory.delete(key)
+        gone = await harness.client.get(url)
+        assert gone.status_code == 404 and gone.json()["error"]["code"] == "file_not_found"
+        assert not (settings.data_dir / "images").exists()
+    finally:
+        await harness.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+    assert backends[0].closed
+
+
+async def test_image_links_answer_byte_ranges(api: ApiHarness, key: str) -> None:
+    task_id = (await api.create(key)).json()["id"]
+    url = (await api.wait_terminal(key, task_id))["image_url"]
+    whole = await api.client.get(url)
+    data, size = whole.content, len(whole.content)
+    assert whole.headers["accept-ranges"] == "bytes" and whole.headers["etag"]
+
+    async def get(range_header: str, **extra: str) -> httpx.Response:
+        return await api.client.get(url, headers={"Range": range_header, **extra})
+
+    first = await get("bytes=0-9")
+    assert first.status_code == 206 and first.content == data[:10]
+    assert first.headers["content-range"] == f"bytes 0-9/{size}"
+    assert first.headers["content-length"] == "10"
+    tail = await get("bytes=-10")
+    assert tail.status_code == 206 and tail.content == data[-10:]
+    rest = await get(f"bytes={size - 3}-")
+    assert rest.content == data[-3:] and rest.headers["content-range"].endswith(f"/{size}")
+    past_end = await get(f"bytes=0-{size * 2}")
+    assert past_end.status_code == 206 and past_end.content == data
+    # Several ranges, other units and a stale If-Range get the whole image.
+    for whole_again in (
+        await get("bytes=0-1,5-6"),
+        await get("items=0-1"),
+        await get("bytes=0-1", **{"If-Range": '"stale"'}),
+    ):
+        assert whole_again.status_code == 200 and whole_again.content == data
+    matching = await get("bytes=0-1", **{"If-Range": whole.headers["etag"]})
+    assert matching.status_code == 206 and matching.content == data[:2]
+    refused = await get(f"bytes={size}-")
+    assert refused.status_code == 416
+    assert refused.headers["content-range"] == f"bytes */{size}"
+    assert refused.json()["error"]["param"] == "Range"
+    assert refused.json()["error"]["code"] == "range_not_satisfiable"
+
+
+async def test_an_embedded_app_leaves_the_garbage_collector_alone(tmp_path: Path) -> None:
+    thresholds, frozen = gc.get_threshold(), gc.get_freeze_count()
+    lifespan, harness = await start_harness(make_settings(tmp_path / "data"))
+    try:
+        assert (gc.get_threshold(), gc.get_freeze_count()) == (thresholds, frozen)
+    finally:
+        await harness.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+async def test_the_command_line_asks_for_the_gc_tuning(tmp_path: Path) -> None:
+    thresholds = gc.get_threshold()
+    runtime = await Runtime.start(make_settings(tmp_path / "data"), tune_gc=True)
+    try:
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0  # start-up's objects: not scanned again
+    finally:
+        await runtime.stop()
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
+
+
+@pytest.mark.parametrize(
+    ("trusted", "scheme"),
+    [(None, "https"), (["10.0.0.0/8"], "http"), (["*"], "https")],
+)
+async def test_forwarded_headers_count_only_from_trusted_proxies(
+    tmp_path: Path, trusted: list[str] | None, scheme: str
+) -> None:
+    """The test client connects from 127.0.0.1, trusted by default."""
+    overrides = {} if trusted is None else {"trusted_proxies": trusted}
+    lifespan, harness = await start_harness(make_settings(tmp_path / "data", **overrides))
+    try:
+        secret = await harness.new_key()
+        task_id = (await harness.create(secret)).json()["id"]
+        await harness.wait_terminal(secret, task_id)
+        polled = await harness.client.get(
+            f"/v1/result/{task_id}",
+            headers={"Authorization": f"Bearer {secret}", "X-Forwarded-Proto": "https"},
+        )
+        assert polled.json()["image_url"].startswith(f"{scheme}://testserver/files/")
+    finally:
+        await harness.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+async def test_the_503_retry_after_is_a_setting(tmp_path: Path) -> None:
+    app = create_app(make_settings(tmp_path / "data", unavailable_retry_after_seconds=17))
+
+    @app.get("/_test/unavailable")
+    async def unavailable() -> None:
+        raise ServiceUnavailable("The database is unavailable; try again shortly.")
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        response = await client.get("/_test/unavailable")
+    assert response.status_code == 503 and response.headers["retry-after"] == "17"
+    assert response.json()["error"]["code"] == "service_unavailable"

@@ -18,44 +18,12 @@ from imageforge.catalog import (
     resolve_request,
 )
 from imageforge.errors import ConfigurationError, InvalidRequest
+from tests.contract_sizes import FOUR_K_RATIOS as FOUR_K
+from tests.contract_sizes import RATIOS, table_size
 
 MODELS = ("gpt-image-2", "gpt-image-2-r")
-RATIOS = (
-    "1:1",
-    "16:9",
-    "9:16",
-    "4:3",
-    "3:4",
-    "3:2",
-    "2:3",
-    "5:4",
-    "4:5",
-    "2:1",
-    "1:2",
-    "21:9",
-    "9:21",
-)
 RATIO_LIST = ", ".join(RATIOS)
-FOUR_K = {"16:9", "9:16", "2:1", "1:2", "21:9", "9:21"}
-# Written out again from API.md (landscape; portrait swaps), independent of the module.
-LANDSCAPE = {
-    "1:1": {"1k": (1024, 1024), "2k": (2048, 2048)},
-    "3:2": {"1k": (1536, 1024), "2k": (2048, 1360)},
-    "4:3": {"1k": (1024, 768), "2k": (2048, 1536)},
-    "5:4": {"1k": (1280, 1024), "2k": (2560, 2048)},
-    "16:9": {"1k": (1536, 864), "2k": (2048, 1152), "4k": (3840, 2160)},
-    "2:1": {"1k": (2048, 1024), "2k": (2688, 1344), "4k": (3840, 1920)},
-    "21:9": {"1k": (2016, 864), "2k": (2688, 1152), "4k": (3840, 1648)},
-}
 GOOD_URL = "https://example.com/reference.png"
-
-
-def table_size(ratio: str, resolution: str) -> tuple[int, int]:
-    if ratio in LANDSCAPE:
-        return LANDSCAPE[ratio][resolution]
-    first, second = ratio.split(":")
-    width, height = LANDSCAPE[f"{second}:{first}"][resolution]
-    return height, width
 
 
 def resolve(**fields: Any) -> ResolvedRequest:

@@ -32,12 +32,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.chaos_engine import FAIL_PREFIX, EngineEvent, read_events
+from imageforge.testing.engines import FAIL_PREFIX, EngineEvent, read_events
+from imageforge.testing.processes import ServerProcess, run_cli
 from tests.cluster import WorkerProcess, cluster_env, wait_until
 from tests.pg import pg_connect, run_sync
-from tests.server_process import ServerProcess, run_cli
 
-pytest_plugins = ["tests.pg"]
 pytestmark = pytest.mark.chaos
 
 LEASE_SECONDS = 3.0

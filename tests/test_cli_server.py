@@ -6,14 +6,17 @@ import io
 import json
 import re
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
 from PIL import Image
 
-from tests.server_process import ServerProcess, create_key, run_cli, wait_terminal
+from imageforge.testing.processes import ServerProcess, create_key, run_cli, wait_terminal
 
 KEY_PATTERN = re.compile(r"ifk_[0-9A-Za-z]{38}")
+#: `serve` processes started at once on one data dir.
+RACING_SERVERS = 4
 
 
 def test_first_start_creates_and_prints_a_working_key(tmp_path: Path) -> None:
@@ -118,3 +121,42 @@ def test_credits_from_the_command_line(tmp_path: Path) -> None:
     assert run_cli(data, "keys", "create", "--name", "x", "--credits", "-1").returncode == 2
     assert run_cli(data, "keys", "credit", key["id"]).returncode == 2
     assert run_cli(data, "keys", "credit", "key_nope", "--set", "1").returncode == 1
+
+
+def test_racing_first_starts_on_one_sqlite_data_dir_create_one_key(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    with ThreadPoolExecutor(RACING_SERVERS) as pool:
+        servers = list(pool.map(lambda _: ServerProcess(data), range(RACING_SERVERS)))
+    try:
+        outputs = [server.output() for server in servers]
+        printed = {key for output in outputs for key in KEY_PATTERN.findall(output)}
+        listed = json.loads(run_cli(data, "keys", "list", "--json").stdout)
+        assert len(printed) == 1 and len(listed) == 1, outputs
+        assert sum(bool(KEY_PATTERN.search(output)) for output in outputs) == 1
+        assert listed[0]["name"] == "default"
+    finally:
+        for server in servers:
+            server.kill()
+
+
+def test_serve_on_postgresql_creates_no_key_and_says_what_to_run(
+    tmp_path: Path, fresh_pg_url: str
+) -> None:
+    data = tmp_path / "data"
+    with ServerProcess(data, "--no-worker", IMAGEFORGE_DATABASE_URL=fresh_pg_url) as server:
+        output = server.output()
+        assert not KEY_PATTERN.findall(output), output
+        assert "imageforge keys create --name NAME" in output and "distributed" in output
+        env = {"IMAGEFORGE_DATABASE_URL": fresh_pg_url}
+        assert json.loads(run_cli(data, "keys", "list", "--json", **env).stdout) == []
+        created = create_key(data, "ops", IMAGEFORGE_DATABASE_URL=fresh_pg_url)
+        with server.client(created["key"]) as client:
+            deadline = time.monotonic() + 1.0
+            body = {"model": "gpt-image-2", "prompt": "x"}
+            while client.post("/v1/image2/images", json=body).status_code != 200:
+                assert time.monotonic() < deadline, "the operator's key not accepted within 1 s"
+                time.sleep(0.05)
+        assert server.terminate() == 0
+    # With a key, a later start says nothing about creating one.
+    with ServerProcess(data, "--no-worker", IMAGEFORGE_DATABASE_URL=fresh_pg_url) as server:
+        assert "distributed" not in server.output()

@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
-from imageforge.storage import LocalStorage, UrlSigner
 from imageforge.store import open_store, upgrade_database
 from imageforge.worker.janitor import sweep_orphan_images
 from imageforge.worker.runner import storage_key_for
+from tests.storages import Backend
 from tests.test_store_contract import make_task
 
 
-async def test_sweep_removes_only_old_images_no_terminal_task_points_at(tmp_path: Path) -> None:
+async def test_sweep_removes_only_old_images_no_terminal_task_points_at(
+    tmp_path: Path, backend: Backend
+) -> None:
     url = f"sqlite+aiosqlite:///{tmp_path / 'j.db'}"
     await asyncio.to_thread(upgrade_database, url)
     store = await open_store(url)
-    storage = LocalStorage(tmp_path / "images", UrlSigner(b"k" * 32))
+    storage = backend.storage
     try:
         now = time.time()
         done = make_task(now=now - 10)
@@ -47,24 +48,22 @@ async def test_sweep_removes_only_old_images_no_terminal_task_points_at(tmp_path
         by_id = {
             t.id: t for t in await store.claim(worker_id="w", limit=1, lease_seconds=30, now=now)
         }
-        # `running` is still being worked on: its file may be mid-write.
+        # `running` is still being worked on: its image may be mid-write.
         in_progress = storage_key_for(by_id[running.id], "image/png")
         await storage.put(in_progress, b"writing", "image/png")
-        # A file of a task this database does not know.
+        # An image of a task this database does not know, and a file not named like one.
         day = time.strftime("%Y/%m/%d", time.gmtime(now))
         stranger = f"{day}/image_00000000-0000-4000-8000-000000000000-1.png"
         await storage.put(stranger, b"?", "image/png")
+        other = f"{day}/notes.txt"
+        await storage.put(other, b"?", "text/plain")
+        everything = {orphan, winner, in_progress, stranger, other}
 
         assert await sweep_orphan_images(store, storage, min_age_seconds=60) == 0  # all young
-        old = time.time() - 3600
-        for key in (orphan, winner, in_progress, stranger):
-            path = storage.path_for(key)
-            assert path is not None
-            os.utime(path, (old, old))
+        for key in everything:
+            await backend.age(key, 3600)
         assert await sweep_orphan_images(store, storage, min_age_seconds=60) == 1
-        remaining = {
-            k for k in (orphan, winner, in_progress, stranger) if storage.path_for(k).exists()
-        }  # type: ignore[union-attr]
-        assert remaining == {winner, in_progress, stranger}
+        remaining = {key async for key in storage.list("")}
+        assert remaining == everything - {orphan}
     finally:
         await store.close()

@@ -23,8 +23,8 @@ from imageforge.engines.breaker import BreakerState
 from imageforge.engines.openai import OpenAIEngine
 from imageforge.engines.upstream_errors import UpstreamError
 from imageforge.settings import Settings
+from imageforge.testing.processes import free_port
 from tests.conftest import ApiHarness, make_settings, start_harness
-from tests.server_process import free_port
 from tests.upstream_servers import FakeImagesAPI, Reply, sentinel_beside, serve_images_api
 
 KEY_ENV = "IMAGEFORGE_TEST_OPENAI_KEY"

@@ -19,12 +19,10 @@ from pathlib import Path
 import httpx
 from sqlalchemy.engine import make_url
 
-from tests.chaos_engine import read_events
+from imageforge.testing.engines import read_events
+from imageforge.testing.processes import ServerProcess, free_port, run_cli
 from tests.cluster import WorkerProcess, cluster_env, wait_until
 from tests.pg import pg_connect, run_sync
-from tests.server_process import ServerProcess, free_port, run_cli
-
-pytest_plugins = ["tests.pg"]
 
 LEASE_SECONDS = 10.0
 

@@ -8,8 +8,6 @@ from pathlib import Path
 
 from tests.conftest import make_settings, start_harness
 
-pytest_plugins = ["tests.pg"]
-
 
 async def test_two_nodes_share_one_limit_through_the_database(tmp_path: Path, pg_url: str) -> None:
     nodes = []

@@ -18,11 +18,9 @@ from sqlalchemy.engine import make_url
 from imageforge.ids import TaskId
 from imageforge.store import StoreUnavailable, open_store, upgrade_database
 from imageforge.store.postgres import PostgresStore
+from imageforge.testing.processes import cli_env, free_port
 from tests.pg import PostgresServer, pg_connect, run_sync
-from tests.server_process import cli_env, free_port
 from tests.test_store_contract import claim_one, make_task
-
-pytest_plugins = ["tests.pg"]
 
 
 def _respell(url: str, scheme: str) -> str:

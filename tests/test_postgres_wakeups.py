@@ -20,8 +20,6 @@ from imageforge.store.wakeups import APPLICATION_NAME, TaskWakeups
 from tests.pg import pg_connect
 from tests.test_store_contract import claim_one, make_task
 
-pytest_plugins = ["tests.pg"]
-
 POLL_SECONDS = 1.0
 
 
@@ -121,7 +119,7 @@ def _settings(tmp_path: Path, url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": tmp_path / "data",
         "database_url": url,
-        "engine": "tests.chaos_engine:ChaosEngine",
+        "engine": "imageforge.testing.engines:ChaosEngine",
         "poll_interval_seconds": POLL_SECONDS,
         "worker_concurrency": 4,
         "lease_seconds": 10.0,

@@ -8,12 +8,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.chaos_engine import read_events
+from imageforge.testing.engines import read_events
+from imageforge.testing.processes import ServerProcess, run_cli
 from tests.cluster import WorkerProcess, cluster_env, wait_until
 from tests.pg import pg_connect, run_sync
-from tests.server_process import ServerProcess, run_cli
-
-pytest_plugins = ["tests.pg"]
 
 
 async def _fetch(url: str, query: str, *args: Any) -> list[dict[str, Any]]:

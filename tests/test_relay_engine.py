@@ -21,8 +21,8 @@ from imageforge.engines.base import GenerationRequest, ReferenceImage, UpstreamR
 from imageforge.engines.relay import RelayEngine
 from imageforge.engines.upstream_errors import UpstreamError
 from imageforge.settings import Settings
+from imageforge.testing.processes import cli_env, free_port
 from tests.conftest import make_settings, start_harness
-from tests.server_process import cli_env, free_port
 from tests.upstream_servers import (
     FakeImagesAPI,
     ImageforgeUpstream,

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from imageforge.testing.processes import ServerProcess, create_key, run_cli
 from imageforge_client import (
     AsyncClient,
     AuthenticationError,
@@ -26,7 +27,6 @@ from imageforge_client import (
     TaskResult,
 )
 from tests.sdk_servers import serve_imageforge
-from tests.server_process import ServerProcess, create_key, run_cli
 
 #: Polling fast enough that a test does not sit through the production schedule.
 FAST = PollSchedule(initial=0.1, factor=1.5, maximum=0.5)

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from imageforge.testing.processes import ServerProcess, create_key
 from imageforge_client import (
     AsyncClient,
     Capabilities,
@@ -22,7 +23,6 @@ from imageforge_client import (
 )
 from tests.sdk_servers import FaultyProxy, serve_imageforge
 from tests.sdk_task_api import StandInTaskAPI, Switches, serve_task_api
-from tests.server_process import ServerProcess, create_key
 from tests.test_sdk import FAST, png_size
 
 KEY = "sk-stand-in"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from imageforge.testing.processes import ServerProcess, create_key
 from imageforge_client import (
     APIConnectionError,
     AsyncClient,
@@ -21,7 +22,6 @@ from imageforge_client import (
     UnsupportedFeatureError,
 )
 from tests.sdk_servers import Fault, FaultyProxy, serve_imageforge
-from tests.server_process import ServerProcess, create_key
 from tests.test_sdk import FAST, UNKNOWN_TASK, png_size
 
 CREATE = ("POST", "/v1/image2/images")

@@ -28,6 +28,10 @@ def test_defaults() -> None:
     assert settings.image_url_ttl_seconds == 86_400
     assert settings.public_base_url is None
     assert settings.reference_allowlist == []
+    # Operators' knobs, at the values that were hard-coded before they were settings.
+    assert settings.storage_write_threads == 16
+    assert settings.unavailable_retry_after_seconds == 5
+    assert settings.trusted_proxies == ["127.0.0.1", "::1"]
     specs = settings.model_specs()
     assert set(specs) == {"gpt-image-2", "gpt-image-2-r"}
     assert specs["gpt-image-2"].engine == "offline"
@@ -38,7 +42,10 @@ def test_environment_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("IMAGEFORGE_PUBLIC_BASE_URL", "https://img.example.com/")
     monkeypatch.setenv("IMAGEFORGE_REFERENCE_ALLOWLIST", " 127.0.0.1, images.intranet ,10.0.0.0/8")
     monkeypatch.setenv("IMAGEFORGE_WORKER_CONCURRENCY", "16")
+    monkeypatch.setenv("IMAGEFORGE_TRUSTED_PROXIES", "10.0.0.0/8, fd00::1")
+    monkeypatch.setenv("FORWARDED_ALLOW_IPS", "*")  # uvicorn's variable: not ours, ignored
     settings = Settings.load()
+    assert settings.trusted_proxies == ["10.0.0.0/8", "fd00::1"]
     assert settings.data_dir == Path("/srv/forge")
     assert settings.public_base_url == "https://img.example.com"
     assert settings.reference_allowlist == ["127.0.0.1", "images.intranet", "10.0.0.0/8"]
@@ -81,6 +88,9 @@ def test_explicit_config_file_must_exist(tmp_path: Path) -> None:
         ("image_url_ttl_seconds", 0),
         ("worker_concurrency", 0),
         ("poll_interval_seconds", 5),
+        ("trusted_proxies", ["proxy.internal"]),
+        ("unavailable_retry_after_seconds", 0),
+        ("storage_write_threads", 0),
     ],
 )
 def test_bad_values_are_refused(field: str, value: object) -> None:

@@ -19,7 +19,6 @@ from imageforge.tasks import Task, TaskStatus
 
 # PostgreSQL comes from tests/pg.py: one migrated database per session, emptied
 # before each test (skipped with instructions when no server is reachable).
-pytest_plugins = ["tests.pg"]
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -5,58 +5,21 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import pytest
 
-from imageforge.engines import EngineError, GeneratedImage, GenerationRequest
+from imageforge.engines import GeneratedImage, GenerationRequest
 from imageforge.references import ReferenceFetcher
 from imageforge.storage import LocalStorage, UrlSigner
 from imageforge.store import Store, open_store, upgrade_database
 from imageforge.tasks import Task, TaskStatus
+from imageforge.testing.engines import PNG_1X1, ScriptedEngine, permanent, transient
 from imageforge.worker.retry import retry_delay
 from imageforge.worker.runner import Runner, RunnerConfig
 from tests.test_store_contract import make_task
-
-PNG_1X1 = bytes.fromhex(
-    "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
-    "0000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
-)
-
-
-@dataclass
-class ScriptedEngine:
-    """An engine whose outcome per call is scripted by the test."""
-
-    name: ClassVar[str] = "scripted"
-    fetches_references: ClassVar[bool] = True
-    script: list[Callable[[], GeneratedImage]] = field(default_factory=list)
-    delay: float = 0.0
-    calls: list[GenerationRequest] = field(default_factory=list)
-
-    async def generate(self, request: GenerationRequest) -> GeneratedImage:
-        self.calls.append(request)
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        step = self.script.pop(0) if self.script else ok
-        return step()
-
-    async def aclose(self) -> None:
-        return None
-
-
-def ok() -> GeneratedImage:
-    return GeneratedImage(data=PNG_1X1, content_type="image/png", width=1, height=1)
-
-
-def transient() -> GeneratedImage:
-    raise EngineError("upstream busy", retryable=True)
-
-
-def permanent() -> GeneratedImage:
-    raise EngineError("prompt rejected by policy", retryable=False)
 
 
 @dataclass

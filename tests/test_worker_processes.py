@@ -10,12 +10,10 @@ import sys
 import time
 from pathlib import Path
 
-from tests.chaos_engine import read_events
+from imageforge.testing.engines import read_events
+from imageforge.testing.processes import ServerProcess, cli_env
 from tests.cluster import REPO_ROOT, WorkerProcess, cluster_env, wait_until
-from tests.server_process import ServerProcess, cli_env
 from tests.test_postgres_workers import _create, _key, fetch
-
-pytest_plugins = ["tests.pg"]
 
 
 def _children(supervisor: WorkerProcess) -> list[int]:

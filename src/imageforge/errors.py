@@ -10,6 +10,8 @@ class ImageforgeError(Exception):
     status_code: int = 500
     error_type: str = "server_error"
     code: str = "internal_error"
+    #: HTTP headers the error's response carries (e.g. `Retry-After`).
+    headers: dict[str, str] | None = None
 
     def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
@@ -25,12 +27,6 @@ class InvalidRequest(ImageforgeError):
     status_code = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
-
-
-class PayloadTooLarge(ImageforgeError):
-    status_code = 413
-    error_type = "invalid_request_error"
-    code = "payload_too_large"
 
 
 class AuthenticationFailed(ImageforgeError):
@@ -96,3 +92,4 @@ class RateLimited(ImageforgeError):
     def __init__(self, message: str, *, retry_after: int, code: str | None = None) -> None:
         super().__init__(message, code=code)
         self.retry_after = max(1, retry_after)
+        self.headers = {"Retry-After": str(self.retry_after)}

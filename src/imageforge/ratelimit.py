@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from limits import RateLimitItemPerMinute
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
@@ -29,6 +29,8 @@ class RequestRateLimiter(Protocol):
         """Count one request; raise RateLimited (429) past the limit."""
         ...
 
+    async def aclose(self) -> None: ...
+
 
 def _limited(per_minute: int, retry_after: float) -> RateLimited:
     return RateLimited(
@@ -42,12 +44,19 @@ class LimitsRateLimiter:
 
     def __init__(self, per_minute: int, *, redis_url: str | None = None) -> None:
         self._item = RateLimitItemPerMinute(per_minute)
+        self._pool: Any = None
         storage: Storage
         if redis_url:
+            import redis.asyncio
+
+            # Our own pool, so that `aclose` can close its connections: limits has no close.
+            self._pool = redis.asyncio.ConnectionPool.from_url(redis_url)
             # limits' async Redis storage speaks the "async+redis://" scheme; the redis-py
             # client is the one the `redis` extra installs.
             storage = RedisStorage(
-                redis_url.replace("redis://", "async+redis://", 1), implementation="redispy"
+                redis_url.replace("redis://", "async+redis://", 1),
+                implementation="redispy",
+                connection_pool=self._pool,
             )
         else:
             storage = MemoryStorage()
@@ -59,6 +68,10 @@ class LimitsRateLimiter:
             return
         stats = await self._limiter.get_window_stats(self._item, "imageforge", key_id)
         raise _limited(self._per_minute, stats.reset_time - time.time())
+
+    async def aclose(self) -> None:
+        if self._pool is not None:
+            await self._pool.aclose()
 
 
 class DatabaseRateLimiter:
@@ -74,6 +87,9 @@ class DatabaseRateLimiter:
         hits = await self._store.count_request(key_id, window_start=window_start)
         if hits > self._per_minute:
             raise _limited(self._per_minute, window_start + WINDOW_SECONDS - now)
+
+    async def aclose(self) -> None:
+        return None  # the store is closed by its owner
 
 
 def build_rate_limiter(

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,7 +22,7 @@ from imageforge.ratelimit import RequestRateLimiter, build_rate_limiter
 from imageforge.references import AddressPolicy, FetchLimits, OutboundClient, ReferenceFetcher
 from imageforge.service import ImageService
 from imageforge.settings import Settings
-from imageforge.storage import LocalStorage, UrlSigner, load_or_create_secret
+from imageforge.storage import LocalStorage, Storage, UrlSigner, load_or_create_secret
 from imageforge.store import Store, open_store, upgrade_database
 from imageforge.store.base import WakesWorkers
 from imageforge.store.urls import database_backend
@@ -38,12 +38,38 @@ log = logging.getLogger(__name__)
 GC_THRESHOLDS = (20_000, 20, 20)
 OUTBOUND_USER_AGENT = "imageforge/0.1"
 
+#: Builds the storage a runtime uses, given the signer of its /files links.
+StorageFactory = Callable[[UrlSigner], Storage]
+
+
+def tune_garbage_collector() -> None:
+    """Process-wide: freeze what start-up allocated and collect young objects less often.
+
+    Everything allocated so far lives as long as the process. Freezing it keeps full
+    garbage collections from re-scanning it: unfrozen, they paused every request for
+    30–55 ms about once a second under load, and a worker's loop for up to 120 ms. Only
+    the command line asks for this (`Runtime.start(tune_gc=True)`); a program that
+    embeds the app keeps its own GC settings.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
+def local_storage(settings: Settings) -> StorageFactory:
+    """The default storage: files under `<data_dir>/images`."""
+    return lambda signer: LocalStorage(
+        settings.data_dir / "images", signer, write_threads=settings.storage_write_threads
+    )
+
 
 @dataclass
 class Runtime:
     settings: Settings
     store: Store
-    storage: LocalStorage
+    storage: Storage
+    #: Signs the /files links storages hand out, and checks them when they are followed.
+    signer: UrlSigner
     keyring: KeyRing
     service: ImageService
     engines: dict[str, Engine] = field(default_factory=dict)
@@ -56,14 +82,21 @@ class Runtime:
 
     @classmethod
     async def start(
-        cls, settings: Settings, *, run_api: bool = True, run_worker: bool = True
+        cls,
+        settings: Settings,
+        *,
+        run_api: bool = True,
+        run_worker: bool = True,
+        storage: StorageFactory | None = None,
+        tune_gc: bool = False,
     ) -> Runtime:
+        """Everything the process runs, started. `storage` replaces the local-disk
+        default; `tune_gc` is for the command line only (see `tune_garbage_collector`)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
         store = await open_store(settings.resolved_database_url)
-        storage = LocalStorage(
-            settings.data_dir / "images", UrlSigner(load_or_create_secret(settings.data_dir))
-        )
+        signer = UrlSigner(load_or_create_secret(settings.data_dir))
+        images = (storage or local_storage(settings))(signer)
         models = settings.model_specs()
         prices = settings.price_book()
         for spec in models.values():
@@ -78,7 +111,12 @@ class Runtime:
             max_unfinished_tasks=settings.max_unfinished_tasks,
         )
         runtime = cls(
-            settings=settings, store=store, storage=storage, keyring=keyring, service=service
+            settings=settings,
+            store=store,
+            storage=images,
+            signer=signer,
+            keyring=keyring,
+            service=service,
         )
         if settings.rate_limit_per_minute is not None:
             runtime.rate_limiter = build_rate_limiter(
@@ -93,13 +131,10 @@ class Runtime:
             runtime._spawn(keyring.watch(), "key watcher")
         if run_worker:
             runtime._start_worker({spec.engine for spec in models.values()})
-        # Everything allocated so far lives as long as the process. Freezing it keeps full
-        # garbage collections from re-scanning it: unfrozen, they paused every request for
-        # 30–55 ms about once a second under load, and a worker's loop for up to 120 ms.
-        # The tasks spawned above have not run yet, so nothing short-lived is frozen.
-        gc.collect()
-        gc.freeze()
-        gc.set_threshold(*GC_THRESHOLDS)
+        if tune_gc:
+            # After start-up's allocations: the tasks spawned above have not run yet, so
+            # nothing short-lived is frozen.
+            tune_garbage_collector()
         return runtime
 
     def _start_worker(self, engine_names: set[str]) -> None:
@@ -167,5 +202,7 @@ class Runtime:
             await self.fetcher.aclose()
         if self.outbound is not None:
             await self.outbound.aclose()
+        if self.rate_limiter is not None:
+            await self.rate_limiter.aclose()
         await self.storage.aclose()
         await self.store.close()

@@ -6,6 +6,7 @@ then the TOML file (`IMAGEFORGE_CONFIG`, default `./imageforge.toml` when it exi
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
 from decimal import Decimal
@@ -116,6 +117,17 @@ class Settings(BaseSettings):
     reference_timeout_seconds: float = Field(30.0, gt=0)
 
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest accepted request body.")
+    unavailable_retry_after_seconds: int = Field(
+        5, ge=1, le=3600, description="`Retry-After` of a 503 while the database is unreachable."
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.1", "::1"],
+        description="Addresses or networks (CIDR) whose X-Forwarded-For/-Proto headers are "
+        "believed, or `*` for any; comma-separated in the environment.",
+    )
+    storage_write_threads: int = Field(
+        16, ge=1, le=256, description="Threads that write and fsync images on local disk."
+    )
 
     # Money and limits.
     currency: str = Field("USD", min_length=1, max_length=12, description="Unit of every price.")
@@ -134,11 +146,25 @@ class Settings(BaseSettings):
     #: Mounts `/_bench/*` baseline routes; only the benchmark turns this on.
     bench_endpoints: bool = False
 
-    @field_validator("reference_allowlist", "offline_font_files", mode="before")
+    @field_validator("reference_allowlist", "offline_font_files", "trusted_proxies", mode="before")
     @classmethod
     def _split_comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _check_proxies(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(
+                    f"trusted_proxies: {entry!r} is not an IP address, a CIDR network or *"
+                ) from None
         return value
 
     @field_validator("public_base_url", "relay_base_url")

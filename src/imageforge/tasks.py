@@ -1,13 +1,9 @@
 """The task: a frozen record of one generation request and where it is in its life.
 
-State machine (docs/ARCHITECTURE.md draws it)::
-
-    queued ──claim──▶ processing ──complete──▶ completed
-      ▲                   │  │
-      └──requeue/release──┘  └──fail──▶ failed
-
-Every arrow is a conditional UPDATE in the store, named after the transition, that
-applies only while the task is still in the expected state and attempt.
+The state machine (claim, complete, fail, requeue, release, rescue) is drawn once, in
+docs/ARCHITECTURE.md, "The task state machine". Every transition is a conditional
+UPDATE in the store, named after it, that applies only while the task is still in the
+expected state and attempt.
 """
 
 from __future__ import annotations

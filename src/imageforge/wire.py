@@ -1,12 +1,25 @@
-"""The JSON shapes of the public API, shared by the server, the docs and clients."""
+"""The JSON shapes of the public API and the CLI's `--json`: one source for each.
+
+The pydantic models document every shape (OpenAPI, clients). The builders at the end
+make the dicts that are actually sent: plain dict building, so the hot routes (poll,
+create) pay no validation per request; tests/test_wire.py checks every builder
+against its model (same keys, valid types).
+"""
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from imageforge.billing import to_json_number
 from imageforge.sizes import RATIOS
+from imageforge.tasks import TaskStatus
+
+if TYPE_CHECKING:
+    from imageforge.store.base import ApiKeyRecord, UsageRow
+    from imageforge.tasks import Task
 
 TaskStatusName = Literal["queued", "processing", "completed", "failed"]
 
@@ -199,3 +212,108 @@ class ErrorResponse(BaseModel):
     """Every error: the HTTP status plus an OpenAI-style body."""
 
     error: ErrorDetail = Field(description="The error.")
+
+
+class KeyCreated(BaseModel):
+    """`imageforge keys create --json`, its last line: the secret is shown only here."""
+
+    id: str = Field(description="The key's id.", examples=["key_3f9a0c1d2e4b5a69"])
+    key: str = Field(description="The secret to send as `Authorization: Bearer …`.")
+    name: str = Field(description="The label given with --name.")
+
+
+class KeyInfo(BaseModel):
+    """One entry of `imageforge keys list --json` (never the secret)."""
+
+    id: str = Field(description="The key's id.", examples=["key_3f9a0c1d2e4b5a69"])
+    name: str = Field(description="The label given with --name.")
+    hint: str = Field(description="First and last characters of the secret.")
+    created_at: float = Field(description="Unix seconds.")
+    revoked_at: float | None = Field(description="Unix seconds; null while active.")
+    active: bool = Field(description="Not revoked.")
+    balance: float | None = Field(description="Credits left; null means unlimited.")
+
+
+# Builders --------------------------------------------------------------------------
+
+
+def task_created_body(task: Task, *, replayed: bool) -> dict[str, Any]:
+    """`TaskCreated`."""
+    return {
+        "id": task.id,
+        "object": "image",
+        "created": task.created,
+        "model": task.model,
+        # A replay answers exactly what the first request was told.
+        "status": "queued" if replayed else task.status.value,
+        "error": None,
+        "amount": to_json_number(task.price_micros),
+    }
+
+
+def task_result_body(task: Task, *, image_url: str | None) -> dict[str, Any]:
+    """`TaskResult`; `image_url` is the link to a completed task's image."""
+    status = task.status
+    return {
+        "id": task.id,
+        "object": "image.generation",
+        "created": task.created,
+        "model": task.model,
+        "status": status.value,
+        "image_url": image_url if status is TaskStatus.COMPLETED else None,
+        "error": task.error if status is TaskStatus.FAILED else None,
+        "amount": to_json_number(task.price_micros),
+    }
+
+
+def error_body(
+    message: str, *, error_type: str, code: str | None, param: str | None = None
+) -> dict[str, Any]:
+    """`ErrorResponse`."""
+    return {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+
+
+def _balance(balance_micros: int | None) -> float | None:
+    return None if balance_micros is None else to_json_number(balance_micros)
+
+
+def usage_body(key: ApiKeyRecord, currency: str, rows: Sequence[UsageRow]) -> dict[str, Any]:
+    """`UsageResponse`: `GET /v1/usage` and `imageforge keys usage --json`."""
+    return {
+        "object": "usage",
+        "key_id": key.id,
+        "currency": currency,
+        "balance": _balance(key.balance_micros),
+        "spend": to_json_number(sum(row.spend_micros for row in rows)),
+        "tasks": sum(row.tasks for row in rows),
+        "days": [
+            {
+                "day": row.day,
+                "model": row.model,
+                "tasks": row.tasks,
+                "completed": row.completed,
+                "failed": row.failed,
+                "unfinished": row.unfinished,
+                "spend": to_json_number(row.spend_micros),
+            }
+            for row in rows
+        ],
+    }
+
+
+def key_created_body(key: ApiKeyRecord, secret: str) -> dict[str, Any]:
+    """`KeyCreated`."""
+    return {"id": key.id, "key": secret, "name": key.name}
+
+
+def key_info_body(key: ApiKeyRecord) -> dict[str, Any]:
+    """`KeyInfo`."""
+    return {
+        "id": key.id,
+        "name": key.name,
+        "hint": key.hint,
+        "created_at": key.created_at,
+        "revoked_at": key.revoked_at,
+        "active": key.is_active,
+        "balance": _balance(key.balance_micros),
+    }

@@ -8,13 +8,14 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from imageforge import __version__
 from imageforge.api.body_limit import BodyLimitMiddleware
 from imageforge.api.errors import install_error_handlers
 from imageforge.api.responses import ERROR_RESPONSES
 from imageforge.api.routes import bench, files, health, images, results, usage
-from imageforge.runtime import Runtime
+from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
 
 DESCRIPTION = """\
@@ -27,10 +28,21 @@ Every API request carries `Authorization: Bearer <api key>`. Errors have an Open
 """
 
 
-def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
+def create_app(
+    settings: Settings,
+    *,
+    run_worker: bool = True,
+    storage: StorageFactory | None = None,
+    tune_gc: bool = False,
+) -> FastAPI:
+    """The ASGI app; its lifespan starts and stops the `Runtime` (see `Runtime.start`
+    for `storage` and `tune_gc`)."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runtime = await Runtime.start(settings, run_worker=run_worker)
+        runtime = await Runtime.start(
+            settings, run_worker=run_worker, storage=storage, tune_gc=tune_gc
+        )
         app.state.runtime = runtime
         try:
             yield
@@ -44,7 +56,10 @@ def create_app(settings: Settings, *, run_worker: bool = True) -> FastAPI:
         lifespan=lifespan,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    install_error_handlers(app)
+    # Here rather than in the server, so the setting holds under any ASGI server; the
+    # scheme it passes on is what image links are built with.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+    install_error_handlers(app, unavailable_retry_after=settings.unavailable_retry_after_seconds)
     app.include_router(images.router)
     app.include_router(results.router)
     app.include_router(usage.router)

@@ -6,6 +6,8 @@ import orjson
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from imageforge.wire import error_body
+
 
 class BodyTooLarge(HTTPException):
     """Raised from `receive`; FastAPI re-raises HTTPExceptions from body reading as they are."""
@@ -19,17 +21,10 @@ def _message(limit: int) -> str:
 
 
 def _too_large_body(limit: int) -> bytes:
-    message = _message(limit)
-    return orjson.dumps(
-        {
-            "error": {
-                "message": message,
-                "type": "invalid_request_error",
-                "param": "body",
-                "code": "payload_too_large",
-            }
-        }
+    body = error_body(
+        _message(limit), error_type="invalid_request_error", code="payload_too_large", param="body"
     )
+    return orjson.dumps(body)
 
 
 class BodyLimitMiddleware:

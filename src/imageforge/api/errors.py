@@ -11,7 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from imageforge.errors import ImageforgeError, RateLimited
+from imageforge.errors import ImageforgeError
+from imageforge.wire import error_body
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,7 @@ def error_response(
     param: str | None = None,
     headers: dict[str, str] | None = None,
 ) -> Response:
-    body = {"error": {"message": message, "type": error_type, "param": param, "code": code}}
+    body = error_body(message, error_type=error_type, code=code, param=param)
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
     )
@@ -70,16 +71,14 @@ def describe_validation_error(error: dict[str, Any]) -> tuple[str, str]:
     return field, f"{field}: {error.get('msg', 'is invalid')}"
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, *, unavailable_retry_after: int) -> None:
     @app.exception_handler(ImageforgeError)
     async def _imageforge_error(request: Request, exc: ImageforgeError) -> Response:
         if exc.status_code >= 500:
             log.warning("%s %s: %s", request.method, request.url.path, exc.message)
-        headers = None
-        if isinstance(exc, RateLimited):
-            headers = {"Retry-After": str(exc.retry_after)}
-        elif exc.status_code == 503:
-            headers = {"Retry-After": "5"}
+        headers = exc.headers
+        if headers is None and exc.status_code == 503:
+            headers = {"Retry-After": str(unavailable_retry_after)}
         return error_response(
             exc.status_code,
             exc.message,

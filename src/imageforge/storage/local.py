@@ -12,23 +12,28 @@ Files are written under their final name, not a temporary one renamed into place
 no reader can see a half-written file, because a link to an image exists only once
 the task that owns it is completed, and the key carries the attempt, so two writers
 never share a name. A crash mid-write leaves an orphan the janitor removes.
+
+Reads (`open`) and listings run on the default executor, not the write pool, so a
+download never queues behind fsyncs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import mimetypes
 import os
+import stat
 import threading
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import quote
 
+from imageforge.storage.base import READ_CHUNK_BYTES, StoredImage, check_key
 from imageforge.storage.signing import UrlSigner
 
-FILES_PREFIX = "/files/"
-#: Threads that write and fsync images.
+#: Threads that write and fsync images (the `storage_write_threads` setting's default).
 WRITE_THREADS = 16
 
 
@@ -40,11 +45,13 @@ class _DirectorySync:
 
 
 class LocalStorage:
-    def __init__(self, root: Path, signer: UrlSigner) -> None:
+    def __init__(
+        self, root: Path, signer: UrlSigner, *, write_threads: int = WRITE_THREADS
+    ) -> None:
         self.root = root.resolve()
-        self.signer = signer
+        self._signer = signer
         self.root.mkdir(parents=True, exist_ok=True)
-        self._pool = ThreadPoolExecutor(WRITE_THREADS, thread_name_prefix="image-writes")
+        self._pool = ThreadPoolExecutor(write_threads, thread_name_prefix="image-writes")
         self._directories: set[Path] = set()
         self._mkdir_lock = threading.Lock()
         self._syncs: dict[Path, _DirectorySync] = {}
@@ -58,10 +65,7 @@ class LocalStorage:
 
     def _path_to_write(self, key: str) -> Path:
         # Keys come from the worker; checked by their text, without the syscalls of resolve().
-        parts = key.split("/")
-        if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
-            raise ValueError(f"storage key escapes the storage root: {key!r}")
-        return self.root.joinpath(*parts)
+        return self.root.joinpath(*check_key(key))
 
     async def put(self, key: str, data: bytes, content_type: str) -> None:
         path = self._path_to_write(key)
@@ -137,14 +141,77 @@ class LocalStorage:
 
         fsync.add_done_callback(finished)
 
+    async def open(self, key: str) -> StoredImage | None:
+        return await asyncio.to_thread(self._open, key)
+
+    def _open(self, key: str) -> StoredImage | None:
+        # Keys here come from links: resolved, so a symlink cannot lead out of the root.
+        path = self.path_for(key)
+        if path is None:
+            return None
+        try:
+            status = path.stat()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(status.st_mode):
+            return None
+
+        async def read(start: int, end: int) -> AsyncIterator[bytes]:
+            handle = await asyncio.to_thread(path.open, "rb")
+            try:
+                if start:
+                    handle.seek(start)
+                position = start
+                while position < end:
+                    size = min(READ_CHUNK_BYTES, end - position)
+                    chunk = await asyncio.to_thread(handle.read, size)
+                    if not chunk:
+                        return
+                    position += len(chunk)
+                    yield chunk
+            finally:
+                handle.close()
+
+        return StoredImage(
+            key=key,
+            size=status.st_size,
+            content_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+            modified_at=status.st_mtime,
+            etag=f'"{status.st_mtime_ns:x}-{status.st_size:x}"',
+            _read=read,
+        )
+
     async def delete(self, key: str) -> None:
         path = self.path_for(key)
         if path is not None:
             await asyncio.get_running_loop().run_in_executor(self._pool, _unlink, path)
 
+    async def list(self, prefix: str, *, older_than: float | None = None) -> AsyncIterator[str]:
+        for key in await asyncio.to_thread(self._list, prefix, older_than):
+            yield key
+
+    def _list(self, prefix: str, older_than: float | None) -> Sequence[str]:
+        folder, _, _ = prefix.rpartition("/")
+        top = self.root.joinpath(*check_key(folder)) if folder else self.root
+        found = []
+        for directory, _, names in os.walk(top):
+            for name in names:
+                path = Path(directory, name)
+                key = path.relative_to(self.root).as_posix()
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    status = path.lstat()
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISREG(status.st_mode):
+                    continue
+                if older_than is None or status.st_mtime <= older_than:
+                    found.append(key)
+        return sorted(found)
+
     def url_for(self, key: str, *, base_url: str, expires: int) -> str:
-        signature = self.signer.signature(key, expires)
-        return f"{base_url}{FILES_PREFIX}{quote(key)}?expires={expires}&signature={signature}"
+        return self._signer.files_url(key, base_url=base_url, expires=expires)
 
     async def aclose(self) -> None:
         self._pool.shutdown(wait=True)

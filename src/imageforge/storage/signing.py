@@ -1,4 +1,8 @@
-"""HMAC-signed, expiring links to stored images."""
+"""HMAC-signed, expiring links to stored images, served by the API's /files route.
+
+Backends whose images are read through the API (local disk, memory) make their links
+with `UrlSigner.files_url`; the /files route checks them with the same signer.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +12,11 @@ import hmac
 import os
 import secrets
 from pathlib import Path
+from urllib.parse import quote
 
 SECRET_FILE = "url-signing.key"
+#: Where the API serves stored images.
+FILES_PREFIX = "/files/"
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
@@ -40,6 +47,11 @@ class UrlSigner:
     def signature(self, key: str, expires: int) -> str:
         digest = hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+    def files_url(self, key: str, *, base_url: str, expires: int) -> str:
+        """`<base_url>/files/<key>?expires=…&signature=…`."""
+        signature = self.signature(key, expires)
+        return f"{base_url}{FILES_PREFIX}{quote(key)}?expires={expires}&signature={signature}"
 
     def is_valid(self, key: str, expires: int, signature: str) -> bool:
         return hmac.compare_digest(self.signature(key, expires), signature)

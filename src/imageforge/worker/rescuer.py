@@ -11,7 +11,7 @@ import asyncio
 import logging
 import time
 
-from imageforge.storage import LocalStorage
+from imageforge.storage import Storage
 from imageforge.store import Store, StoreUnavailable
 from imageforge.worker.janitor import sweep_orphan_images
 
@@ -33,7 +33,7 @@ async def rescue_forever(
     *,
     interval_seconds: float,
     idempotency_ttl_seconds: float = 86_400,
-    storage: LocalStorage | None = None,
+    storage: Storage | None = None,
 ) -> None:
     next_prune = 0.0
     next_sweep = time.time() + SWEEP_EVERY_SECONDS

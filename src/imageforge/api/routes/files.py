@@ -1,13 +1,17 @@
-"""GET /files/{key}: stored images behind signed, expiring links (no API key)."""
+"""GET /files/{key}: stored images behind signed, expiring links (no API key).
+
+The bytes are streamed from the `Storage` interface, whatever the backend.
+"""
 
 from __future__ import annotations
 
-import mimetypes
 import time
+from email.utils import formatdate
 
-from fastapi import APIRouter, Query
-from starlette.responses import FileResponse
+from fastapi import APIRouter, Query, Request
+from starlette.responses import Response, StreamingResponse
 
+from imageforge.api.byte_ranges import requested_range
 from imageforge.api.deps import RuntimeDep
 from imageforge.errors import LinkExpired, LinkInvalid, NotFound
 
@@ -18,34 +22,56 @@ router = APIRouter(tags=["files"])
     "/files/{key:path}",
     summary="Download a generated image",
     description="The `image_url` of a completed task. Needs no API key; the signature must "
-    "match and the link must not have expired (403 and 410 otherwise).",
-    response_class=FileResponse,
+    "match and the link must not have expired (403 and 410 otherwise). A single byte "
+    "`Range` is answered with 206.",
+    response_class=Response,
     responses={
         200: {"content": {"image/png": {}}, "description": "The image."},
+        206: {"content": {"image/png": {}}, "description": "The requested byte range."},
         403: {"description": "Bad or missing signature."},
         410: {"description": "The link has expired."},
+        416: {"description": "The range starts past the end of the image."},
     },
 )
 async def download_file(
     key: str,
+    request: Request,
     runtime: RuntimeDep,
     expires: int | None = Query(None, description="Unix seconds after which the link is dead."),
     signature: str | None = Query(None, description="HMAC-SHA256 of the key and expiry."),
-) -> FileResponse:
-    storage = runtime.storage
-    if expires is None or not signature or not storage.signer.is_valid(key, expires, signature):
+) -> Response:
+    if expires is None or not signature or not runtime.signer.is_valid(key, expires, signature):
         raise LinkInvalid("This link is not valid: its signature does not match.")
     remaining = expires - int(time.time())
     if remaining <= 0:
         raise LinkExpired("This link has expired; poll the task again for a fresh one.")
-    path = storage.path_for(key)
-    if path is None or not path.is_file():
+    image = await runtime.storage.open(key)
+    if image is None:
         raise NotFound("This image no longer exists.", code="file_not_found")
-    media_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
-    return FileResponse(
-        path,
-        media_type=media_type,
-        headers={"Cache-Control": f"private, max-age={remaining}, immutable"},
+    headers = {
+        "Cache-Control": f"private, max-age={remaining}, immutable",
+        "Accept-Ranges": "bytes",
+        "ETag": image.etag,
+        "Last-Modified": formatdate(image.modified_at, usegmt=True),
+    }
+    status, start, end = 200, 0, image.size
+    wanted = requested_range(
+        request.headers.get("range"),
+        image.size,
+        if_range=request.headers.get("if-range"),
+        etag=image.etag,
+    )
+    if wanted is not None:
+        status, (start, end) = 206, wanted
+        headers["Content-Range"] = f"bytes {start}-{end - 1}/{image.size}"
+    headers["Content-Length"] = str(end - start)
+    if request.method == "HEAD":
+        return Response(status_code=status, media_type=image.content_type, headers=headers)
+    return StreamingResponse(
+        image.chunks(start, end),
+        status_code=status,
+        media_type=image.content_type,
+        headers=headers,
     )
 
 

@@ -16,7 +16,7 @@ from imageforge.api.deps import (
 from imageforge.api.request_body import json_body_schema, parse_json_body
 from imageforge.api.responses import error_responses
 from imageforge.billing import to_json_number
-from imageforge.wire import CreateImageRequest, QuoteResponse, TaskCreated
+from imageforge.wire import CreateImageRequest, QuoteResponse, TaskCreated, task_created_body
 
 router = APIRouter(tags=["images"])
 
@@ -50,18 +50,12 @@ async def create_image(request: Request) -> Response:
     body = await parse_json_body(request, CreateImageRequest)
     runtime = runtime_of(request)
     task, replayed = await runtime.service.create(caller, body, idempotency_key=idempotency_key)
-    payload = {
-        "id": task.id,
-        "object": "image",
-        "created": task.created,
-        "model": task.model,
-        # A replay answers exactly what the first request was told.
-        "status": "queued" if replayed else task.status.value,
-        "error": None,
-        "amount": to_json_number(task.price_micros),
-    }
     headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return Response(orjson.dumps(payload), media_type="application/json", headers=headers)
+    return Response(
+        orjson.dumps(task_created_body(task, replayed=replayed)),
+        media_type="application/json",
+        headers=headers,
+    )
 
 
 @router.post(

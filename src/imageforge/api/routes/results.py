@@ -10,9 +10,8 @@ from starlette.responses import Response
 
 from imageforge.api.deps import REQUIRES_API_KEY, authenticate, base_url_of, runtime_of
 from imageforge.api.responses import error_responses
-from imageforge.billing import to_json_number
 from imageforge.tasks import TaskStatus
-from imageforge.wire import TaskResult
+from imageforge.wire import TaskResult, task_result_body
 
 router = APIRouter(tags=["images"])
 
@@ -41,14 +40,5 @@ async def get_result(
             base_url=base_url_of(request, settings.public_base_url),
             expires=int(time.time()) + settings.image_url_ttl_seconds,
         )
-    payload = {
-        "id": task.id,
-        "object": "image.generation",
-        "created": task.created,
-        "model": task.model,
-        "status": task.status.value,
-        "image_url": image_url,
-        "error": task.error if task.status is TaskStatus.FAILED else None,
-        "amount": to_json_number(task.price_micros),
-    }
-    return Response(orjson.dumps(payload), media_type="application/json")
+    body = task_result_body(task, image_url=image_url)
+    return Response(orjson.dumps(body), media_type="application/json")

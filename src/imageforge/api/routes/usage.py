@@ -6,8 +6,7 @@ from fastapi import APIRouter, Query
 
 from imageforge.api.deps import CallerDep, RuntimeDep
 from imageforge.api.responses import error_responses
-from imageforge.billing import to_json_number
-from imageforge.wire import UsageDay, UsageResponse
+from imageforge.wire import UsageResponse, usage_body
 
 router = APIRouter(tags=["usage"])
 
@@ -26,23 +25,4 @@ async def get_usage(
     days: int = Query(30, ge=1, le=366, description="How many days back to report."),
 ) -> UsageResponse:
     usage = await runtime.service.usage(caller, days=days)
-    balance = usage.key.balance_micros
-    return UsageResponse(
-        key_id=usage.key.id,
-        currency=usage.currency,
-        balance=None if balance is None else to_json_number(balance),
-        spend=to_json_number(sum(row.spend_micros for row in usage.rows)),
-        tasks=sum(row.tasks for row in usage.rows),
-        days=[
-            UsageDay(
-                day=row.day,
-                model=row.model,
-                tasks=row.tasks,
-                completed=row.completed,
-                failed=row.failed,
-                unfinished=row.unfinished,
-                spend=to_json_number(row.spend_micros),
-            )
-            for row in usage.rows
-        ],
-    )
+    return UsageResponse.model_validate(usage_body(usage.key, usage.currency, usage.rows))

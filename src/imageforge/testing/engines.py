@@ -1,10 +1,14 @@
-"""An engine plugin for process-level tests and the queue benchmark.
+"""Engines for tests: one scripted call by call, and one for whole processes.
 
-Loaded by server and worker processes as `tests.chaos_engine:ChaosEngine`. It sleeps a
+`ScriptedEngine` runs in the test's own process: each call takes the next step of its
+script (`ok`, `transient`, `permanent` or any callable returning a `GeneratedImage`)
+and records the request. `ChaosEngine` is an engine plugin for server and worker
+processes (`IMAGEFORGE_ENGINE=imageforge.testing.engines:ChaosEngine`): it sleeps a
 random time (IMAGEFORGE_CHAOS_MIN_SECONDS … IMAGEFORGE_CHAOS_MAX_SECONDS, default
-0.05 … 1) and returns a 1×1 PNG. When IMAGEFORGE_CHAOS_LOG names a file, every call
-appends a line there when it starts and one *after* its work, the latter standing for
-a side effect that costs money upstream:
+0.05 … 1; 0 and 0 make it instant) and returns a 1×1 PNG. It is configured through
+the environment because it runs in processes a test starts. When IMAGEFORGE_CHAOS_LOG
+names a file, every call appends a line there when it starts and one *after* its
+work, the latter standing for a side effect that costs money upstream:
 
     start <task id> <attempt> <pid> <time>
     done <task id> <attempt> <pid> <time>
@@ -23,11 +27,12 @@ import os
 import random
 import sqlite3
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from imageforge.engines import EngineError, GeneratedImage, GenerationRequest
+from imageforge.engines.base import EngineError, GeneratedImage, GenerationRequest
 from imageforge.settings import Settings
 from imageforge.store.urls import asyncpg_dsn, database_backend
 
@@ -40,8 +45,46 @@ LOG_ENV = "IMAGEFORGE_CHAOS_LOG"
 FAIL_PREFIX = "fail:"
 
 
+def ok() -> GeneratedImage:
+    """A script step: the call succeeds with a 1×1 PNG."""
+    return GeneratedImage(data=PNG_1X1, content_type="image/png", width=1, height=1)
+
+
+def transient() -> GeneratedImage:
+    """A script step: the call fails in a way another attempt may not."""
+    raise EngineError("upstream busy", retryable=True)
+
+
+def permanent() -> GeneratedImage:
+    """A script step: the call fails for good."""
+    raise EngineError("prompt rejected by policy", retryable=False)
+
+
+@dataclass
+class ScriptedEngine:
+    """An engine whose outcome per call is scripted by the test (`ok` once the script
+    is used up), each call `delay` seconds long."""
+
+    name: ClassVar[str] = "scripted"
+    fetches_references: ClassVar[bool] = True
+    script: list[Callable[[], GeneratedImage]] = field(default_factory=list)
+    delay: float = 0.0
+    calls: list[GenerationRequest] = field(default_factory=list)
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        self.calls.append(request)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        step = self.script.pop(0) if self.script else ok
+        return step()
+
+    async def aclose(self) -> None:
+        return None
+
+
 class ChaosEngine:
     name: ClassVar[str] = "chaos"
+    fetches_references: ClassVar[bool] = True
 
     def __init__(self, *, settings: Settings) -> None:
         self._min = float(os.environ.get("IMAGEFORGE_CHAOS_MIN_SECONDS", "0.05"))
@@ -62,7 +105,7 @@ class ChaosEngine:
             # A task the upstream refuses after doing (and billing) the work: the worker
             # must fail it, and the failure must refund its charge exactly once.
             raise EngineError("chaos: this prompt always fails", retryable=False)
-        return GeneratedImage(data=PNG_1X1, content_type="image/png", width=1, height=1)
+        return ok()
 
     def _record(self, event: str, task_id: str, attempt: int) -> None:
         if self._log_fd is None:
@@ -94,7 +137,8 @@ class ChaosEngine:
 
 @dataclass(frozen=True)
 class EngineEvent:
-    event: str  # "start" or "done"
+    #: "start" or "done".
+    event: str
     task_id: str
     attempt: int
     pid: int
@@ -102,6 +146,7 @@ class EngineEvent:
 
 
 def read_events(path: Path) -> list[EngineEvent]:
+    """The lines ChaosEngine processes appended to the log at `path`."""
     if not path.exists():
         return []
     events = []

@@ -1,7 +1,12 @@
-"""Run `imageforge` as a user would: a real process on a real port."""
+"""Run `imageforge` as a user would: real processes on real ports, for tests and benchmarks.
+
+Every process gets a clean environment: the caller's, without any `IMAGEFORGE_*`
+variable, plus the data dir and what the caller adds.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -40,14 +45,19 @@ def run_cli(data_dir: Path, *args: str, **env: str) -> subprocess.CompletedProce
     )
 
 
-def create_key(data_dir: Path, name: str = "test") -> dict[str, Any]:
-    result = run_cli(data_dir, "keys", "create", "--name", name, "--json")
-    assert result.returncode == 0, result.stderr
+def create_key(data_dir: Path, name: str = "test", **env: str) -> dict[str, Any]:
+    """`imageforge keys create --json`: → {"id", "key", "name"}."""
+    result = run_cli(data_dir, "keys", "create", "--name", name, "--json", **env)
+    if result.returncode != 0:
+        raise RuntimeError(f"keys create failed: {result.stderr}")
     created: dict[str, Any] = json.loads(result.stdout.strip().splitlines()[-1])
     return created
 
 
 class ServerProcess:
+    """`imageforge serve` on a free port of 127.0.0.1, ready (/healthz 200) once built;
+    its output goes to a log file beside the data dir."""
+
     def __init__(self, data_dir: Path, *args: str, **env: str) -> None:
         self.data_dir = data_dir
         self.port = free_port()
@@ -71,6 +81,8 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,
+            # Its own process group, so that `kill` takes the render processes with it.
+            start_new_session=True,
         )
         self._wait_ready()
 
@@ -103,7 +115,9 @@ class ServerProcess:
         return code
 
     def kill(self) -> None:
-        self.process.kill()
+        """SIGKILL, as a crash would: the server and every process it started."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(timeout=10)
         self._log.close()
 
@@ -116,10 +130,12 @@ class ServerProcess:
 
 
 def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 60.0) -> dict[str, Any]:
+    """Poll a task until it is completed or failed; → its last poll's body."""
     deadline = time.monotonic() + timeout
     while True:
         response = client.get(f"/v1/result/{task_id}")
-        assert response.status_code == 200, response.text
+        if response.status_code != 200:
+            raise AssertionError(f"poll of {task_id}: {response.status_code} {response.text}")
         body: dict[str, Any] = response.json()
         if body["status"] in ("completed", "failed"):
             return body

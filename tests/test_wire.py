@@ -1,0 +1,120 @@
+"""The dicts the server and the CLI send are exactly the documented models' shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pydantic import BaseModel
+
+from imageforge.ids import KeyId
+from imageforge.store import ApiKeyRecord
+from imageforge.store.base import UsageRow
+from imageforge.tasks import TaskStatus
+from imageforge.wire import (
+    ErrorResponse,
+    KeyCreated,
+    KeyInfo,
+    TaskCreated,
+    TaskResult,
+    UsageDay,
+    UsageResponse,
+    error_body,
+    key_created_body,
+    key_info_body,
+    task_created_body,
+    task_result_body,
+    usage_body,
+)
+from tests.test_store_contract import make_task
+
+URL = "http://127.0.0.1:8000/files/2026/11/24/x.png?expires=1&signature=s"
+LIMITED = ApiKeyRecord(
+    id=KeyId("key_3f9a0c1d2e4b5a69"),
+    name="team-a",
+    hint="ifk_ab…yz",
+    created_at=1774836724.5,
+    revoked_at=None,
+    balance_micros=12_500_000,
+)
+REVOKED_UNLIMITED = ApiKeyRecord(
+    id=KeyId("key_00000000000000ff"),
+    name="old",
+    hint="ifk_cd…wx",
+    created_at=1774836000.0,
+    revoked_at=1774836999.25,
+    balance_micros=None,
+)
+ROWS = [
+    UsageRow("2026-11-24", "gpt-image-2", 3, 1, 1, 1, 59_000),
+    UsageRow("2026-11-25", "gpt-image-2-r", 1, 1, 0, 0, 5_000),
+]
+
+
+def assert_shape(model: type[BaseModel], body: Any) -> None:
+    """Every documented field and no other; strict types; and the model, reading the
+    body and writing it out again, changes nothing."""
+    assert set(body) == set(model.model_fields), model.__name__
+    parsed = model.model_validate(body, strict=True)
+    assert parsed.model_dump(mode="json") == body
+
+
+@pytest.mark.parametrize("replayed", [False, True])
+@pytest.mark.parametrize("price", [0, 53_000, 2_000_000])
+def test_task_created(replayed: bool, price: int) -> None:
+    body = task_created_body(make_task(price_micros=price), replayed=replayed)
+    assert_shape(TaskCreated, body)
+    assert body["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("status", "image_url", "error"),
+    [
+        (TaskStatus.QUEUED, None, None),
+        (TaskStatus.PROCESSING, None, None),
+        (TaskStatus.COMPLETED, URL, None),
+        (TaskStatus.FAILED, None, "prompt rejected by policy"),
+    ],
+)
+def test_task_result(status: TaskStatus, image_url: str | None, error: str | None) -> None:
+    task = make_task(status=status, error=error, price_micros=211_000)
+    body = task_result_body(task, image_url=image_url)
+    assert_shape(TaskResult, body)
+    assert (body["status"], body["image_url"], body["error"]) == (status.value, image_url, error)
+
+
+def test_task_result_shows_a_link_or_an_error_only_in_their_state() -> None:
+    # A retry left an error on a queued task; a link is never shown before completion.
+    task = make_task(status=TaskStatus.QUEUED, error="upstream busy")
+    body = task_result_body(task, image_url=URL)
+    assert (body["image_url"], body["error"]) == (None, None)
+
+
+@pytest.mark.parametrize("param", [None, "size"])
+def test_error(param: str | None) -> None:
+    body = error_body("size: bad", error_type="invalid_request_error", code="x", param=param)
+    assert_shape(ErrorResponse, body)
+    assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize("key", [LIMITED, REVOKED_UNLIMITED])
+@pytest.mark.parametrize("rows", [ROWS, []])
+def test_usage(key: ApiKeyRecord, rows: list[UsageRow]) -> None:
+    body = usage_body(key, "USD", rows)
+    assert_shape(UsageResponse, body)
+    for day in body["days"]:
+        assert set(day) == set(UsageDay.model_fields)
+
+
+def test_usage_totals() -> None:
+    body = usage_body(LIMITED, "USD", ROWS)
+    assert (body["balance"], body["spend"], body["tasks"]) == (12.5, 0.064, 4)
+
+
+@pytest.mark.parametrize("key", [LIMITED, REVOKED_UNLIMITED])
+def test_keys(key: ApiKeyRecord) -> None:
+    assert_shape(KeyCreated, key_created_body(key, "ifk_secret"))
+    info = key_info_body(key)
+    assert_shape(KeyInfo, info)
+    assert info["active"] is (key.revoked_at is None)
+    assert "ifk_secret" not in str(info)
