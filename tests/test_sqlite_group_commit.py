@@ -44,8 +44,8 @@ async def store(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, GatedCommits
     await asyncio.to_thread(upgrade_database, url)
     store = SqliteStore(tmp_path / "g.db")
     gated = GatedCommits()
-    store._committer.shutdown()
-    store._committer = gated
+    store._writes._committer.shutdown()
+    store._writes._committer = gated
     try:
         yield store, gated
     finally:

@@ -181,12 +181,7 @@ async def test_a_worker_that_lost_its_lease_changes_nothing(rig: Rig) -> None:
         claimed = await rig.wait_for(task, TaskStatus.PROCESSING)
         # Another party takes the task over: re-queue it and claim it as attempt 2.
         assert await rig.store.requeue(
-            task.id,
-            claimed.attempt,
-            run_after=time.time() + 60,
-            error="x",
-            error_code="x",
-            now=time.time(),
+            task.id, claimed.attempt, delay_seconds=60, error="x", error_code="x"
         )
         await asyncio.sleep(1.0)  # the first worker finishes generating meanwhile
         current = await rig.store.get_task(task.id)
@@ -205,12 +200,7 @@ async def test_heartbeat_notices_a_lost_lease_and_abandons_the_work(rig: Rig) ->
     async def steal() -> None:
         claimed = await rig.wait_for(task, TaskStatus.PROCESSING)
         await rig.store.requeue(
-            task.id,
-            claimed.attempt,
-            run_after=time.time() + 60,
-            error="x",
-            error_code="x",
-            now=time.time(),
+            task.id, claimed.attempt, delay_seconds=60, error="x", error_code="x"
         )
         await asyncio.sleep(0.6)
         assert runner.in_flight == 0
@@ -312,9 +302,9 @@ async def test_one_write_renews_every_lease_the_runner_holds(rig: Rig) -> None:
     batches: list[int] = []
     renew = rig.store.renew_leases
 
-    async def counting(leases: Any, *, lease_until: float) -> set[Any]:
+    async def counting(leases: Any, *, lease_seconds: float) -> set[Any]:
         batches.append(len(leases))
-        return await renew(leases, lease_until=lease_until)
+        return await renew(leases, lease_seconds=lease_seconds)
 
     rig.store.renew_leases = counting  # type: ignore[method-assign]
 
@@ -331,7 +321,7 @@ async def test_claims_go_first_but_never_hold_a_finished_image_back_for_long(rig
     """While the run loop keeps claiming (a backlog, slow claims of one task each, room to
     spare), generated tasks wait for it before they are stored, but never longer than
     FINISHING_MAX_DEFER_SECONDS: the claiming here goes on for about 4 s."""
-    from imageforge.worker.runner import FINISHING_MAX_DEFER_SECONDS
+    from imageforge.worker.slots import FINISHING_MAX_DEFER_SECONDS
 
     tasks = [await rig.add() for _ in range(40)]
     generated_at: dict[str, float] = {}
