@@ -16,7 +16,7 @@ from imageforge.references import ReferenceFetcher
 from imageforge.storage import LocalStorage, UrlSigner
 from imageforge.store import Store, open_store, upgrade_database
 from imageforge.tasks import Task, TaskStatus
-from imageforge.worker.retry import retry_delay
+from imageforge.worker.retry import retry_delay, retry_until_deadline
 from imageforge.worker.runner import Runner, RunnerConfig
 from tests.test_store_contract import make_task
 
@@ -357,3 +357,61 @@ async def test_claims_go_first_but_never_hold_a_finished_image_back_for_long(rig
         waits.append(done.finished_at - generated_at[task.id])
     assert max(waits) > 0.03, "no task ever waited for a claim: the test proves nothing"
     assert max(waits) < min(FINISHING_MAX_DEFER_SECONDS, 1.0) + 0.3, max(waits)
+
+
+async def test_a_write_is_retried_through_an_outage_until_its_deadline() -> None:
+    class Down(Exception):
+        pass
+
+    now = [0.0]
+    calls: list[float] = []
+    slept: list[float] = []
+
+    async def flaky(fails: int) -> str:
+        calls.append(now[0])
+        if len(calls) <= fails:
+            raise Down()
+        return "done"
+
+    def advance(delay: float) -> None:
+        slept.append(delay)
+        now[0] += delay
+
+    result = await retry_until_deadline(
+        lambda: flaky(3),
+        retry_on=Down,
+        within_seconds=5.0,
+        on_retry=advance,
+        clock=lambda: now[0],
+        first_delay=0.001,
+        max_delay=0.004,
+    )
+    assert result == ("done", 3) and slept == [0.001, 0.002, 0.004]
+    calls.clear()
+    with pytest.raises(Down):  # the next try would start after the deadline
+        await retry_until_deadline(
+            lambda: flaky(100),
+            retry_on=Down,
+            within_seconds=0.01,
+            on_retry=advance,
+            clock=lambda: now[0],
+            first_delay=0.001,
+            max_delay=0.004,
+        )
+    assert len(calls) == 4  # at 0, +1, +3, +7 ms; +11 would be past 10
+    calls.clear()
+    with pytest.raises(Down):  # told to stop trying (the worker is shutting down)
+        await retry_until_deadline(
+            lambda: flaky(100), retry_on=Down, within_seconds=60, keep_trying=lambda: False
+        )
+    assert len(calls) == 1
+
+
+def test_the_documented_defaults_are_the_code_defaults() -> None:
+    from imageforge.settings import Settings
+    from imageforge.store.urls import DEFAULT_POOL_SIZE
+    from imageforge.worker.runner import CLAIM_BATCH
+
+    fields = Settings.model_fields
+    assert fields["claim_batch"].default == CLAIM_BATCH
+    assert fields["postgres_pool_size"].default == DEFAULT_POOL_SIZE

@@ -358,23 +358,27 @@ class PostgresStore:
         usage: dict[str, Any] | None,
         upstream: str | None = None,
     ) -> bool:
-        args = (self._now(), task_id, attempt, image_key, content_type, encode_usage(usage))
-        return await self._transition(sql.COMPLETE.postgres, (*args, upstream))
+        usage_json = encode_usage(usage)
+        return await self._transition(
+            sql.COMPLETE.postgres, task_id, attempt, image_key, content_type, usage_json, upstream
+        )
 
     async def record_upstream(
         self, task_id: TaskId, attempt: int, *, upstream: str, upstream_task_id: str
     ) -> bool:
-        args = (self._now(), task_id, attempt, upstream, upstream_task_id)
-        return await self._transition(sql.RECORD_UPSTREAM.postgres, args)
+        return await self._transition(
+            sql.RECORD_UPSTREAM.postgres, task_id, attempt, upstream, upstream_task_id
+        )
 
     @retried_when_rolled_back
-    async def _transition(self, statement: str, args: tuple[Any, ...]) -> bool:
+    async def _transition(self, statement: str, *args: Any) -> bool:
+        """One fenced transition (`{now}`, task id, attempt, …); → whether it applied."""
         with self._driver_errors:
-            rows = await self._pool.fetch(statement, *args)
+            rows = await self._pool.fetch(statement, self._now(), *args)
         return bool(rows)
 
     async def fail(self, task_id: TaskId, attempt: int, *, error: str, error_code: str) -> bool:
-        return await self._transition(pg.FAIL, (self._now(), task_id, attempt, error, error_code))
+        return await self._transition(pg.FAIL, task_id, attempt, error, error_code)
 
     async def requeue(
         self,
@@ -385,12 +389,13 @@ class PostgresStore:
         error: str,
         error_code: str,
     ) -> bool:
+        # A task claimable at once wakes the workers; one held back by a retry delay
+        # would only wake them to find nothing, so the poll picks it up when it is due.
         statement = pg.REQUEUE_AND_NOTIFY if delay_seconds <= 0 else sql.REQUEUE.postgres
-        args = (self._now(), task_id, attempt, delay_seconds, error, error_code)
-        return await self._transition(statement, args)
+        return await self._transition(statement, task_id, attempt, delay_seconds, error, error_code)
 
     async def release(self, task_id: TaskId, attempt: int) -> bool:
-        return await self._transition(pg.RELEASE_AND_NOTIFY, (self._now(), task_id, attempt))
+        return await self._transition(pg.RELEASE_AND_NOTIFY, task_id, attempt)
 
     @retried_when_rolled_back
     async def rescue_expired(self, *, limit: int = 500) -> RescueReport:

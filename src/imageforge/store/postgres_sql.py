@@ -90,8 +90,6 @@ _REFUND_FAILED = (
 FAIL = sql.for_postgres(
     f"WITH failed AS ({sql.FAIL.template}), {_REFUND_FAILED}SELECT id FROM failed"
 )
-# A task claimable at once wakes the workers; one held back by a retry delay would
-# only wake them to find nothing, so the poll picks it up when it is due.
 REQUEUE_AND_NOTIFY = f"WITH changed AS ({sql.REQUEUE.postgres}) SELECT {NOTIFY} FROM changed"
 RELEASE_AND_NOTIFY = f"WITH changed AS ({sql.RELEASE.postgres}) SELECT {NOTIFY} FROM changed"
 # Each rescue is conditional on the row still being processing, at the attempt that

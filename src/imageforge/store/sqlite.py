@@ -363,23 +363,27 @@ class SqliteStore:
         usage: dict[str, Any] | None,
         upstream: str | None = None,
     ) -> bool:
-        args = (self._clock(), task_id, attempt, image_key, content_type, encode_usage(usage))
-        return await self._transition(sql.COMPLETE, (*args, upstream))
+        usage_json = encode_usage(usage)
+        return await self._transition(
+            sql.COMPLETE, task_id, attempt, image_key, content_type, usage_json, upstream
+        )
 
     async def record_upstream(
         self, task_id: TaskId, attempt: int, *, upstream: str, upstream_task_id: str
     ) -> bool:
-        args = (self._clock(), task_id, attempt, upstream, upstream_task_id)
-        return await self._transition(sql.RECORD_UPSTREAM, args)
+        return await self._transition(
+            sql.RECORD_UPSTREAM, task_id, attempt, upstream, upstream_task_id
+        )
 
-    async def _transition(self, statement: sql.Statement, args: tuple[Any, ...]) -> bool:
+    async def _transition(self, statement: sql.Statement, *args: Any) -> bool:
+        """One fenced transition (`{now}`, task id, attempt, …); → whether it applied."""
         async with self._writes.write() as db:
-            rows = db.execute(statement.sqlite, args).fetchall()
+            rows = db.execute(statement.sqlite, (self._clock(), *args)).fetchall()
         return bool(rows)
 
     async def fail(self, task_id: TaskId, attempt: int, *, error: str, error_code: str) -> bool:
-        now = self._clock()
         async with self._writes.write() as db:
+            now = self._clock()
             rows = db.execute(sql.FAIL.sqlite, (now, task_id, attempt, error, error_code))
             failed = rows.fetchall()
             self._refund(db, failed, now)
@@ -403,15 +407,16 @@ class SqliteStore:
         error: str,
         error_code: str,
     ) -> bool:
-        args = (self._clock(), task_id, attempt, delay_seconds, error, error_code)
-        return await self._transition(sql.REQUEUE, args)
+        return await self._transition(
+            sql.REQUEUE, task_id, attempt, delay_seconds, error, error_code
+        )
 
     async def release(self, task_id: TaskId, attempt: int) -> bool:
-        return await self._transition(sql.RELEASE, (self._clock(), task_id, attempt))
+        return await self._transition(sql.RELEASE, task_id, attempt)
 
     async def rescue_expired(self, *, limit: int = 500) -> RescueReport:
-        args = (self._clock(), limit, RESCUE_ERROR)
         async with self._writes.write() as db:
+            args = (self._clock(), limit, RESCUE_ERROR)
             requeued = db.execute(_RESCUE_REQUEUE, args).fetchall()
             failed = db.execute(_RESCUE_FAIL, args).fetchall()
             self._refund(db, failed, args[0])
