@@ -377,33 +377,26 @@ async def test_a_write_is_retried_through_an_outage_until_its_deadline() -> None
         slept.append(delay)
         now[0] += delay
 
-    result = await retry_until_deadline(
-        lambda: flaky(3),
-        retry_on=Down,
-        within_seconds=5.0,
-        on_retry=advance,
-        clock=lambda: now[0],
-        first_delay=0.001,
-        max_delay=0.004,
-    )
-    assert result == ("done", 3) and slept == [0.001, 0.002, 0.004]
-    calls.clear()
-    with pytest.raises(Down):  # the next try would start after the deadline
-        await retry_until_deadline(
-            lambda: flaky(100),
+    def retrying(fails: int, within: float, **options: Any) -> Any:
+        calls.clear()
+        return retry_until_deadline(
+            lambda: flaky(fails),
             retry_on=Down,
-            within_seconds=0.01,
+            within_seconds=within,
             on_retry=advance,
             clock=lambda: now[0],
             first_delay=0.001,
             max_delay=0.004,
+            **options,
         )
+
+    assert await retrying(3, within=5.0) == ("done", 3)
+    assert slept == [0.001, 0.002, 0.004]
+    with pytest.raises(Down):  # the next try would start after the deadline
+        await retrying(100, within=0.01)
     assert len(calls) == 4  # at 0, +1, +3, +7 ms; +11 would be past 10
-    calls.clear()
     with pytest.raises(Down):  # told to stop trying (the worker is shutting down)
-        await retry_until_deadline(
-            lambda: flaky(100), retry_on=Down, within_seconds=60, keep_trying=lambda: False
-        )
+        await retrying(100, within=60.0, keep_trying=lambda: False)
     assert len(calls) == 1
 
 

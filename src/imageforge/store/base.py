@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 from imageforge.errors import (
@@ -50,6 +51,30 @@ class StoreConflict(ImageforgeError):
             "nothing was changed",
             param=columns,
         )
+
+
+class DriverErrors:
+    """Wraps every call a store makes to its driver and raises what `translate` makes of
+    the driver's error: StoreUnavailable, StoreConflict, or nothing (the error stays a
+    defect). A plain class, not a generator-based context manager: it wraps every call,
+    and those cost more."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            translated = self.translate(exc)
+            if translated is not None:
+                raise translated from exc
+
+    def translate(self, exc: BaseException) -> ImageforgeError | None:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)

@@ -84,7 +84,7 @@ async def _keep_session(connection: Any) -> None:
     pool), so there is nothing to reset."""
 
 
-class PostgresStore:
+class PostgresStore(procedures.KeyProcedures):
     def __init__(self, pool: Any, dsn: str, *, clock: Callable[[], float] | None = None) -> None:
         """`clock`: None for the database's clock (what every deployment wants); a
         function, for tests that move time, is used in its place."""
@@ -138,57 +138,17 @@ class PostgresStore:
             rows: list[Any] = await self._pool.fetch(statement.postgres, *args)
         return rows
 
-    # Keys -------------------------------------------------------------------
+    # Keys (create_key and adjust_balance: procedures.KeyProcedures) ----------
 
     @retried_when_rolled_back
-    async def create_key(
-        self,
-        *,
-        key_id: KeyId,
-        name: str,
-        key_hash: str,
-        hint: str,
-        now: float,
-        balance_micros: int | None = None,
-    ) -> ApiKeyRecord:
-        procedure = procedures.create_key(
-            key_id=key_id,
-            name=name,
-            key_hash=key_hash,
-            hint=hint,
-            now=now,
-            balance_micros=balance_micros,
-        )
+    async def _in_transaction(self, make: Callable[[], Procedure[T]]) -> T:
         with self._driver_errors:
             async with self._pool.acquire() as connection, connection.transaction():
-                return await _run(connection, procedure)
+                return await _run(connection, make())
 
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None:
         rows = await self._read(sql.GET_KEY, key_id)
         return key_from_row(rows[0]) if rows else None
-
-    @retried_when_rolled_back
-    async def adjust_balance(
-        self,
-        key_id: KeyId,
-        *,
-        add_micros: int | None = None,
-        set_micros: int | None = None,
-        unlimited: bool = False,
-        note: str | None = None,
-        now: float,
-    ) -> ApiKeyRecord:
-        procedure = procedures.adjust_balance(
-            key_id,
-            add_micros=add_micros,
-            set_micros=set_micros,
-            unlimited=unlimited,
-            note=note,
-            now=now,
-        )
-        with self._driver_errors:
-            async with self._pool.acquire() as connection, connection.transaction():
-                return await _run(connection, procedure)
 
     async def usage(self, key_id: KeyId, *, since: float) -> list[UsageRow]:
         counts = await self._read(sql.USAGE_COUNTS, key_id, since)

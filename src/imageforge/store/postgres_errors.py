@@ -7,11 +7,12 @@ import asyncio
 import functools
 import re
 from collections.abc import Callable, Coroutine
-from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import asyncpg
 
+from imageforge.errors import ImageforgeError
+from imageforge.store import base
 from imageforge.store.base import StoreConflict, StoreUnavailable
 
 S = TypeVar("S")
@@ -39,39 +40,27 @@ class _RolledBack(StoreUnavailable):
     Calls that are not retried report it as unavailable (503)."""
 
 
-class DriverErrors:
-    """Maps the driver's errors deliberately (a plain class, not a generator-based
-    context manager: this wraps every call, and those cost more)."""
-
+class DriverErrors(base.DriverErrors):
     def __init__(self) -> None:
         self.pool: Any = None
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        if exc is None:
-            return
+    def translate(self, exc: BaseException) -> ImageforgeError | None:
         if isinstance(exc, asyncpg.exceptions.InternalClientError):
             # asyncpg can leave a connection whose backend was terminated mid-operation
             # in a broken protocol state (MagicStack/asyncpg#1069); the pool would hand
             # it out again. Expiring the pool's connections makes it reconnect instead.
             if self.pool is not None:
                 asyncio.get_running_loop().create_task(self.pool.expire_connections())
-            raise StoreUnavailable() from exc
+            return StoreUnavailable()
         if isinstance(exc, asyncpg.exceptions.UniqueViolationError):
-            raise _conflict(exc) from exc
+            return _conflict(exc)
         if isinstance(exc, asyncpg.exceptions.TransactionRollbackError):
-            raise _RolledBack() from exc
+            return _RolledBack()
         if isinstance(exc, UNAVAILABLE) and not isinstance(
             exc, asyncpg.exceptions.ClientConfigurationError
         ):
-            raise StoreUnavailable() from exc
+            return StoreUnavailable()
+        return None
 
 
 def _conflict(exc: Any) -> StoreConflict:

@@ -11,7 +11,7 @@ PostgreSQL's single-statement writes) stays in its store.
 
 from __future__ import annotations
 
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
 from imageforge.billing import plan_balance_change
@@ -111,3 +111,54 @@ def adjust_balance(
             yield sql.BOOK_CREDIT, (key_id, delta, note, now)
     (updated,) = yield sql.GET_KEY, (key_id,)
     return key_from_row(updated)
+
+
+class KeyProcedures:
+    """The Store methods that are one procedure each, written once for both stores; a
+    store supplies `_in_transaction`, which runs a fresh procedure from `make` in one
+    transaction (fresh, so that a store may run it again after a rollback)."""
+
+    async def _in_transaction(self, make: Callable[[], Procedure[T]]) -> T:
+        raise NotImplementedError
+
+    async def create_key(
+        self,
+        *,
+        key_id: KeyId,
+        name: str,
+        key_hash: str,
+        hint: str,
+        now: float,
+        balance_micros: int | None = None,
+    ) -> ApiKeyRecord:
+        return await self._in_transaction(
+            lambda: create_key(
+                key_id=key_id,
+                name=name,
+                key_hash=key_hash,
+                hint=hint,
+                now=now,
+                balance_micros=balance_micros,
+            )
+        )
+
+    async def adjust_balance(
+        self,
+        key_id: KeyId,
+        *,
+        add_micros: int | None = None,
+        set_micros: int | None = None,
+        unlimited: bool = False,
+        note: str | None = None,
+        now: float,
+    ) -> ApiKeyRecord:
+        return await self._in_transaction(
+            lambda: adjust_balance(
+                key_id,
+                add_micros=add_micros,
+                set_micros=set_micros,
+                unlimited=unlimited,
+                note=note,
+                now=now,
+            )
+        )

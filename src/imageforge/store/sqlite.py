@@ -20,16 +20,17 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import TracebackType
 from typing import Any, TypeVar
 
 from imageforge.billing import InsufficientCredits
+from imageforge.errors import ImageforgeError
 from imageforge.ids import KeyId, TaskId
 from imageforge.store import procedures
 from imageforge.store import statements as sql
 from imageforge.store.base import (
     RESCUE_ERROR,
     ApiKeyRecord,
+    DriverErrors,
     IdempotencyClaim,
     RescueReport,
     StoreConflict,
@@ -125,27 +126,19 @@ _CONFLICT_CODES = frozenset(
 )
 
 
-class _DriverErrors:
-    """Maps the driver's errors deliberately: a duplicate → StoreConflict (409); the
-    database unable to serve → StoreUnavailable (503); anything else is a defect and
-    stays what it is. (A plain class: it wraps every call.)"""
+class _DriverErrors(DriverErrors):
+    """A duplicate → StoreConflict (409); the database unable to serve → StoreUnavailable
+    (503); anything else is a defect and stays what it is."""
 
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    def translate(self, exc: BaseException) -> ImageforgeError | None:
         if not isinstance(exc, sqlite3.Error):
-            return
+            return None
         code = getattr(exc, "sqlite_errorcode", None)
         if code in _CONFLICT_CODES:
-            raise _conflict(str(exc)) from exc
+            return _conflict(str(exc))
         if code is not None and code & 0xFF in _UNAVAILABLE_CODES:
-            raise StoreUnavailable() from exc
+            return StoreUnavailable()
+        return None
 
 
 def _conflict(message: str) -> StoreConflict:
@@ -176,7 +169,7 @@ def sqlite_path(database_url: str) -> Path:
     return Path(url.database)
 
 
-class SqliteStore:
+class SqliteStore(procedures.KeyProcedures):
     def __init__(
         self,
         path: Path,
@@ -206,53 +199,15 @@ class SqliteStore:
         with self._driver_errors:
             return self._reader.execute(statement.sqlite, args).fetchall()
 
-    # Keys -------------------------------------------------------------------
+    # Keys (create_key and adjust_balance: procedures.KeyProcedures) ----------
 
-    async def create_key(
-        self,
-        *,
-        key_id: KeyId,
-        name: str,
-        key_hash: str,
-        hint: str,
-        now: float,
-        balance_micros: int | None = None,
-    ) -> ApiKeyRecord:
-        procedure = procedures.create_key(
-            key_id=key_id,
-            name=name,
-            key_hash=key_hash,
-            hint=hint,
-            now=now,
-            balance_micros=balance_micros,
-        )
+    async def _in_transaction(self, make: Callable[[], Procedure[T]]) -> T:
         async with self._writes.write() as db:
-            return _run(db, procedure)
+            return _run(db, make())
 
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None:
         rows = self._read(sql.GET_KEY, (key_id,))
         return key_from_row(rows[0]) if rows else None
-
-    async def adjust_balance(
-        self,
-        key_id: KeyId,
-        *,
-        add_micros: int | None = None,
-        set_micros: int | None = None,
-        unlimited: bool = False,
-        note: str | None = None,
-        now: float,
-    ) -> ApiKeyRecord:
-        procedure = procedures.adjust_balance(
-            key_id,
-            add_micros=add_micros,
-            set_micros=set_micros,
-            unlimited=unlimited,
-            note=note,
-            now=now,
-        )
-        async with self._writes.write() as db:
-            return _run(db, procedure)
 
     async def usage(self, key_id: KeyId, *, since: float) -> list[UsageRow]:
         counts = self._read(sql.USAGE_COUNTS, (key_id, since))
