@@ -6,7 +6,7 @@ newer attempt). Callers treat False as "this task is not ours any more".
 
 Leases and schedules are on the store's clock: callers pass durations (a lease of
 so many seconds, a retry in so many seconds), never a time of their own, and the
-store stamps every transition. On PostgreSQL that clock is the database server's,
+store stamps every task transition. On PostgreSQL that clock is the database server's,
 so nodes whose clocks disagree still agree on which leases have expired and which
 tasks are due; on SQLite, one machine, it is that machine's.
 """
