@@ -16,12 +16,12 @@ from imageforge.billing import (
     charge,
     format_amount,
     parse_amount,
+    plan_balance_change,
     refund,
     to_json_number,
 )
 from imageforge.catalog import DEFAULT_MODELS, billing_tiers
 from imageforge.errors import ConfigurationError
-from imageforge.store.base import plan_balance_change
 
 micros = st.integers(min_value=0, max_value=MAX_MICROS)
 

@@ -25,13 +25,13 @@ async def test_sweep_removes_only_old_images_no_terminal_task_points_at(
         done = make_task(now=now - 10)
         await store.insert_task(done)
         # Attempt 1 wrote its image, then lost the task; attempt 2 completed it.
-        first = (await store.claim(worker_id="w", limit=1, lease_seconds=30, now=now))[0]
+        first = (await store.claim(worker_id="w", limit=1, lease_seconds=30))[0]
         orphan = storage_key_for(first, "image/png")
         await storage.put(orphan, b"orphan", "image/png")
         assert await store.requeue(
-            first.id, first.attempt, run_after=now, error="x", error_code="x", now=now
+            first.id, first.attempt, delay_seconds=0, error="x", error_code="x"
         )
-        second = (await store.claim(worker_id="w", limit=1, lease_seconds=30, now=now))[0]
+        second = (await store.claim(worker_id="w", limit=1, lease_seconds=30))[0]
         assert second.attempt == 2
         winner = storage_key_for(second, "image/png")
         await storage.put(winner, b"winner", "image/png")
@@ -41,13 +41,10 @@ async def test_sweep_removes_only_old_images_no_terminal_task_points_at(
             image_key=winner,
             content_type="image/png",
             usage=None,
-            now=now,
         )
         running = make_task(now=now - 5)
         await store.insert_task(running)
-        by_id = {
-            t.id: t for t in await store.claim(worker_id="w", limit=1, lease_seconds=30, now=now)
-        }
+        by_id = {t.id: t for t in await store.claim(worker_id="w", limit=1, lease_seconds=30)}
         # `running` is still being worked on: its image may be mid-write.
         in_progress = storage_key_for(by_id[running.id], "image/png")
         await storage.put(in_progress, b"writing", "image/png")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from imageforge.ids import KeyId
 from imageforge.keyring import create_api_key
 from imageforge.store import Store
 from tests.conftest import ApiHarness, make_settings, start_harness
+from tests.ledger import ledger_entries
 
 
 async def harness_for(tmp_path: Path, *, run_worker: bool = True, **overrides: Any) -> Any:
@@ -54,7 +54,7 @@ async def test_charges_until_the_balance_runs_out_then_402(queued_api: ApiHarnes
     assert error["code"] == "insufficient_credits"
     assert "0.006 USD" in error["message"] and "0.002 USD" in error["message"]
     assert await balance_of(api.runtime.store, key_id) == 2_000
-    ledger = await api.runtime.store.ledger_entries(key_id)
+    ledger = await ledger_entries(api.runtime.settings.resolved_database_url, key_id)
     assert [e.kind for e in ledger] == ["credit", "charge", "charge", "charge"]
     assert sum(e.amount_micros for e in ledger) == 2_000
 
@@ -66,7 +66,7 @@ async def test_racing_creates_never_overdraw(queued_api: ApiHarness) -> None:
     statuses = [r.status_code for r in responses]
     assert statuses.count(200) == 50 and statuses.count(402) == 150
     assert await balance_of(api.runtime.store, key_id) == 0
-    ledger = await api.runtime.store.ledger_entries(key_id)
+    ledger = await ledger_entries(api.runtime.settings.resolved_database_url, key_id)
     assert sum(e.amount_micros for e in ledger) == 0
     assert len([e for e in ledger if e.kind == "charge"]) == 50
 
@@ -82,7 +82,9 @@ async def test_a_failed_task_is_refunded_exactly_once(tmp_path: Path) -> None:
         result = await api.wait_terminal(secret, response.json()["id"])
         assert result["status"] == "failed"
         assert await balance_of(api.runtime.store, key_id) == 1_000_000
-        kinds = [e.kind for e in await api.runtime.store.ledger_entries(key_id)]
+        kinds = [
+            e.kind for e in await ledger_entries(api.runtime.settings.resolved_database_url, key_id)
+        ]
         assert kinds == ["credit", "charge", "refund"]
         usage = (
             await api.client.get("/v1/usage", headers={"Authorization": f"Bearer {secret}"})
@@ -137,7 +139,11 @@ async def test_parallel_creates_with_one_idempotency_key_make_one_task(
     )
     assert {r.status_code for r in responses} == {200}
     assert len({r.json()["id"] for r in responses}) == 1
-    charges = [e for e in await api.runtime.store.ledger_entries(key_id) if e.kind == "charge"]
+    charges = [
+        e
+        for e in await ledger_entries(api.runtime.settings.resolved_database_url, key_id)
+        if e.kind == "charge"
+    ]
     assert len(charges) == 1
     assert await balance_of(api.runtime.store, key_id) == 10_000_000 - 6_000
 
@@ -271,15 +277,15 @@ async def test_rescuer_failure_refunds(queued_api: ApiHarness) -> None:
     store = api.runtime.store
     key_id, secret = await limited_key(api, 100_000)
     created = (await api.create(secret)).json()
-    now = time.time()
     for attempt in range(1, 4):
-        claimed = await store.claim(worker_id="gone", limit=1, lease_seconds=1, now=now)
+        claimed = await store.claim(worker_id="gone", limit=1, lease_seconds=0.05)
         assert [t.attempt for t in claimed] == [attempt]
-        report = await store.rescue_expired(now=now + 2)
-        now += 3
+        await asyncio.sleep(0.1)  # the lease runs out
+        report = await store.rescue_expired()
     assert report.failed == (created["id"],)
     assert await balance_of(store, key_id) == 100_000
-    assert [e.kind for e in await store.ledger_entries(key_id)] == ["credit", "charge", "refund"]
+    ledger = await ledger_entries(api.runtime.settings.resolved_database_url, key_id)
+    assert [e.kind for e in ledger] == ["credit", "charge", "refund"]
 
 
 def _redis_reachable() -> bool:

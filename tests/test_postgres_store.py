@@ -6,6 +6,7 @@ Everything both stores share is in test_store_contract.py, which runs on both.
 from __future__ import annotations
 
 import asyncio
+import functools
 import subprocess
 import sys
 import time
@@ -15,8 +16,9 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from imageforge.ids import TaskId
+from imageforge.ids import TaskId, new_key_id
 from imageforge.store import StoreUnavailable, open_store, upgrade_database
+from imageforge.store.base import IdempotencyClaim
 from imageforge.store.postgres import PostgresStore
 from imageforge.testing.processes import cli_env, free_port
 from tests.pg import PostgresServer, pg_connect, run_sync
@@ -132,7 +134,7 @@ async def test_claim_skips_rows_locked_by_another_transaction(pg_url: str) -> No
             async with locker.transaction():
                 await locker.execute("SELECT 1 FROM tasks WHERE id = $1 FOR UPDATE", first.id)
                 started = time.monotonic()
-                claimed = await store.claim(worker_id="w", limit=2, lease_seconds=30, now=now)
+                claimed = await store.claim(worker_id="w", limit=2, lease_seconds=30)
                 # No waiting on the lock: the locked row is skipped, the next one taken.
                 assert time.monotonic() - started < 1.0
                 assert [task.id for task in claimed] == [second.id]
@@ -169,4 +171,132 @@ async def test_a_failed_shared_read_fails_every_reader_with_503(pg_url: str) -> 
         assert all(isinstance(outcome, StoreUnavailable) for outcome in outcomes), outcomes
         assert len({id(outcome) for outcome in outcomes}) == 5
     finally:
+        await store.close()
+
+
+async def _waiting_on_a_lock(admin: Any, *, application_name: str = "", pid: int = 0) -> bool:
+    waiting: bool = await admin.fetchval(
+        "SELECT count(*) > 0 FROM pg_stat_activity WHERE datname = current_database() "
+        "AND wait_event_type = 'Lock' AND (application_name = $1 OR pid = $2)",
+        application_name,
+        pid,
+    )
+    return waiting
+
+
+async def _until(condition: Any, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_create_racing_balance_changes_is_never_told_a_false_balance(
+    pg_url: str,
+) -> None:
+    """Operators keep switching a key between unlimited and 1,000 micro-units while a
+    create of a 30 micro-unit task waits on their row locks: at every moment the key can
+    pay, so the create must succeed (it once gave up after three tries and answered 402
+    with a balance of 0)."""
+    store = await open_store(pg_url)
+    key_id = new_key_id()
+    await store.create_key(
+        key_id=key_id, name="k", key_hash="9f" * 32, hint="ifk_…", now=1.0, balance_micros=1000
+    )
+    holders = [await pg_connect(pg_url), await pg_connect(pg_url)]
+    admin = await pg_connect(pg_url)
+    open_transactions: list[Any] = []
+
+    async def lock_the_key(connection: Any) -> Any:
+        transaction = connection.transaction()
+        await transaction.start()
+        open_transactions.append(transaction)
+        await connection.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
+        return transaction
+
+    try:
+        held = await lock_the_key(holders[0])
+        await holders[0].execute("UPDATE api_keys SET balance_micros = NULL WHERE id = $1", key_id)
+        creating = asyncio.create_task(store.insert_task(make_task(key_id, price_micros=30)))
+        turns = 0
+        for turn in range(1, 8):
+            await _until(
+                lambda: _done_or(
+                    creating, _waiting_on_a_lock(admin, application_name="imageforge")
+                ),
+                "the create to wait on the key's row lock",
+            )
+            if creating.done():
+                break
+            turns = turn
+            following = holders[turn % 2]
+            locking = asyncio.create_task(lock_the_key(following))
+            await _until(
+                functools.partial(_waiting_on_a_lock, admin, pid=following.get_server_pid()),
+                "the next operator to queue behind the create",
+            )
+            await held.commit()
+            open_transactions.remove(held)
+            held = await locking
+            # The key flips: limited → unlimited → limited …, committed a turn later.
+            value = None if turn % 2 == 0 else 1000
+            await following.execute(
+                "UPDATE api_keys SET balance_micros = $1 WHERE id = $2", value, key_id
+            )
+        task, replayed = await asyncio.wait_for(creating, 10)
+        assert not replayed and turns >= 1
+        assert await store.get_task(task.id) is not None
+    finally:
+        for transaction in open_transactions:
+            await transaction.rollback()
+        for connection in [*holders, admin]:
+            await connection.close()
+        await store.close()
+
+
+async def _done_or(job: asyncio.Task[Any], condition: Any) -> bool:
+    if job.done():
+        condition.close()
+        return True
+    return bool(await condition)
+
+
+async def test_a_deadlocked_create_is_retried_not_answered_503(pg_url: str) -> None:
+    """An operator's transaction holds the key's row and then wants the Idempotency-Key
+    a create has just taken: PostgreSQL breaks the deadlock by rolling the create back,
+    and the store runs it again instead of reporting the database unavailable."""
+    store = await open_store(pg_url)
+    key_id = new_key_id()
+    await store.create_key(
+        key_id=key_id, name="k", key_hash="8e" * 32, hint="ifk_…", now=1.0, balance_micros=100
+    )
+    claim = IdempotencyClaim(key="same", request_hash="d" * 64, ttl_seconds=60)
+    operator = await pg_connect(pg_url)
+    admin = await pg_connect(pg_url)
+    try:
+        transaction = operator.transaction()
+        await transaction.start()
+        await operator.execute("SELECT 1 FROM api_keys WHERE id = $1 FOR UPDATE", key_id)
+        task = make_task(key_id, price_micros=30)
+        creating = asyncio.create_task(store.insert_task(task, idempotency=claim))
+        await _until(
+            lambda: _waiting_on_a_lock(admin, application_name="imageforge"),
+            "the create to wait on the key's row",
+        )
+        # Waits on the create's uncommitted key: a cycle, which the server breaks.
+        await operator.execute(
+            "INSERT INTO idempotency_keys "
+            "(key_id, idempotency_key, request_hash, task_id, created_at) "
+            "VALUES ($1, 'same', $2, 'image_other', 0) ON CONFLICT DO NOTHING",
+            key_id,
+            "e" * 64,
+        )
+        await transaction.rollback()
+        created, replayed = await asyncio.wait_for(creating, 10)
+        assert created.id == task.id and not replayed
+        record = await store.get_key(key_id)
+        assert record is not None and record.balance_micros == 70
+    finally:
+        await operator.close()
+        await admin.close()
         await store.close()

@@ -18,7 +18,7 @@ from imageforge.store import Store, open_store
 from imageforge.store.urls import asyncpg_dsn
 from imageforge.store.wakeups import APPLICATION_NAME, TaskWakeups
 from tests.pg import pg_connect
-from tests.test_store_contract import claim_one, make_task
+from tests.test_store_contract import Clock, claim_one, make_task
 
 POLL_SECONDS = 1.0
 
@@ -74,31 +74,35 @@ async def terminate_listeners(url: str) -> int:
         await admin.close()
 
 
-async def test_every_transition_to_claimable_wakes_listeners(pg_url: str, store: Store) -> None:
+async def test_every_transition_to_claimable_wakes_listeners(pg_url: str) -> None:
     wakes = Wakes()
-    async with listening(pg_url, wakes):
-        await store.insert_task(make_task())
-        await wakes.next()
-        task = await claim_one(store, lease=1)
-        now = time.time()
-        assert await store.requeue(
-            task.id, task.attempt, run_after=now, error="x", error_code="x", now=now
-        )
-        await wakes.next()
-        task = await claim_one(store, lease=1)
-        assert await store.release(task.id, task.attempt, now=time.time())
-        await wakes.next()
-        task = await claim_one(store, lease=1)
-        assert (await store.rescue_expired(now=time.time() + 5)).requeued == (task.id,)
-        await wakes.next()
-        # A retry held back by its delay wakes nobody: there is nothing to claim yet.
-        later = time.time() + 6  # the rescue above re-queued the task as of +5 s
-        task = await claim_one(store, now=later, lease=1)
-        assert await store.requeue(
-            task.id, task.attempt, run_after=later + 60, error="x", error_code="x", now=later
-        )
-        with pytest.raises(TimeoutError):
-            await wakes.next(timeout=0.5)
+    clock = Clock()
+    store = await open_store(pg_url, clock=clock)
+    try:
+        async with listening(pg_url, wakes):
+            await store.insert_task(make_task())
+            await wakes.next()
+            task = await claim_one(store, lease=1)
+            assert await store.requeue(
+                task.id, task.attempt, delay_seconds=0, error="x", error_code="x"
+            )
+            await wakes.next()
+            task = await claim_one(store, lease=1)
+            assert await store.release(task.id, task.attempt)
+            await wakes.next()
+            task = await claim_one(store, lease=1)
+            clock.advance(5)
+            assert (await store.rescue_expired()).requeued == (task.id,)
+            await wakes.next()
+            # A retry held back by its delay wakes nobody: there is nothing to claim yet.
+            task = await claim_one(store, lease=1)
+            assert await store.requeue(
+                task.id, task.attempt, delay_seconds=60, error="x", error_code="x"
+            )
+            with pytest.raises(TimeoutError):
+                await wakes.next(timeout=0.5)
+    finally:
+        await store.close()
 
 
 async def test_the_listener_reconnects_after_its_connection_is_killed(

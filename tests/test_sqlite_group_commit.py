@@ -44,8 +44,8 @@ async def store(tmp_path: Path) -> AsyncIterator[tuple[SqliteStore, GatedCommits
     await asyncio.to_thread(upgrade_database, url)
     store = SqliteStore(tmp_path / "g.db")
     gated = GatedCommits()
-    store._committer.shutdown()
-    store._committer = gated
+    store._writes._committer.shutdown()
+    store._writes._committer = gated
     try:
         yield store, gated
     finally:
@@ -117,3 +117,26 @@ async def test_a_failed_commit_fails_its_whole_batch_and_the_next_one_works(
     kept = make_task()
     await sqlite_store.insert_task(kept)
     assert await sqlite_store.get_task(kept.id) is not None
+
+
+async def test_a_locked_database_is_unavailable_but_a_broken_statement_is_a_defect(
+    tmp_path: Path,
+) -> None:
+    """Driver errors are read deliberately: "try again shortly" (503) only where the
+    database cannot serve right now, not for every OperationalError."""
+    path = tmp_path / "m.db"
+    await asyncio.to_thread(upgrade_database, f"sqlite+aiosqlite:///{path}")
+    store = SqliteStore(path, busy_timeout_ms=50)
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN EXCLUSIVE")  # another process holds the write lock
+        with pytest.raises(StoreUnavailable):
+            await store.insert_task(make_task())
+        other.execute("ROLLBACK")
+        other.execute("DROP TABLE rate_limit_windows")  # a schema the code cannot run on
+        with pytest.raises(sqlite3.OperationalError, match="no such table"):
+            await store.prune_request_counts(older_than=0)
+        await store.insert_task(make_task())  # only that write failed
+    finally:
+        other.close()
+        await store.close()

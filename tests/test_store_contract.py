@@ -1,4 +1,8 @@
-"""One contract every store implementation must pass: claims, transitions, rescue."""
+"""One contract every store implementation must pass: claims, transitions, rescue.
+
+Each store runs on a `Clock` the test moves: true time plus whatever the test skipped
+ahead. (Without one, PostgreSQL times leases on the server's clock, SQLite on the
+machine's; tests/test_postgres_clocks.py covers that.)"""
 
 from __future__ import annotations
 
@@ -14,21 +18,46 @@ from imageforge.billing import InsufficientCredits
 from imageforge.errors import IdempotencyConflict, NotFound, RateLimited
 from imageforge.ids import KeyId, TaskId, new_key_id, new_task_id
 from imageforge.store import RescueReport, Store, open_store, upgrade_database
-from imageforge.store.base import IdempotencyClaim
+from imageforge.store.base import IdempotencyClaim, StoreConflict
 from imageforge.tasks import Task, TaskStatus
+from tests.ledger import ledger_entries, ledger_sum
 
 # PostgreSQL comes from tests/pg.py: one migrated database per session, emptied
 # before each test (skipped with instructions when no server is reachable).
 
 
+class Clock:
+    """True time, plus whatever a test skips ahead: leases expire and retries come due
+    without waiting for them."""
+
+    def __init__(self) -> None:
+        self.skipped = 0.0
+
+    def __call__(self) -> float:
+        return time.time() + self.skipped
+
+    def advance(self, seconds: float) -> None:
+        self.skipped += seconds
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
-async def store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Store]:
+async def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "postgres":
         url: str = request.getfixturevalue("pg_url")
-    else:
-        url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
-        await asyncio.to_thread(upgrade_database, url)
-    opened = await open_store(url)
+        return url
+    url = f"sqlite+aiosqlite:///{tmp_path / 'store.db'}"
+    await asyncio.to_thread(upgrade_database, url)
+    return url
+
+
+@pytest.fixture
+async def store(database_url: str, clock: Clock) -> AsyncIterator[Store]:
+    opened = await open_store(database_url, clock=clock)
     try:
         yield opened
     finally:
@@ -56,135 +85,142 @@ def make_task(key_id: KeyId = KeyId("key_test"), **changes: Any) -> Task:
     return task.evolve(**changes)
 
 
-async def claim_one(store: Store, now: float | None = None, lease: float = 30.0) -> Task:
-    claimed = await store.claim(
-        worker_id="w1", limit=1, lease_seconds=lease, now=now or time.time()
-    )
+async def claim_one(store: Store, lease: float = 30.0) -> Task:
+    claimed = await store.claim(worker_id="w1", limit=1, lease_seconds=lease)
     assert len(claimed) == 1
     return claimed[0]
 
 
 async def test_insert_and_get_round_trip(store: Store) -> None:
     task = make_task()
-    await store.insert_task(task)
+    assert await store.insert_task(task) == (task, False)
     assert await store.get_task(task.id) == task
     assert await store.get_task(TaskId("image_missing")) is None
 
 
-async def test_claim_takes_oldest_first_and_bumps_attempt(store: Store) -> None:
-    now = time.time()
+async def test_a_task_from_a_clock_ahead_is_claimable_at_once(store: Store, clock: Clock) -> None:
+    """An API node whose clock runs a minute ahead: its task is due on the store's clock
+    now, not in a minute; the task returned is the one stored."""
+    task = make_task(now=clock() + 60)
+    stored, _ = await store.insert_task(task)
+    assert stored.run_after == pytest.approx(clock(), abs=5)
+    assert stored == task.evolve(run_after=stored.run_after)
+    assert await store.get_task(task.id) == stored
+    assert (await claim_one(store)).id == task.id
+
+
+async def test_claim_takes_oldest_first_and_bumps_attempt(store: Store, clock: Clock) -> None:
+    now = clock()
     first = make_task(now=now - 2)
     second = make_task(now=now - 1)
     await store.insert_task(second)
     await store.insert_task(first)
-    claimed = await store.claim(worker_id="w1", limit=1, lease_seconds=30, now=now)
+    claimed = await store.claim(worker_id="w1", limit=1, lease_seconds=30)
     assert [t.id for t in claimed] == [first.id]
     task = claimed[0]
     assert task.status is TaskStatus.PROCESSING
     assert task.attempt == 1
     assert task.worker_id == "w1"
-    assert task.lease_expires_at == pytest.approx(now + 30)
-    assert task.started_at == pytest.approx(now)
+    assert task.lease_expires_at == pytest.approx(clock() + 30, abs=5)
+    assert task.started_at == pytest.approx(clock(), abs=5)
 
 
-async def test_claim_respects_limit_and_run_after(store: Store) -> None:
-    now = time.time()
-    for _ in range(3):
-        await store.insert_task(make_task(now=now))
-    later = make_task(now=now, run_after=now + 60)
-    await store.insert_task(later)
-    claimed = await store.claim(worker_id="w1", limit=2, lease_seconds=30, now=now)
-    assert len(claimed) == 2
-    claimed = await store.claim(worker_id="w1", limit=10, lease_seconds=30, now=now)
-    assert len(claimed) == 1
-    assert await store.claim(worker_id="w1", limit=10, lease_seconds=30, now=now) == []
-    claimed = await store.claim(worker_id="w1", limit=10, lease_seconds=30, now=now + 61)
-    assert [t.id for t in claimed] == [later.id]
+async def test_claim_respects_limit_and_run_after(store: Store, clock: Clock) -> None:
+    for _ in range(4):
+        await store.insert_task(make_task())
+    held, _ = await store.claim(worker_id="w1", limit=2, lease_seconds=30)
+    assert await store.requeue(
+        held.id, held.attempt, delay_seconds=60, error="busy", error_code="upstream"
+    )
+    claimed = await store.claim(worker_id="w1", limit=10, lease_seconds=30)
+    assert len(claimed) == 2 and held.id not in {t.id for t in claimed}
+    assert await store.claim(worker_id="w1", limit=10, lease_seconds=30) == []
+    clock.advance(61)
+    claimed = await store.claim(worker_id="w1", limit=10, lease_seconds=30)
+    assert [t.id for t in claimed] == [held.id]
 
 
 async def test_a_task_is_never_claimed_twice(store: Store) -> None:
     await store.insert_task(make_task())
     await claim_one(store)
-    assert await store.claim(worker_id="w2", limit=5, lease_seconds=30, now=time.time()) == []
+    assert await store.claim(worker_id="w2", limit=5, lease_seconds=30) == []
 
 
-async def test_complete_applies_only_for_the_current_attempt(store: Store) -> None:
+async def test_complete_applies_only_for_the_current_attempt(store: Store, clock: Clock) -> None:
     await store.insert_task(make_task())
     task = await claim_one(store)
-    now = time.time()
     stale = await store.complete(
-        task.id, task.attempt - 1, image_key="k", content_type="image/png", usage=None, now=now
+        task.id, task.attempt - 1, image_key="k", content_type="image/png", usage=None
     )
     assert stale is False
     done = await store.complete(
-        task.id, task.attempt, image_key="k", content_type="image/png", usage={"t": 1}, now=now
+        task.id, task.attempt, image_key="k", content_type="image/png", usage={"t": 1}
     )
     assert done is True
     stored = await store.get_task(task.id)
     assert stored is not None
     assert stored.status is TaskStatus.COMPLETED
     assert stored.image_key == "k" and stored.usage == {"t": 1}
-    assert stored.finished_at == pytest.approx(now)
+    assert stored.finished_at == pytest.approx(clock(), abs=5)
     # Terminal: nothing moves it again.
-    assert not await store.fail(task.id, task.attempt, error="x", error_code="x", now=now)
+    assert not await store.fail(task.id, task.attempt, error="x", error_code="x")
     assert not await store.requeue(
-        task.id, task.attempt, run_after=now, error="x", error_code="x", now=now
+        task.id, task.attempt, delay_seconds=0, error="x", error_code="x"
     )
-    assert not await store.renew_leases([(task.id, task.attempt)], lease_until=now + 10)
-    assert not await store.release(task.id, task.attempt, now=now)
+    assert not await store.renew_leases([(task.id, task.attempt)], lease_seconds=10)
+    assert not await store.release(task.id, task.attempt)
 
 
 async def test_fail_records_the_error(store: Store) -> None:
     await store.insert_task(make_task())
     task = await claim_one(store)
-    assert await store.fail(task.id, task.attempt, error="bad", error_code="engine", now=1.0)
+    assert await store.fail(task.id, task.attempt, error="bad", error_code="engine")
     stored = await store.get_task(task.id)
     assert stored is not None
     assert (stored.status, stored.error, stored.error_code) == (TaskStatus.FAILED, "bad", "engine")
     assert not await store.complete(
-        task.id, task.attempt, image_key="k", content_type="image/png", usage=None, now=2.0
+        task.id, task.attempt, image_key="k", content_type="image/png", usage=None
     )
 
 
-async def test_requeue_then_reclaim_uses_a_new_attempt(store: Store) -> None:
+async def test_requeue_then_reclaim_uses_a_new_attempt(store: Store, clock: Clock) -> None:
     await store.insert_task(make_task())
     task = await claim_one(store)
-    now = time.time()
     assert await store.requeue(
-        task.id, task.attempt, run_after=now + 5, error="busy", error_code="upstream", now=now
+        task.id, task.attempt, delay_seconds=5, error="busy", error_code="upstream"
     )
     queued = await store.get_task(task.id)
     assert queued is not None and queued.status is TaskStatus.QUEUED and queued.error == "busy"
-    assert await store.claim(worker_id="w1", limit=1, lease_seconds=30, now=now) == []
-    again = await claim_one(store, now=now + 6)
+    assert queued.run_after == pytest.approx(clock() + 5, abs=2)
+    assert await store.claim(worker_id="w1", limit=1, lease_seconds=30) == []
+    clock.advance(6)
+    again = await claim_one(store)
     assert again.attempt == 2
     # The first attempt's writes no longer apply.
-    assert not await store.renew_leases([(task.id, 1)], lease_until=now + 100)
-    assert not await store.complete(
-        task.id, 1, image_key="k", content_type="image/png", usage=None, now=now
-    )
+    assert not await store.renew_leases([(task.id, 1)], lease_seconds=100)
+    assert not await store.complete(task.id, 1, image_key="k", content_type="image/png", usage=None)
 
 
-async def test_renewing_a_lease_keeps_the_rescuer_away(store: Store) -> None:
+async def test_renewing_a_lease_keeps_the_rescuer_away(store: Store, clock: Clock) -> None:
     await store.insert_task(make_task())
     task = await claim_one(store, lease=1)
-    assert await store.renew_leases([(task.id, task.attempt)], lease_until=time.time() + 100)
-    report = await store.rescue_expired(now=time.time() + 10)
+    assert await store.renew_leases([(task.id, task.attempt)], lease_seconds=100)
+    clock.advance(10)
+    report = await store.rescue_expired()
     assert report.requeued == () and report.failed == ()
 
 
-async def test_leases_are_renewed_together_and_only_where_still_ours(store: Store) -> None:
+async def test_leases_are_renewed_together_and_only_where_still_ours(
+    store: Store, clock: Clock
+) -> None:
     for _ in range(4):
         await store.insert_task(make_task())
-    now = time.time() + 1
-    ours, done, stale, other = await store.claim(worker_id="w1", limit=4, lease_seconds=1, now=now)
+    ours, done, stale, other = await store.claim(worker_id="w1", limit=4, lease_seconds=1)
     assert await store.complete(
-        done.id, done.attempt, image_key="k", content_type="image/png", usage=None, now=now
+        done.id, done.attempt, image_key="k", content_type="image/png", usage=None
     )
-    assert await store.requeue(
-        stale.id, stale.attempt, run_after=now, error="x", error_code="x", now=now
-    )
-    await store.claim(worker_id="w2", limit=1, lease_seconds=1, now=now)  # stale's attempt 2
+    assert await store.requeue(stale.id, stale.attempt, delay_seconds=0, error="x", error_code="x")
+    await store.claim(worker_id="w2", limit=1, lease_seconds=1)  # stale's attempt 2
     renewed = await store.renew_leases(
         [
             (ours.id, ours.attempt),
@@ -192,42 +228,46 @@ async def test_leases_are_renewed_together_and_only_where_still_ours(store: Stor
             (stale.id, stale.attempt),
             (TaskId("image_nosuchtask"), 1),
         ],
-        lease_until=now + 100,
+        lease_seconds=100,
     )
     assert renewed == {ours.id}
     # Only the renewed lease outlives the others; `other` was not in the list.
-    report = await store.rescue_expired(now=now + 10)
+    clock.advance(10)
+    report = await store.rescue_expired()
     assert set(report.requeued) == {stale.id, other.id}
-    assert await store.renew_leases([], lease_until=now) == set()
+    assert await store.renew_leases([], lease_seconds=100) == set()
 
 
-async def test_rescue_requeues_expired_then_fails_after_the_last_attempt(store: Store) -> None:
+async def test_rescue_requeues_expired_then_fails_after_the_last_attempt(
+    store: Store, clock: Clock
+) -> None:
     await store.insert_task(make_task(max_attempts=2))
-    now = time.time()
-    task = await claim_one(store, now=now, lease=1)
-    report = await store.rescue_expired(now=now + 2)
+    task = await claim_one(store, lease=1)
+    clock.advance(2)
+    report = await store.rescue_expired()
     assert report.requeued == (task.id,) and report.failed == ()
-    task = await claim_one(store, now=now + 3, lease=1)
+    task = await claim_one(store, lease=1)
     assert task.attempt == 2
-    report = await store.rescue_expired(now=now + 5)
+    clock.advance(2)
+    report = await store.rescue_expired()
     assert report.requeued == () and report.failed == (task.id,)
     stored = await store.get_task(task.id)
     assert stored is not None and stored.status is TaskStatus.FAILED
     assert stored.error is not None and "2 attempts" in stored.error
 
 
-async def test_rescue_leaves_live_leases_alone(store: Store) -> None:
+async def test_rescue_leaves_live_leases_alone(store: Store, clock: Clock) -> None:
     await store.insert_task(make_task())
-    now = time.time()
-    await claim_one(store, now=now, lease=30)
-    report = await store.rescue_expired(now=now + 1)
+    await claim_one(store, lease=30)
+    clock.advance(1)
+    report = await store.rescue_expired()
     assert report == type(report)(requeued=(), failed=())
 
 
 async def test_release_hands_back_without_spending_the_attempt(store: Store) -> None:
     await store.insert_task(make_task(max_attempts=1))
     task = await claim_one(store)
-    assert await store.release(task.id, task.attempt, now=time.time())
+    assert await store.release(task.id, task.attempt)
     again = await claim_one(store)
     assert again.attempt == 2 and again.max_attempts == 2
 
@@ -250,6 +290,27 @@ async def test_keys_create_find_revoke_and_fingerprint(store: Store) -> None:
     assert [k.id for k in await store.list_keys()] == [key_id]
 
 
+async def test_a_duplicate_key_is_a_conflict_that_changes_nothing(store: Store) -> None:
+    await store.create_key(
+        key_id=new_key_id(), name="first", key_hash="ab" * 32, hint="ifk_…", now=1.0
+    )
+    with pytest.raises(StoreConflict) as raised:
+        await store.create_key(
+            key_id=new_key_id(),
+            name="second",
+            key_hash="ab" * 32,
+            hint="ifk_…",
+            now=2.0,
+            balance_micros=500,
+        )
+    assert raised.value.status_code == 409 and "api_keys" in raised.value.message
+    assert await store.keys_fingerprint() == (1, 0)
+    # Only the failed write was undone: the store goes on working.
+    task = make_task()
+    await store.insert_task(task)
+    assert await store.get_task(task.id) is not None
+
+
 async def test_counts_by_status(store: Store) -> None:
     for _ in range(2):
         await store.insert_task(make_task())
@@ -257,18 +318,18 @@ async def test_counts_by_status(store: Store) -> None:
     assert await store.count_tasks_by_status() == {"queued": 1, "processing": 1}
 
 
-async def test_record_upstream_is_fenced_and_survives_a_rescue(store: Store) -> None:
+async def test_record_upstream_is_fenced_and_survives_a_rescue(store: Store, clock: Clock) -> None:
     await store.insert_task(make_task())
     task = await claim_one(store, lease=1)
-    now = time.time()
     assert not await store.record_upstream(
-        task.id, task.attempt + 1, upstream="relay-a", upstream_task_id="up_1", now=now
+        task.id, task.attempt + 1, upstream="relay-a", upstream_task_id="up_1"
     )
     assert await store.record_upstream(
-        task.id, task.attempt, upstream="relay-a", upstream_task_id="up_1", now=now
+        task.id, task.attempt, upstream="relay-a", upstream_task_id="up_1"
     )
-    await store.rescue_expired(now=now + 5)
-    again = await claim_one(store, now=now + 6)
+    clock.advance(5)
+    await store.rescue_expired()
+    again = await claim_one(store)
     assert (again.upstream, again.upstream_task_id) == ("relay-a", "up_1")
     assert await store.complete(
         again.id,
@@ -277,7 +338,6 @@ async def test_record_upstream_is_fenced_and_survives_a_rescue(store: Store) -> 
         content_type="image/png",
         usage=None,
         upstream="relay-a",
-        now=now + 7,
     )
 
 
@@ -298,7 +358,7 @@ async def test_concurrent_claimers_never_share_a_task(store: Store) -> None:
     async def claimer(number: int) -> None:
         while True:
             batch = await store.claim(
-                worker_id=f"w{number}", limit=1 + number % 5, lease_seconds=30, now=now
+                worker_id=f"w{number}", limit=1 + number % 5, lease_seconds=30
             )
             if not batch:
                 return
@@ -309,55 +369,54 @@ async def test_concurrent_claimers_never_share_a_task(store: Store) -> None:
     assert set(claimed) == ids
 
 
-async def test_a_rescued_attempt_can_no_longer_write(store: Store) -> None:
+async def test_a_rescued_attempt_can_no_longer_write(store: Store, clock: Clock) -> None:
     await store.insert_task(make_task())
-    now = time.time()
-    task = await claim_one(store, now=now, lease=1)
-    assert (await store.rescue_expired(now=now + 2)).requeued == (task.id,)
+    task = await claim_one(store, lease=1)
+    clock.advance(2)
+    assert (await store.rescue_expired()).requeued == (task.id,)
     before = await store.get_task(task.id)
     stale = task.attempt
-    assert not await store.renew_leases([(task.id, stale)], lease_until=now + 100)
+    assert not await store.renew_leases([(task.id, stale)], lease_seconds=100)
     assert not await store.complete(
-        task.id, stale, image_key="k", content_type="image/png", usage=None, now=now + 3
+        task.id, stale, image_key="k", content_type="image/png", usage=None
     )
-    assert not await store.fail(task.id, stale, error="x", error_code="x", now=now + 3)
-    assert not await store.requeue(
-        task.id, stale, run_after=now, error="x", error_code="x", now=now + 3
-    )
-    assert not await store.release(task.id, stale, now=now + 3)
-    assert not await store.record_upstream(
-        task.id, stale, upstream="u", upstream_task_id="x", now=now + 3
-    )
+    assert not await store.fail(task.id, stale, error="x", error_code="x")
+    assert not await store.requeue(task.id, stale, delay_seconds=0, error="x", error_code="x")
+    assert not await store.release(task.id, stale)
+    assert not await store.record_upstream(task.id, stale, upstream="u", upstream_task_id="x")
     assert await store.get_task(task.id) == before
 
 
-async def test_rescue_never_overwrites_a_completion(store: Store) -> None:
+async def test_rescue_never_overwrites_a_completion(store: Store, clock: Clock) -> None:
     await store.insert_task(make_task())
-    now = time.time()
-    task = await claim_one(store, now=now, lease=1)
+    task = await claim_one(store, lease=1)
+    clock.advance(2)
     # The lease ran out but no rescuer came yet: the holder may still finish.
     assert await store.complete(
-        task.id, task.attempt, image_key="k", content_type="image/png", usage=None, now=now + 2
+        task.id, task.attempt, image_key="k", content_type="image/png", usage=None
     )
-    assert (await store.rescue_expired(now=now + 3)) == RescueReport(requeued=(), failed=())
+    clock.advance(1)
+    assert (await store.rescue_expired()) == RescueReport(requeued=(), failed=())
     stored = await store.get_task(task.id)
     assert stored is not None and stored.status is TaskStatus.COMPLETED
 
 
-async def test_completion_racing_a_rescue_has_exactly_one_winner(store: Store) -> None:
-    now = time.time()
+async def test_completion_racing_a_rescue_has_exactly_one_winner(
+    store: Store, clock: Clock
+) -> None:
     for _ in range(40):
-        await store.insert_task(make_task(now=now - 1))
-    tasks = await store.claim(worker_id="w1", limit=40, lease_seconds=1, now=now)
+        await store.insert_task(make_task(now=time.time() - 1))
+    tasks = await store.claim(worker_id="w1", limit=40, lease_seconds=1)
+    clock.advance(2)
 
     async def finish(task: Task) -> bool:
         return await store.complete(
-            task.id, task.attempt, image_key="k", content_type="image/png", usage=None, now=now
+            task.id, task.attempt, image_key="k", content_type="image/png", usage=None
         )
 
     results = await asyncio.gather(
         *(finish(task) for task in tasks[::2]),
-        store.rescue_expired(now=now + 2),
+        store.rescue_expired(),
         *(finish(task) for task in tasks[1::2]),
     )
     report = next(result for result in results if isinstance(result, RescueReport))
@@ -398,31 +457,29 @@ async def _balance(store: Store, key_id: KeyId) -> int | None:
     return record.balance_micros
 
 
-async def _ledger_sum(store: Store, key_id: KeyId) -> int:
-    return sum(entry.amount_micros for entry in await store.ledger_entries(key_id))
-
-
-async def test_charge_on_accept_and_refund_once_on_failure(store: Store) -> None:
+async def test_charge_on_accept_and_refund_once_on_failure(store: Store, database_url: str) -> None:
     key_id = await _limited_key(store, 100)
     _, replayed = await store.insert_task(make_task(key_id, price_micros=30))
     assert not replayed
     assert await _balance(store, key_id) == 70
     claimed = await claim_one(store)
-    assert await store.fail(claimed.id, claimed.attempt, error="x", error_code="x", now=1.0)
-    assert not await store.fail(claimed.id, claimed.attempt, error="x", error_code="x", now=1.0)
+    assert await store.fail(claimed.id, claimed.attempt, error="x", error_code="x")
+    assert not await store.fail(claimed.id, claimed.attempt, error="x", error_code="x")
     assert await _balance(store, key_id) == 100
-    kinds = [entry.kind for entry in await store.ledger_entries(key_id)]
+    kinds = [entry.kind for entry in await ledger_entries(database_url, key_id)]
     assert kinds == ["credit", "charge", "refund"]
-    assert await _ledger_sum(store, key_id) == 100
+    assert await ledger_sum(database_url, key_id) == 100
 
 
-async def test_a_rescue_that_fails_a_task_refunds_it(store: Store) -> None:
+async def test_a_rescue_that_fails_a_task_refunds_it(
+    store: Store, clock: Clock, database_url: str
+) -> None:
     key_id = await _limited_key(store, 100)
     await store.insert_task(make_task(key_id, price_micros=40, max_attempts=1))
-    now = time.time()
-    task = await claim_one(store, now=now, lease=1)
-    assert (await store.rescue_expired(now=now + 2)).failed == (task.id,)
-    assert await _balance(store, key_id) == 100 == await _ledger_sum(store, key_id)
+    task = await claim_one(store, lease=1)
+    clock.advance(2)
+    assert (await store.rescue_expired()).failed == (task.id,)
+    assert await _balance(store, key_id) == 100 == await ledger_sum(database_url, key_id)
 
 
 async def test_insufficient_credits_create_nothing(store: Store) -> None:
@@ -434,7 +491,7 @@ async def test_insufficient_credits_create_nothing(store: Store) -> None:
     assert await _balance(store, key_id) == 10
 
 
-async def test_concurrent_charges_never_overdraw(store: Store) -> None:
+async def test_concurrent_charges_never_overdraw(store: Store, database_url: str) -> None:
     key_id = await _limited_key(store, 100)
     outcomes = await asyncio.gather(
         *(store.insert_task(make_task(key_id, price_micros=30)) for _ in range(10)),
@@ -442,7 +499,7 @@ async def test_concurrent_charges_never_overdraw(store: Store) -> None:
     )
     assert sum(isinstance(outcome, tuple) for outcome in outcomes) == 3
     assert all(isinstance(o, tuple | InsufficientCredits) for o in outcomes)
-    assert await _balance(store, key_id) == 10 == await _ledger_sum(store, key_id)
+    assert await _balance(store, key_id) == 10 == await ledger_sum(database_url, key_id)
 
 
 async def test_idempotency_key_replays_conflicts_and_expires(store: Store) -> None:
@@ -493,12 +550,14 @@ async def test_unfinished_quota_holds_under_concurrent_creates(store: Store) -> 
     assert all(isinstance(o, tuple | RateLimited) for o in outcomes)
 
 
-async def test_adjust_balance_keeps_the_ledger_equal_to_the_balance(store: Store) -> None:
+async def test_adjust_balance_keeps_the_ledger_equal_to_the_balance(
+    store: Store, database_url: str
+) -> None:
     key_id = await _limited_key(store, 100)
     await store.insert_task(make_task(key_id, price_micros=30))
     assert (await store.adjust_balance(key_id, add_micros=50, now=1.0)).balance_micros == 120
     assert (await store.adjust_balance(key_id, set_micros=500, now=2.0)).balance_micros == 500
-    assert await _ledger_sum(store, key_id) == 500
+    assert await ledger_sum(database_url, key_id) == 500
     assert (await store.adjust_balance(key_id, unlimited=True, now=3.0)).balance_micros is None
     with pytest.raises(NotFound):
         await store.adjust_balance(KeyId("key_missing"), add_micros=1, now=4.0)
@@ -506,6 +565,7 @@ async def test_adjust_balance_keeps_the_ledger_equal_to_the_balance(store: Store
 
 async def test_setting_a_balance_while_creates_run_keeps_ledger_and_balance_equal(
     store: Store,
+    database_url: str,
 ) -> None:
     key_id = new_key_id()
     await store.create_key(
@@ -516,8 +576,8 @@ async def test_setting_a_balance_while_creates_run_keeps_ledger_and_balance_equa
     outcomes = await asyncio.gather(*creates[:10], adjust, *creates[10:])
     assert all(isinstance(o, tuple) for o in outcomes[:10] + outcomes[11:])
     balance = await _balance(store, key_id)
-    assert balance is not None and balance == await _ledger_sum(store, key_id)
-    charges = [e for e in await store.ledger_entries(key_id) if e.kind == "charge"]
+    assert balance is not None and balance == await ledger_sum(database_url, key_id)
+    charges = [e for e in await ledger_entries(database_url, key_id) if e.kind == "charge"]
     assert len(charges) == 20
 
 

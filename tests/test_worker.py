@@ -17,7 +17,7 @@ from imageforge.storage import LocalStorage, UrlSigner
 from imageforge.store import Store, open_store, upgrade_database
 from imageforge.tasks import Task, TaskStatus
 from imageforge.testing.engines import PNG_1X1, ScriptedEngine, permanent, transient
-from imageforge.worker.retry import retry_delay
+from imageforge.worker.retry import retry_delay, retry_until_deadline
 from imageforge.worker.runner import Runner, RunnerConfig
 from tests.test_store_contract import make_task
 
@@ -145,12 +145,7 @@ async def test_a_worker_that_lost_its_lease_changes_nothing(rig: Rig) -> None:
         claimed = await rig.wait_for(task, TaskStatus.PROCESSING)
         # Another party takes the task over: re-queue it and claim it as attempt 2.
         assert await rig.store.requeue(
-            task.id,
-            claimed.attempt,
-            run_after=time.time() + 60,
-            error="x",
-            error_code="x",
-            now=time.time(),
+            task.id, claimed.attempt, delay_seconds=60, error="x", error_code="x"
         )
         await asyncio.sleep(1.0)  # the first worker finishes generating meanwhile
         current = await rig.store.get_task(task.id)
@@ -169,12 +164,7 @@ async def test_heartbeat_notices_a_lost_lease_and_abandons_the_work(rig: Rig) ->
     async def steal() -> None:
         claimed = await rig.wait_for(task, TaskStatus.PROCESSING)
         await rig.store.requeue(
-            task.id,
-            claimed.attempt,
-            run_after=time.time() + 60,
-            error="x",
-            error_code="x",
-            now=time.time(),
+            task.id, claimed.attempt, delay_seconds=60, error="x", error_code="x"
         )
         await asyncio.sleep(0.6)
         assert runner.in_flight == 0
@@ -276,9 +266,9 @@ async def test_one_write_renews_every_lease_the_runner_holds(rig: Rig) -> None:
     batches: list[int] = []
     renew = rig.store.renew_leases
 
-    async def counting(leases: Any, *, lease_until: float) -> set[Any]:
+    async def counting(leases: Any, *, lease_seconds: float) -> set[Any]:
         batches.append(len(leases))
-        return await renew(leases, lease_until=lease_until)
+        return await renew(leases, lease_seconds=lease_seconds)
 
     rig.store.renew_leases = counting  # type: ignore[method-assign]
 
@@ -295,7 +285,7 @@ async def test_claims_go_first_but_never_hold_a_finished_image_back_for_long(rig
     """While the run loop keeps claiming (a backlog, slow claims of one task each, room to
     spare), generated tasks wait for it before they are stored, but never longer than
     FINISHING_MAX_DEFER_SECONDS: the claiming here goes on for about 4 s."""
-    from imageforge.worker.runner import FINISHING_MAX_DEFER_SECONDS
+    from imageforge.worker.slots import FINISHING_MAX_DEFER_SECONDS
 
     tasks = [await rig.add() for _ in range(40)]
     generated_at: dict[str, float] = {}
@@ -331,3 +321,54 @@ async def test_claims_go_first_but_never_hold_a_finished_image_back_for_long(rig
         waits.append(done.finished_at - generated_at[task.id])
     assert max(waits) > 0.03, "no task ever waited for a claim: the test proves nothing"
     assert max(waits) < min(FINISHING_MAX_DEFER_SECONDS, 1.0) + 0.3, max(waits)
+
+
+async def test_a_write_is_retried_through_an_outage_until_its_deadline() -> None:
+    class Down(Exception):
+        pass
+
+    now = [0.0]
+    calls: list[float] = []
+    slept: list[float] = []
+
+    async def flaky(fails: int) -> str:
+        calls.append(now[0])
+        if len(calls) <= fails:
+            raise Down()
+        return "done"
+
+    def advance(delay: float) -> None:
+        slept.append(delay)
+        now[0] += delay
+
+    def retrying(fails: int, within: float, **options: Any) -> Any:
+        calls.clear()
+        return retry_until_deadline(
+            lambda: flaky(fails),
+            retry_on=Down,
+            within_seconds=within,
+            on_retry=advance,
+            clock=lambda: now[0],
+            first_delay=0.001,
+            max_delay=0.004,
+            **options,
+        )
+
+    assert await retrying(3, within=5.0) == ("done", 3)
+    assert slept == [0.001, 0.002, 0.004]
+    with pytest.raises(Down):  # the next try would start after the deadline
+        await retrying(100, within=0.01)
+    assert len(calls) == 4  # at 0, +1, +3, +7 ms; +11 would be past 10
+    with pytest.raises(Down):  # told to stop trying (the worker is shutting down)
+        await retrying(100, within=60.0, keep_trying=lambda: False)
+    assert len(calls) == 1
+
+
+def test_the_documented_defaults_are_the_code_defaults() -> None:
+    from imageforge.settings import Settings
+    from imageforge.store.urls import DEFAULT_POOL_SIZE
+    from imageforge.worker.runner import CLAIM_BATCH
+
+    fields = Settings.model_fields
+    assert fields["claim_batch"].default == CLAIM_BATCH
+    assert fields["postgres_pool_size"].default == DEFAULT_POOL_SIZE

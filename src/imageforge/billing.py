@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from types import MappingProxyType
 
-from imageforge.errors import ConfigurationError, ImageforgeError
+from imageforge.errors import ConfigurationError, ImageforgeError, InvalidRequest
 
 MICROS_PER_UNIT = 1_000_000
 #: Largest amount accepted anywhere: far above any real balance, far below 2**53.
@@ -141,3 +141,28 @@ def charge(balance: int | None, price: int) -> int | None:
 def refund(balance: int | None, charged: int) -> int | None:
     """The balance after returning exactly what a task was charged."""
     return None if balance is None else balance + charged
+
+
+def plan_balance_change(
+    balance: int | None, ledger_sum: int, add_micros: int | None, set_micros: int | None
+) -> tuple[int, int]:
+    """(ledger entry amount, new balance) for an operator's `add` or `set` of credits.
+
+    The ledger of a limited key always sums to its balance, so a `set` books exactly the
+    difference to the ledger's sum (which, for a key that was unlimited, also absorbs its
+    earlier unlimited spend)."""
+    if (add_micros is None) == (set_micros is None):
+        raise InvalidRequest("give exactly one of add or set", param="amount")
+    if add_micros is not None:
+        if balance is None:
+            raise InvalidRequest(
+                "this key has unlimited credits; use set to give it a balance", param="amount"
+            )
+        target = balance + add_micros
+        if target < 0:
+            raise InvalidRequest("the balance cannot go below zero", param="amount")
+        return add_micros, target
+    assert set_micros is not None
+    if set_micros < 0:
+        raise InvalidRequest("the balance cannot go below zero", param="amount")
+    return set_micros - ledger_sum, set_micros

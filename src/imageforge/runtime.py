@@ -94,7 +94,9 @@ class Runtime:
         default; `tune_gc` is for the command line only (see `tune_garbage_collector`)."""
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
-        store = await open_store(settings.resolved_database_url)
+        store = await open_store(
+            settings.resolved_database_url, pool_size=settings.postgres_pool_size
+        )
         signer = UrlSigner(load_or_create_secret(settings.data_dir))
         images = (storage or local_storage(settings))(signer)
         models = settings.model_specs()
@@ -164,6 +166,7 @@ class Runtime:
                 retry_base_seconds=settings.retry_base_seconds,
                 retry_max_seconds=settings.retry_max_seconds,
                 shutdown_grace_seconds=settings.shutdown_grace_seconds,
+                claim_batch=settings.claim_batch,
             ),
         )
         # Tasks created in this process wake this process's worker at once.

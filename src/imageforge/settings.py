@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     database_url: str | None = Field(
         None, description="SQLAlchemy URL; default: a SQLite file in the data dir."
     )
+    postgres_pool_size: int = Field(
+        10, ge=1, le=1000, description="PostgreSQL connections per process, opened on demand."
+    )
     public_base_url: str | None = Field(
         None,
         description="Base of image links, e.g. https://images.example.com; "
@@ -96,6 +99,9 @@ class Settings(BaseSettings):
 
     worker_concurrency: int = Field(
         4, ge=1, le=10_000, description="Tasks one worker runs at once."
+    )
+    claim_batch: int = Field(
+        32, ge=1, le=10_000, description="Most tasks a worker claims in one round."
     )
     lease_seconds: float = Field(30.0, gt=0, description="A claim without heartbeat expires after.")
     heartbeat_seconds: float = Field(10.0, gt=0)

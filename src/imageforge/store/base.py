@@ -3,17 +3,24 @@
 A transition method returns True when it applied and False when the task was no
 longer in the expected state and attempt (someone else moved it: a rescuer, a
 newer attempt). Callers treat False as "this task is not ours any more".
+
+Leases and schedules are on the store's clock: callers pass durations (a lease of
+so many seconds, a retry in so many seconds), never a time of their own, and the
+store stamps every task transition. On PostgreSQL that clock is the database server's,
+so nodes whose clocks disagree still agree on which leases have expired and which
+tasks are due; on SQLite, one machine, it is that machine's.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
 
 from imageforge.errors import (
     IdempotencyConflict,
-    InvalidRequest,
+    ImageforgeError,
     RateLimited,
     ServiceUnavailable,
 )
@@ -25,10 +32,49 @@ RESCUE_ERROR = "the worker processing this task stopped responding (lease expire
 
 
 class StoreUnavailable(ServiceUnavailable):
-    """The database cannot be reached or is locked beyond the busy timeout."""
+    """The database cannot be reached or is locked beyond the busy timeout (503)."""
 
     def __init__(self, message: str = "The database is unavailable; try again shortly.") -> None:
         super().__init__(message)
+
+
+class StoreConflict(ImageforgeError):
+    """A write would duplicate a row that must be unique (409); nothing was written."""
+
+    status_code = 409
+    error_type = "invalid_request_error"
+    code = "conflict"
+
+    def __init__(self, table: str, columns: str) -> None:
+        super().__init__(
+            f"{table}.{columns}: must be unique, and a row with this value exists already; "
+            "nothing was changed",
+            param=columns,
+        )
+
+
+class DriverErrors:
+    """Wraps every call a store makes to its driver and raises what `translate` makes of
+    the driver's error: StoreUnavailable, StoreConflict, or nothing (the error stays a
+    defect). A plain class, not a generator-based context manager: it wraps every call,
+    and those cost more."""
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            translated = self.translate(exc)
+            if translated is not None:
+                raise translated from exc
+
+    def translate(self, exc: BaseException) -> ImageforgeError | None:
+        raise NotImplementedError
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,17 +105,6 @@ class IdempotencyClaim:
 
 
 @dataclass(frozen=True, slots=True)
-class LedgerEntry:
-    key_id: KeyId
-    task_id: TaskId | None
-    #: "charge" (negative), "refund" (positive) or "credit" (operator's grant/adjustment).
-    kind: str
-    amount_micros: int
-    model: str | None
-    created_at: float
-
-
-@dataclass(frozen=True, slots=True)
 class UsageRow:
     """One model on one UTC day for one key."""
 
@@ -81,27 +116,6 @@ class UsageRow:
     unfinished: int
     #: Charges minus refunds of the tasks created that day, in micro-units.
     spend_micros: int
-
-
-def plan_balance_change(
-    balance: int | None, ledger_sum: int, add_micros: int | None, set_micros: int | None
-) -> tuple[int, int]:
-    """(ledger entry amount, new balance) for an operator's `add` or `set` of credits."""
-    if (add_micros is None) == (set_micros is None):
-        raise InvalidRequest("give exactly one of add or set", param="amount")
-    if add_micros is not None:
-        if balance is None:
-            raise InvalidRequest(
-                "this key has unlimited credits; use set to give it a balance", param="amount"
-            )
-        target = balance + add_micros
-        if target < 0:
-            raise InvalidRequest("the balance cannot go below zero", param="amount")
-        return add_micros, target
-    assert set_micros is not None
-    if set_micros < 0:
-        raise InvalidRequest("the balance cannot go below zero", param="amount")
-    return set_micros - ledger_sum, set_micros
 
 
 def idempotency_mismatch() -> IdempotencyConflict:
@@ -159,8 +173,6 @@ class Store(Protocol):
         a result below zero."""
         ...
 
-    async def ledger_entries(self, key_id: KeyId) -> list[LedgerEntry]: ...
-
     async def usage(self, key_id: KeyId, *, since: float) -> list[UsageRow]: ...
 
     async def prune_idempotency_keys(self, *, older_than: float) -> int: ...
@@ -192,23 +204,26 @@ class Store(Protocol):
     ) -> tuple[Task, bool]:
         """Accept a task in one transaction: replay an Idempotency-Key's task (→ its task,
         True), enforce the unfinished-task quota (RateLimited), charge `price_micros`
-        with a ledger entry (InsufficientCredits), insert. → (task, False)."""
+        with a ledger entry (InsufficientCredits), insert. → (task, False).
+
+        A new task is claimable at once: its `run_after` is stored as the store's now
+        when the task's own is later (an API node whose clock runs ahead), and the
+        task returned is the one stored."""
         ...
 
     async def get_task(self, task_id: TaskId) -> Task | None: ...
 
-    async def claim(
-        self, *, worker_id: str, limit: int, lease_seconds: float, now: float
-    ) -> list[Task]:
-        """queued → processing for up to `limit` claimable tasks; bumps `attempt`."""
+    async def claim(self, *, worker_id: str, limit: int, lease_seconds: float) -> list[Task]:
+        """queued → processing for up to `limit` tasks due by the store's clock, oldest
+        first; bumps `attempt`; the lease runs `lease_seconds` on the store's clock."""
         ...
 
     async def renew_leases(
-        self, leases: Sequence[tuple[TaskId, int]], *, lease_until: float
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_seconds: float
     ) -> set[TaskId]:
-        """Extend the leases of the tasks still processing under these (id, attempt)
-        claims, in one write; the ids renewed. A task missing from the answer is no
-        longer this worker's."""
+        """Extend to `lease_seconds` from now the leases of the tasks still processing under
+        these (id, attempt) claims, in one write; the ids renewed. A task missing from the
+        answer is no longer this worker's."""
         ...
 
     async def complete(
@@ -220,20 +235,17 @@ class Store(Protocol):
         content_type: str,
         usage: dict[str, Any] | None,
         upstream: str | None = None,
-        now: float,
     ) -> bool:
         """processing → completed, only for the holder of `attempt`."""
         ...
 
     async def record_upstream(
-        self, task_id: TaskId, attempt: int, *, upstream: str, upstream_task_id: str, now: float
+        self, task_id: TaskId, attempt: int, *, upstream: str, upstream_task_id: str
     ) -> bool:
         """Save the upstream's task id before waiting on it (not a status change)."""
         ...
 
-    async def fail(
-        self, task_id: TaskId, attempt: int, *, error: str, error_code: str, now: float
-    ) -> bool:
+    async def fail(self, task_id: TaskId, attempt: int, *, error: str, error_code: str) -> bool:
         """processing → failed, only for the holder of `attempt`; refunds the charge in the
         same transaction."""
         ...
@@ -243,20 +255,21 @@ class Store(Protocol):
         task_id: TaskId,
         attempt: int,
         *,
-        run_after: float,
+        delay_seconds: float,
         error: str,
         error_code: str,
-        now: float,
     ) -> bool:
-        """processing → queued after a retryable failure; the attempt stays spent."""
+        """processing → queued after a retryable failure, claimable `delay_seconds` from
+        now on the store's clock; the attempt stays spent."""
         ...
 
-    async def release(self, task_id: TaskId, attempt: int, *, now: float) -> bool:
+    async def release(self, task_id: TaskId, attempt: int) -> bool:
         """processing → queued on shutdown; the attempt is given back via max_attempts."""
         ...
 
-    async def rescue_expired(self, *, now: float, limit: int = 500) -> RescueReport:
-        """Expired leases: processing → queued, or → failed after the last attempt."""
+    async def rescue_expired(self, *, limit: int = 500) -> RescueReport:
+        """Leases expired by the store's clock: processing → queued, or → failed (and
+        refunded) after the last attempt."""
         ...
 
     async def count_tasks_by_status(self) -> dict[str, int]: ...

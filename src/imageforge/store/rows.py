@@ -1,4 +1,4 @@
-"""Row ↔ record mapping shared by every store: one column list, one reader per table."""
+"""Row ↔ record mapping shared by every store: one column list, one codec per table."""
 
 from __future__ import annotations
 
@@ -8,16 +8,84 @@ from typing import Any
 import orjson
 
 from imageforge.ids import KeyId, TaskId
-from imageforge.store.base import ApiKeyRecord, LedgerEntry, UsageRow
+from imageforge.store.base import ApiKeyRecord, UsageRow
 from imageforge.tasks import Task, TaskStatus
 
-TASK_COLUMNS = (
-    "id, key_id, model, engine, prompt, quality, width, height, ratio, resolution, image_urls, "
-    "status, attempt, max_attempts, run_after, lease_expires_at, worker_id, image_key, "
-    "content_type, error, error_code, usage, price_micros, upstream, upstream_task_id, created_at, "
-    "updated_at, started_at, finished_at"
+#: Every column of `tasks`, in the order of `task_values` and `task_from_row`.
+TASK_COLUMN_NAMES = (
+    "id",
+    "key_id",
+    "model",
+    "engine",
+    "prompt",
+    "quality",
+    "width",
+    "height",
+    "ratio",
+    "resolution",
+    "image_urls",
+    "status",
+    "attempt",
+    "max_attempts",
+    "run_after",
+    "lease_expires_at",
+    "worker_id",
+    "image_key",
+    "content_type",
+    "error",
+    "error_code",
+    "usage",
+    "price_micros",
+    "upstream",
+    "upstream_task_id",
+    "created_at",
+    "updated_at",
+    "started_at",
+    "finished_at",
 )
+TASK_COLUMNS = ", ".join(TASK_COLUMN_NAMES)
+#: Where `run_after` stands in `task_values` (stores stamp it when a task is accepted).
+RUN_AFTER = TASK_COLUMN_NAMES.index("run_after")
 KEY_COLUMNS = "id, name, hint, created_at, revoked_at, balance_micros"
+
+
+def encode_usage(usage: dict[str, Any] | None) -> str | None:
+    return orjson.dumps(usage).decode() if usage is not None else None
+
+
+def task_values(task: Task) -> list[Any]:
+    """The task as column values, in `TASK_COLUMN_NAMES` order."""
+    return [
+        task.id,
+        task.key_id,
+        task.model,
+        task.engine,
+        task.prompt,
+        task.quality,
+        task.width,
+        task.height,
+        task.ratio,
+        task.resolution,
+        orjson.dumps(list(task.image_urls)).decode(),
+        task.status.value,
+        task.attempt,
+        task.max_attempts,
+        task.run_after,
+        task.lease_expires_at,
+        task.worker_id,
+        task.image_key,
+        task.content_type,
+        task.error,
+        task.error_code,
+        encode_usage(task.usage),
+        task.price_micros,
+        task.upstream,
+        task.upstream_task_id,
+        task.created_at,
+        task.updated_at,
+        task.started_at,
+        task.finished_at,
+    ]
 
 
 def task_from_row(row: Sequence[Any]) -> Task:
@@ -62,20 +130,6 @@ def key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
         created_at=row[3],
         revoked_at=row[4],
         balance_micros=row[5],
-    )
-
-
-LEDGER_COLUMNS = "key_id, task_id, kind, amount_micros, model, created_at"
-
-
-def ledger_entry_from_row(row: Sequence[Any]) -> LedgerEntry:
-    return LedgerEntry(
-        key_id=KeyId(row[0]),
-        task_id=TaskId(row[1]) if row[1] else None,
-        kind=row[2],
-        amount_micros=row[3],
-        model=row[4],
-        created_at=row[5],
     )
 
 

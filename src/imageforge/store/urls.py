@@ -17,6 +17,9 @@ from imageforge.errors import ConfigurationError
 
 Backend = Literal["sqlite", "postgresql"]
 
+#: PostgreSQL connections per process unless configured (`IMAGEFORGE_POSTGRES_POOL_SIZE`).
+DEFAULT_POOL_SIZE = 10
+
 _POSTGRES_NAMES = ("postgresql", "postgres")
 
 

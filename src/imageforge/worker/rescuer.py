@@ -2,7 +2,9 @@
 
 Safe to run in every process at once: each rescue is a conditional UPDATE
 (still processing, lease still expired), so it can never overwrite a completion
-that raced it.
+that raced it. Which leases have expired is the store's clock's call (the
+database's, in distributed mode); this loop's own clock only paces it and dates
+what it prunes.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 
 from imageforge.storage import Storage
 from imageforge.store import Store, StoreUnavailable
@@ -34,12 +37,13 @@ async def rescue_forever(
     interval_seconds: float,
     idempotency_ttl_seconds: float = 86_400,
     storage: Storage | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> None:
     next_prune = 0.0
-    next_sweep = time.time() + SWEEP_EVERY_SECONDS
+    next_sweep = clock() + SWEEP_EVERY_SECONDS
     while True:
         try:
-            now = time.time()
+            now = clock()
             if now >= next_prune:
                 next_prune = now + PRUNE_EVERY_SECONDS
                 await store.prune_idempotency_keys(older_than=now - idempotency_ttl_seconds)
@@ -48,7 +52,7 @@ async def rescue_forever(
             if storage is not None and now >= next_sweep:
                 next_sweep = now + SWEEP_EVERY_SECONDS
                 await sweep_orphan_images(store, storage, min_age_seconds=ORPHAN_MIN_AGE_SECONDS)
-            report = await store.rescue_expired(now=now)
+            report = await store.rescue_expired()
             if report.requeued:
                 log.warning("re-queued %d task(s) with expired leases", len(report.requeued))
             if report.failed:

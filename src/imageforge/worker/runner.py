@@ -3,14 +3,11 @@
 Each claimed task holds a lease, renewed by a heartbeat. Every write a worker
 makes carries the attempt number it claimed; when the lease was taken away (the
 rescuer re-queued the task, a newer attempt owns it) the write matches no row,
-and the worker abandons that task.
+and the worker abandons that task. Leases and retry delays are durations: the
+store times them on its own clock (the database's, in distributed mode), so a
+worker whose clock is off neither steals live tasks nor starves.
 
-`concurrency` counts tasks being generated. A task whose image is back gives its
-slot to the next queued task at once and finishes (stores the image, records the
-outcome) beside it: an upstream slot never idles while a disk or bucket write and
-a commit complete. At most `concurrency` tasks finish at a time; beyond that, a
-task keeps its generation slot until one finishes, so slow storage holds back new
-claims instead of piling images up in memory.
+When tasks are claimed, generated and finished is `Slots`' business.
 """
 
 from __future__ import annotations
@@ -22,7 +19,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -32,15 +29,14 @@ from imageforge.references import ReferenceFetcher, ReferenceFetchError
 from imageforge.storage import Storage
 from imageforge.store import Store, StoreUnavailable
 from imageforge.tasks import Task, TaskStatus
-from imageforge.worker.retry import retry_delay
+from imageforge.worker.retry import retry_delay, retry_until_deadline
+from imageforge.worker.slots import Slots
 
 log = logging.getLogger(__name__)
 
 _EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-#: Most tasks claimed in one round (see `Runner._claim_limit`).
+#: Most tasks claimed in one round by default (`IMAGEFORGE_CLAIM_BATCH`; see `Slots`).
 CLAIM_BATCH = 32
-#: Longest a generated task waits for the run loop's claims before it is stored.
-FINISHING_MAX_DEFER_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -52,6 +48,19 @@ class RunnerConfig:
     retry_base_seconds: float
     retry_max_seconds: float
     shutdown_grace_seconds: float
+    claim_batch: int = CLAIM_BATCH
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """Why an attempt failed (in words a client can show), and whether another may succeed."""
+
+    message: str
+    #: The task's `error_code` when this failure is its last.
+    code: str
+    retryable: bool
+    #: The upstream's Retry-After, in seconds: the next attempt waits at least this long.
+    retry_after: float | None = None
 
 
 class LeaseLost(Exception):
@@ -80,53 +89,34 @@ class Runner:
         fetcher: ReferenceFetcher,
         config: RunnerConfig,
         worker_id: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """`clock`: this process's clock. The runner only measures durations with it
+        (how long a write is retried through an outage); leases and schedules are the
+        store's, so a clock that is off by any amount changes nothing."""
         self._store = store
         self._storage = storage
         self._engines = engines
         self._fetcher = fetcher
         self._config = config
+        self._clock = clock
         self.worker_id = worker_id or new_worker_id()
-        # A task was queued since the last claim (set by `wake`).
-        self._work_hint = False
-        # What the idle run loop awaits; resolved directly (one loop turn) when a slot
-        # frees, work is queued or the runner stops. A chain of waiters here cost a turn
-        # each, and at 500 calls in flight a turn can take tens of milliseconds.
-        self._waiter: asyncio.Future[None] | None = None
         self._stopping = asyncio.Event()
+        self._slots = Slots(config.concurrency, config.claim_batch, self._stopping)
         # Every task this runner holds, generating or finishing.
         self._running: dict[asyncio.Task[None], Task] = {}
-        self._generating: set[asyncio.Task[None]] = set()
         # Jobs cancelled because their lease was taken away (not because we stop).
         self._lost: set[asyncio.Task[None]] = set()
         self._lease_keeper: asyncio.Task[None] | None = None
-        self._finishing = asyncio.Semaphore(config.concurrency)
-        # Set while the run loop is not claiming: finishing work waits for it, so that
-        # freed slots are refilled (claims, upstream calls going out) before images are
-        # stored and outcomes recorded; a wave of answers otherwise interleaves both.
-        self._claims_settled = asyncio.Event()
-        self._claims_settled.set()
 
     def wake(self) -> None:
         """A task was queued: look for work now instead of at the next poll."""
-        self._work_hint = True
-        if len(self._generating) < self._config.concurrency:
-            self._nudge()
-
-    def _nudge(self) -> None:
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
-
-    def _claim_limit(self, free: int) -> int:
-        # A claim of hundreds would start every call in one loop turn: the first answers
-        # would come back only after the last call went out, and every other callback
-        # (answers arriving, commits finishing) would wait out that long turn.
-        return min(free, CLAIM_BATCH)
+        self._slots.work_queued()
 
     @property
     def in_flight(self) -> int:
         """Tasks being generated: what `concurrency` limits."""
-        return len(self._generating)
+        return self._slots.generating
 
     async def run(self) -> None:
         """Claim and run tasks until `stop()`; then drain."""
@@ -134,75 +124,36 @@ class Runner:
             self._lease_keeper = asyncio.create_task(self._keep_leases(), name="lease keeper")
         backoff = 0.0
         while not self._stopping.is_set():
-            free = self._config.concurrency - len(self._generating)
             claimed: list[Task] = []
-            if free > 0:
-                self._work_hint = False
-                self._claims_settled.clear()
+            limit = self._slots.start_claim()
+            if limit:
                 try:
                     claimed = await self._store.claim(
                         worker_id=self.worker_id,
-                        limit=self._claim_limit(free),
+                        limit=limit,
                         lease_seconds=self._config.lease_seconds,
-                        now=time.time(),
                     )
                     backoff = 0.0
                 except StoreUnavailable:
                     backoff = min(5.0, backoff * 2 or 0.1)
                     log.warning("database unavailable; worker retries in %.1fs", backoff)
-                    self._claims_settled.set()  # not claiming while it backs off
+                    self._slots.settle()  # not claiming while it backs off
                     await self._sleep(backoff)
                     continue
                 for task in claimed:
                     job = asyncio.create_task(self._execute(task), name=f"run {task.id}")
                     self._running[job] = task
-                    self._generating.add(job)
+                    self._slots.occupy(job)
                     job.add_done_callback(self._finished)
-            if claimed and len(self._generating) < self._config.concurrency:
+            if claimed and self._slots.has_room:
                 continue  # maybe more is waiting
-            await self._wait_for_work()
+            await self._slots.wait_for_work(self._config.poll_interval_seconds)
 
     def _finished(self, job: asyncio.Task[None]) -> None:
         self._running.pop(job, None)
-        self._free_slot(job)
+        self._slots.free(job)
         if not job.cancelled() and job.exception() is not None:
             log.error("task runner crashed", exc_info=job.exception())
-
-    def _free_slot(self, job: asyncio.Task[None] | None) -> None:
-        if job in self._generating:
-            self._generating.discard(job)
-            if not self._stopping.is_set():
-                # The run loop claims for this slot next; finishing waits for that claim.
-                self._claims_settled.clear()
-            self._nudge()
-
-    @contextlib.asynccontextmanager
-    async def _finishing_slot(self, job: asyncio.Task[None] | None) -> AsyncIterator[None]:
-        """Trade the generation slot for a finishing one (waiting while all are taken)."""
-        async with self._finishing:
-            self._free_slot(job)
-            if not self._claims_settled.is_set():
-                # Claims first, but a steady stream of them must not starve finishing.
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(FINISHING_MAX_DEFER_SECONDS):
-                        await self._claims_settled.wait()
-            yield
-
-    async def _wait_for_work(self) -> None:
-        """Until a slot frees, a task is queued (when there is room), the poll interval
-        passes (covering wake-ups lost between nodes) or the runner stops."""
-        room = len(self._generating) < self._config.concurrency
-        if self._stopping.is_set() or (room and self._work_hint):
-            return
-        loop = asyncio.get_running_loop()
-        self._waiter = waiter = loop.create_future()
-        timer = loop.call_later(self._config.poll_interval_seconds, self._nudge)
-        self._claims_settled.set()
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-            self._waiter = None
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -212,8 +163,8 @@ class Runner:
         """Stop claiming; let running tasks finish within the grace period, then hand
         the rest back to the queue so another worker picks them up at once."""
         self._stopping.set()
-        self._claims_settled.set()
-        self._nudge()
+        self._slots.settle()
+        self._slots.nudge()
         if self._running:
             await asyncio.wait(list(self._running), timeout=self._config.shutdown_grace_seconds)
         leftovers = dict(self._running)
@@ -227,7 +178,7 @@ class Runner:
                 await self._lease_keeper
         for task in leftovers.values():
             with contextlib.suppress(Exception):
-                if await self._store.release(task.id, task.attempt, now=time.time()):
+                if await self._store.release(task.id, task.attempt):
                     log.info("handed %s back to the queue", task.id)
 
     # One task ---------------------------------------------------------------
@@ -263,12 +214,12 @@ class Runner:
             try:
                 renewed = await self._store.renew_leases(
                     [(task.id, task.attempt) for _, task in held],
-                    lease_until=time.time() + self._config.lease_seconds,
+                    lease_seconds=self._config.lease_seconds,
                 )
             except StoreUnavailable:
                 continue  # the leases may still be valid; try again at the next beat
             for job, task in held:
-                if task.id not in renewed and job in self._generating:
+                if task.id not in renewed and self._slots.is_generating(job):
                     self._lost.add(job)
                     job.cancel()
 
@@ -303,19 +254,22 @@ class Runner:
         except LeaseLost:
             raise
         except ReferenceFetchError as exc:
-            await self._record_failure(task, exc.message, "invalid_reference", exc.retryable, None)
+            await self._record_failure(
+                task, Failure(exc.message, "invalid_reference", exc.retryable)
+            )
             return
         except EngineError as exc:
-            await self._record_failure(task, exc.message, exc.code, exc.retryable, exc.retry_after)
+            await self._record_failure(
+                task, Failure(exc.message, exc.code, exc.retryable, exc.retry_after)
+            )
             return
         except Exception as exc:
             log.exception("unexpected error generating %s", task.id)
-            await self._record_failure(
-                task, f"internal error: {type(exc).__name__}", "internal_error", True, None
-            )
+            failure = Failure(f"internal error: {type(exc).__name__}", "internal_error", True)
+            await self._record_failure(task, failure)
             return
 
-        async with self._finishing_slot(job):
+        async with self._slots.finishing(job):
             await self._store_and_complete(task, image)
 
     async def _store_and_complete(self, task: Task, image: GeneratedImage) -> None:
@@ -324,9 +278,8 @@ class Runner:
             await self._storage.put(key, image.data, image.content_type)
         except OSError as exc:
             log.error("could not store the image of %s: %s", task.id, exc)
-            await self._record_failure(
-                task, "could not store the generated image", "storage_error", True, None
-            )
+            failure = Failure("could not store the generated image", "storage_error", True)
+            await self._record_failure(task, failure)
             return
         if not await self._complete_through_outage(task, key, image):
             await self._storage.delete(key)
@@ -340,92 +293,70 @@ class Runner:
         again. Retrying is safe because the write is fenced by the attempt. A retry that
         matches no row may mean an earlier try committed before its connection died, so
         the row decides whether the image is the task's (keep it) or not ours (delete)."""
-        give_up_at = time.monotonic() + self._config.lease_seconds
-        delay = 0.1
-        retried = False
-        while True:
-            try:
-                completed = await self._store.complete(
-                    task.id,
-                    task.attempt,
-                    image_key=key,
-                    content_type=image.content_type,
-                    usage=image.usage or None,
-                    upstream=image.upstream,
-                    now=time.time(),
-                )
-            except StoreUnavailable:
-                if self._stopping.is_set() or time.monotonic() + delay > give_up_at:
-                    raise
-                log.warning("database unavailable; completing %s again in %.1fs", task.id, delay)
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
-                retried = True
-                continue
-            if completed or not retried:
-                return completed
-            current = await self._store.get_task(task.id)
-            return (
-                current is not None
-                and current.status is TaskStatus.COMPLETED
-                and current.attempt == task.attempt
-                and current.image_key == key
-            )
+        completed, retries = await retry_until_deadline(
+            lambda: self._store.complete(
+                task.id,
+                task.attempt,
+                image_key=key,
+                content_type=image.content_type,
+                usage=image.usage or None,
+                upstream=image.upstream,
+            ),
+            retry_on=StoreUnavailable,
+            within_seconds=self._config.lease_seconds,
+            keep_trying=lambda: not self._stopping.is_set(),
+            on_retry=lambda delay: log.warning(
+                "database unavailable; completing %s again in %.1fs", task.id, delay
+            ),
+            clock=self._clock,
+        )
+        if completed or not retries:
+            return completed
+        current = await self._store.get_task(task.id)
+        return (
+            current is not None
+            and current.status is TaskStatus.COMPLETED
+            and current.attempt == task.attempt
+            and current.image_key == key
+        )
 
     async def _record_upstream(self, task: Task, ref: UpstreamRef) -> None:
         # The upstream already accepted (and will bill) the work: losing its id to a
         # database hiccup would make the next attempt submit and pay again, so the save
         # is retried for up to a lease (it is fenced by the attempt, so retrying is safe).
-        give_up_at = time.monotonic() + self._config.lease_seconds
-        delay = 0.1
-        while True:
-            try:
-                saved = await self._store.record_upstream(
-                    task.id,
-                    task.attempt,
-                    upstream=ref.upstream,
-                    upstream_task_id=ref.task_id,
-                    now=time.time(),
-                )
-                break
-            except StoreUnavailable:
-                if time.monotonic() + delay > give_up_at:
-                    raise
-                await asyncio.sleep(delay)
-                delay = min(2.0, delay * 2)
+        saved, _ = await retry_until_deadline(
+            lambda: self._store.record_upstream(
+                task.id, task.attempt, upstream=ref.upstream, upstream_task_id=ref.task_id
+            ),
+            retry_on=StoreUnavailable,
+            within_seconds=self._config.lease_seconds,
+            clock=self._clock,
+        )
         if not saved:
             raise LeaseLost()
 
-    async def _record_failure(
-        self,
-        task: Task,
-        message: str,
-        code: str,
-        retryable: bool,
-        retry_after: float | None,
-    ) -> None:
-        now = time.time()
-        if retryable and task.attempt < task.max_attempts:
+    async def _record_failure(self, task: Task, failure: Failure) -> None:
+        if failure.retryable and task.attempt < task.max_attempts:
             delay = retry_delay(
                 task.attempt,
                 base_seconds=self._config.retry_base_seconds,
                 max_seconds=self._config.retry_max_seconds,
-                retry_after=retry_after,
+                retry_after=failure.retry_after,
             )
             applied = await self._store.requeue(
                 task.id,
                 task.attempt,
-                run_after=now + delay,
-                error=message,
-                error_code=code,
-                now=now,
+                delay_seconds=delay,
+                error=failure.message,
+                error_code=failure.code,
             )
-            log.info("retrying %s in %.1fs after: %s", task.id, delay, message)
+            log.info("retrying %s in %.1fs after: %s", task.id, delay, failure.message)
         else:
-            if retryable:
+            message = failure.message
+            if failure.retryable:
                 message = f"generation failed after {task.attempt} attempts: {message}"
             applied = await self._store.fail(
-                task.id, task.attempt, error=message, error_code=code, now=now
+                task.id, task.attempt, error=message, error_code=failure.code
             )
             log.info("failed %s: %s", task.id, message)
         if not applied:

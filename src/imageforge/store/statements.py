@@ -1,0 +1,184 @@
+"""Statement text both stores run, written once.
+
+A template is PostgreSQL text with `$n` placeholders, rendered for each database:
+
+- `{now}` is the store's clock, always parameter `$1`. On PostgreSQL it is the
+  database's clock unless the store was given one (`coalesce($1, now())`): every node
+  then agrees on leases and schedules whatever its own clock says. On SQLite, one
+  machine, it is the store's `clock()`, passed as `$1`.
+- `{lock}` locks the rows a read returns until the transaction ends (PostgreSQL's
+  `FOR UPDATE`); SQLite's writer already holds the whole database.
+- `{day:COLUMN}` is the UTC date (YYYY-MM-DD) of a Unix-seconds column.
+
+SQLite takes `?NNN` for PostgreSQL's `$NNN`, and numbered placeholders may repeat.
+Statements that differ by more than this (claims, rescues, refunds) live in their
+store.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from imageforge.store.rows import KEY_COLUMNS, TASK_COLUMNS
+
+
+@dataclass(frozen=True, slots=True)
+class Dialect:
+    now: str
+    lock: str
+    #: `{}` takes the column.
+    day: str
+
+    def render(self, template: str) -> str:
+        return template.format(now=self.now, lock=self.lock, day=_Day(self.day))
+
+
+class _Day:
+    def __init__(self, expression: str) -> None:
+        self._expression = expression
+
+    def __format__(self, column: str) -> str:
+        return self._expression.format(column)
+
+
+def postgres_now(parameter: str = "$1") -> str:
+    """The store's clock on PostgreSQL: the parameter if the store was given a clock
+    (tests that move time), else the database's (stable within a statement)."""
+    return f"coalesce({parameter}::float8, extract(epoch FROM now())::float8)"
+
+
+POSTGRES = Dialect(
+    now=postgres_now(),
+    lock=" FOR UPDATE",
+    day="to_char(to_timestamp({}) AT TIME ZONE 'UTC', 'YYYY-MM-DD')",
+)
+SQLITE = Dialect(now="$1", lock="", day="date({}, 'unixepoch')")
+_PLACEHOLDER = re.compile(r"\$(\d+)")
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    #: As written, for a store that builds a larger statement around it.
+    template: str
+    postgres: str
+    sqlite: str
+
+
+def for_postgres(template: str) -> str:
+    return POSTGRES.render(template)
+
+
+def for_sqlite(template: str) -> str:
+    return _PLACEHOLDER.sub(r"?\1", SQLITE.render(template))
+
+
+def shared(template: str) -> Statement:
+    return Statement(template, postgres=for_postgres(template), sqlite=for_sqlite(template))
+
+
+# Keys ---------------------------------------------------------------------------------
+
+INSERT_KEY = shared(
+    "INSERT INTO api_keys (id, name, key_hash, hint, created_at, balance_micros) "
+    "VALUES ($1, $2, $3, $4, $5, $6)"
+)
+GET_KEY = shared(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1")
+FIND_KEY = shared(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1")
+LIST_KEYS = shared(f"SELECT {KEY_COLUMNS} FROM api_keys ORDER BY created_at, id")
+REVOKE_KEY = shared(
+    "UPDATE api_keys SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL RETURNING id"
+)
+KEYS_FINGERPRINT = shared("SELECT count(*), count(revoked_at) FROM api_keys")
+# The row lock makes concurrent charges wait, so the ledger sum read after it includes
+# every charge that committed before the change.
+LOCK_BALANCE = shared("SELECT balance_micros FROM api_keys WHERE id = $1{lock}")
+SET_BALANCE = shared("UPDATE api_keys SET balance_micros = $1 WHERE id = $2")
+LEDGER_SUM = shared(
+    "SELECT CAST(coalesce(sum(amount_micros), 0) AS BIGINT) FROM ledger WHERE key_id = $1"
+)
+BOOK_CREDIT = shared(
+    "INSERT INTO ledger (key_id, kind, amount_micros, note, created_at) "
+    "VALUES ($1, 'credit', $2, $3, $4)"
+)
+
+# Idempotency keys and request counters -----------------------------------------------
+
+# ON CONFLICT DO NOTHING waits for a concurrent insert of the same key to commit or
+# roll back, so of two requests with one key exactly one takes it.
+TAKE_IDEMPOTENCY_KEY = shared(
+    "INSERT INTO idempotency_keys (key_id, idempotency_key, request_hash, task_id, created_at) "
+    "VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING RETURNING 1"
+)
+READ_IDEMPOTENCY_KEY = shared(
+    "SELECT request_hash, task_id, created_at FROM idempotency_keys "
+    "WHERE key_id = $1 AND idempotency_key = $2{lock}"
+)
+FORGET_IDEMPOTENCY_KEY = shared(
+    "DELETE FROM idempotency_keys WHERE key_id = $1 AND idempotency_key = $2"
+)
+PRUNE_IDEMPOTENCY_KEYS = shared("DELETE FROM idempotency_keys WHERE created_at < $1")
+COUNT_REQUEST = shared(
+    "INSERT INTO rate_limit_windows (key_id, window_start, hits) VALUES ($1, $2, 1) "
+    "ON CONFLICT (key_id, window_start) DO UPDATE SET hits = rate_limit_windows.hits + 1 "
+    "RETURNING hits"
+)
+PRUNE_REQUEST_COUNTS = shared("DELETE FROM rate_limit_windows WHERE window_start < $1")
+
+# Usage: task counts and ledger spend per (UTC day, model) since a time ---------------
+
+USAGE_COUNTS = shared(
+    "SELECT {day:created_at} AS day, model, count(*), "
+    "sum(CASE WHEN status = 'completed' THEN 1 ELSE 0 END), "
+    "sum(CASE WHEN status = 'failed' THEN 1 ELSE 0 END), "
+    "sum(CASE WHEN status IN ('queued', 'processing') THEN 1 ELSE 0 END) "
+    "FROM tasks WHERE key_id = $1 AND created_at >= $2 GROUP BY day, model"
+)
+# A refund is reported on the day of its task, so it cancels that day's charge.
+USAGE_SPEND = shared(
+    "SELECT {day:t.created_at} AS day, t.model, CAST(-sum(l.amount_micros) AS BIGINT) "
+    "FROM ledger l JOIN tasks t ON t.id = l.task_id "
+    "WHERE l.key_id = $1 AND t.created_at >= $2 AND l.kind IN ('charge', 'refund') "
+    "GROUP BY day, t.model"
+)
+
+# Tasks --------------------------------------------------------------------------------
+
+GET_TASK = shared(f"SELECT {TASK_COLUMNS} FROM tasks WHERE id = $1")
+COUNT_UNFINISHED = shared(
+    "SELECT count(*) FROM tasks WHERE key_id = $1 AND status IN ('queued', 'processing')"
+)
+COUNT_BY_STATUS = shared("SELECT status, count(*) FROM tasks GROUP BY status")
+
+# Every transition below applies only to the holder of the attempt, while processing.
+_HELD = "id = $2 AND attempt = $3 AND status = 'processing'"
+
+COMPLETE = shared(
+    "UPDATE tasks SET status = 'completed', image_key = $4, content_type = $5, usage = $6, "
+    "upstream = coalesce($7, upstream), error = NULL, error_code = NULL, "
+    "lease_expires_at = NULL, finished_at = {now}, updated_at = {now} "
+    f"WHERE {_HELD} RETURNING id"
+)
+RECORD_UPSTREAM = shared(
+    "UPDATE tasks SET upstream = $4, upstream_task_id = $5, updated_at = {now} "
+    f"WHERE {_HELD} RETURNING id"
+)
+# The retry delay is counted on the store's clock, so it holds whatever the worker's says.
+REQUEUE = shared(
+    "UPDATE tasks SET status = 'queued', run_after = {now} + $4, error = $5, error_code = $6, "
+    "lease_expires_at = NULL, worker_id = NULL, updated_at = {now} "
+    f"WHERE {_HELD} RETURNING id"
+)
+# The attempt counter never goes down (it is the fencing token), so a hand-back raises
+# the budget instead of refunding the attempt.
+RELEASE = shared(
+    "UPDATE tasks SET status = 'queued', run_after = {now}, max_attempts = max_attempts + 1, "
+    "lease_expires_at = NULL, worker_id = NULL, updated_at = {now} "
+    f"WHERE {_HELD} RETURNING id"
+)
+# Failing, in the store's own statement, refunds too: (id, key_id, price_micros, model).
+FAIL = shared(
+    "UPDATE tasks SET status = 'failed', error = $4, error_code = $5, "
+    "lease_expires_at = NULL, finished_at = {now}, updated_at = {now} "
+    f"WHERE {_HELD} RETURNING id, key_id, price_micros, model"
+)
