@@ -14,6 +14,7 @@ from starlette.responses import Response, StreamingResponse
 from imageforge.api.byte_ranges import requested_range
 from imageforge.api.deps import RuntimeDep
 from imageforge.errors import LinkExpired, LinkInvalid, NotFound
+from imageforge.storage import is_image_key
 
 router = APIRouter(tags=["files"])
 
@@ -45,7 +46,9 @@ async def download_file(
     remaining = expires - int(time.time())
     if remaining <= 0:
         raise LinkExpired("This link has expired; poll the task again for a fresh one.")
-    image = await runtime.storage.open(key)
+    # Only keys of the storage's own syntax get as far as a backend: whatever else a
+    # link carries (NUL, `..`, other scripts' digits) never reaches a path or a bucket.
+    image = await runtime.storage.open(key) if is_image_key(key) else None
     if image is None:
         raise NotFound("This image no longer exists.", code="file_not_found")
     headers = {
