@@ -13,10 +13,17 @@ from starlette.responses import Response, StreamingResponse
 
 from imageforge.api.byte_ranges import requested_range
 from imageforge.api.deps import RuntimeDep
+from imageforge.api.responses import error_response, error_responses
 from imageforge.errors import LinkExpired, LinkInvalid, NotFound
 from imageforge.storage import is_image_key
 
 router = APIRouter(tags=["files"])
+
+#: What an image can be: the engines write PNG, JPEG or WebP.
+IMAGE_CONTENT = {
+    media: {"schema": {"type": "string", "format": "binary"}}
+    for media in ("image/png", "image/jpeg", "image/webp")
+}
 
 
 @router.get(
@@ -27,11 +34,19 @@ router = APIRouter(tags=["files"])
     "`Range` is answered with 206.",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}}, "description": "The image."},
-        206: {"content": {"image/png": {}}, "description": "The requested byte range."},
-        403: {"description": "Bad or missing signature."},
-        410: {"description": "The link has expired."},
-        416: {"description": "The range starts past the end of the image."},
+        200: {"content": IMAGE_CONTENT, "description": "The image."},
+        206: {"content": IMAGE_CONTENT, "description": "The requested byte range."},
+        **error_responses(403),
+        404: error_response(
+            "No image under this key: deleted, or never made.",
+            {
+                "message": "This image no longer exists.",
+                "type": "not_found_error",
+                "param": None,
+                "code": "file_not_found",
+            },
+        ),
+        **error_responses(410, 416),
     },
 )
 async def download_file(
