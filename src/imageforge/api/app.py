@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from imageforge import __version__
-from imageforge.api.body_limit import BodyLimitMiddleware
+from imageforge.api.body_guard import BodyGuardMiddleware
 from imageforge.api.errors import install_error_handlers
 from imageforge.api.openapi import install_openapi
 from imageforge.api.routes import bench, files, health, images, results, usage
@@ -53,7 +53,11 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_bytes=settings.max_body_bytes,
+        idle_timeout=settings.body_timeout_seconds,
+    )
     # Here rather than in the server, so the setting holds under any ASGI server; the
     # scheme it passes on is what image links are built with.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
