@@ -15,8 +15,10 @@ from PIL import Image
 
 from imageforge.api.app import create_app
 from imageforge.errors import ServiceUnavailable
+from imageforge.ids import TaskId
 from imageforge.runtime import GC_THRESHOLDS, Runtime
 from imageforge.storage import UrlSigner
+from imageforge.tasks import Task
 from imageforge.testing.storage import MemoryStorage
 from tests.conftest import CREATE_BODY_ROUTES, ApiHarness, make_settings, start_harness
 
@@ -258,6 +260,39 @@ async def test_another_keys_task_is_indistinguishable_from_a_missing_one(
     ].replace(missing_id, "X")
     garbage = await api.poll(key, "not-an-id")
     assert garbage.status_code == 404
+
+
+async def test_another_keys_cached_task_takes_the_same_path_as_an_unknown_id(
+    api: ApiHarness, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No timing oracle: a finished task another key polled (so cached in memory) is
+    looked up for a stranger exactly as an id nobody has: a cache miss, then the store."""
+    stranger = await api.new_key("stranger")
+    task_id = (await api.create(key)).json()["id"]
+    await api.wait_terminal(key, task_id)  # completed, and cached for its owner
+    store = api.runtime.store
+    lookups: list[str] = []
+    real_get_task = store.get_task
+
+    async def counting_get_task(wanted: TaskId) -> Task | None:
+        lookups.append(wanted)
+        return await real_get_task(wanted)
+
+    monkeypatch.setattr(store, "get_task", counting_get_task)
+    unknown_id = "image_00000000-0000-4000-8000-000000000000"
+    answers = {}
+    for who, wanted in (("foreign", task_id), ("unknown", unknown_id)):
+        lookups.clear()
+        for _ in range(3):
+            answers[who] = await api.poll(stranger, wanted)
+        assert lookups == [wanted] * 3, who  # every time: the cache missed, the store asked
+    assert answers["foreign"].status_code == answers["unknown"].status_code == 404
+    assert answers["foreign"].content.replace(task_id.encode(), b"X") == answers[
+        "unknown"
+    ].content.replace(unknown_id.encode(), b"X")
+    lookups.clear()
+    assert (await api.poll(key, task_id)).status_code == 200
+    assert lookups == []  # its owner's polls still come from memory
 
 
 async def test_revoked_key_stops_working(api: ApiHarness) -> None:
