@@ -114,6 +114,11 @@ class Settings(BaseSettings):
     )
     reference_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     reference_max_pixels: int = Field(50_000_000, ge=1)
+    reference_decoding_max_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Decoded reference pixels one process holds at once (about 4 bytes each).",
+    )
     reference_timeout_seconds: float = Field(30.0, gt=0)
 
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest accepted request body.")
