@@ -108,6 +108,57 @@ async def test_the_create_body_declares_its_constraints(
     assert re.search(size["pattern"], " 1024x1536 ") and not re.search(size["pattern"], "1024*1536")
 
 
+async def test_the_rules_between_fields_are_in_the_document(
+    documented: tuple[ApiHarness, dict[str, Any]],
+) -> None:
+    _, document = documented
+    rules = document["components"]["schemas"]["CreateImageRequest"]["allOf"]
+    by_model = {
+        rule["if"]["properties"]["model"]["const"]: rule["then"]["properties"]
+        for rule in rules
+        if "model" in rule["if"].get("properties", {})
+    }
+    assert set(by_model) == {"gpt-image-2", "gpt-image-2-r", "house-style"}
+    assert branch(by_model["gpt-image-2"]["image_urls"], "array")["maxItems"] == 6
+    assert branch(by_model["gpt-image-2-r"]["image_urls"], "array")["maxItems"] == 16
+    assert by_model["gpt-image-2-r"]["resolution"]["enum"] == ["1k", None]
+    assert by_model["gpt-image-2"]["resolution"]["enum"] == ["1k", "2k", "4k", None]
+    needs_ratio = [rule for rule in rules if rule["then"].get("required") == ["ratio"]]
+    four_k = [
+        rule for rule in rules if "enum" in rule["then"].get("properties", {}).get("ratio", {})
+    ]
+    assert len(needs_ratio) == 1 and len(four_k) == 1
+    assert set(four_k[0]["then"]["properties"]["ratio"]["enum"]) == {
+        "16:9",
+        "9:16",
+        "2:1",
+        "1:2",
+        "21:9",
+        "9:21",
+    }
+
+
+async def test_the_idempotency_key_header_is_documented_as_enforced(
+    documented: tuple[ApiHarness, dict[str, Any]],
+) -> None:
+    api, document = documented
+    [header] = document["paths"]["/v1/image2/images"]["post"]["parameters"]
+    schema = header["schema"]
+    assert (schema["minLength"], schema["maxLength"]) == (1, 255)
+    assert re.fullmatch(schema["pattern"], "a-UUID_like~key") and not re.search(
+        schema["pattern"], "with space"
+    )
+    key = await api.new_key()
+    for refused in ("", "with space", "x" * 256, "tab\tin"):
+        response = await api.client.post(
+            "/v1/image2/images",
+            json={"model": "gpt-image-2", "prompt": "x"},
+            headers={"Authorization": f"Bearer {key}", "Idempotency-Key": refused},
+        )
+        assert response.status_code == 400, refused
+        assert response.json()["error"]["param"] == "Idempotency-Key"
+
+
 # One body per declared constraint, breaking only that one: the server refuses each.
 SCHEMA_VIOLATIONS = [
     ({"model": "dall-e-9"}, "model"),
@@ -123,6 +174,11 @@ SCHEMA_VIOLATIONS = [
     ({"image_urls": ["https://u:p@example.com/a.png"]}, "image_urls[0]"),
     ({"image_urls": ["https://example.com/" + "a" * 2048]}, "image_urls[0]"),
     ({"model": "house-style", "image_urls": ["https://example.com/a.png"] * 21}, "image_urls"),
+    # The rules that tie fields together, stated with if/then.
+    ({"image_urls": ["https://example.com/a.png"] * 7}, "image_urls"),
+    ({"model": "gpt-image-2-r", "resolution": "2k", "ratio": "1:1"}, "resolution"),
+    ({"resolution": "2k"}, "ratio"),
+    ({"resolution": "4k", "ratio": "1:1"}, "resolution"),
 ]
 
 

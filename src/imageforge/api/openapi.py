@@ -5,8 +5,10 @@
   with `json_body_schema`; the models named there are added to the components here.
 - Every operation that takes a body can answer 408 (the body stalled) and 413 (too large):
   the body guard answers those for every route, so every route documents them.
-- The create body's `model` lists the configured models, and `image_urls` the most
-  references any of them takes: configuration, so only the running app knows them.
+- The create body's `model` lists the configured models, each with its reference count and
+  resolutions, and the rules that tie fields together (`resolution` needs `ratio` unless
+  `size` is sent; 4K only in its ratios): the models are configuration, so only the running
+  app knows them. What JSON Schema cannot say (a size's arithmetic) the descriptions do.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from fastapi.openapi.utils import get_openapi
 from imageforge.api.request_body import documented_bodies
 from imageforge.api.responses import ERROR_RESPONSES
 from imageforge.catalog import ModelSpec
+from imageforge.sizes import FOUR_K_RATIOS, RESOLUTIONS
 
 #: What FastAPI names its own validation error shapes, which imageforge never sends.
 _FASTAPI_VALIDATION_SCHEMAS = ("HTTPValidationError", "ValidationError")
@@ -65,16 +68,63 @@ def _correct_responses(operation: dict[str, Any]) -> None:
 
 
 def _describe_models(components: dict[str, Any], models: Mapping[str, ModelSpec]) -> None:
+    """The create body's rules that depend on the configured models, and those that tie
+    one field to another, as JSON Schema can state them (`if`/`then`)."""
     body = components.get("CreateImageRequest")
     if body is None or not models:
         return
     properties = body["properties"]
     properties["model"]["enum"] = list(models)
-    urls = properties["image_urls"]
     most = max(spec.max_references for spec in models.values())
-    for branch in urls.get("anyOf", [urls]):
-        if branch.get("type") == "array":
-            branch["maxItems"] = most
+    _set_on_branch(properties["image_urls"], "array", maxItems=most)
+    rules: list[dict[str, Any]] = []
+    for spec in models.values():
+        allowed = list(RESOLUTIONS[: RESOLUTIONS.index(spec.max_resolution) + 1])
+        rules.append(
+            {
+                "if": {"properties": {"model": {"const": spec.name}}, "required": ["model"]},
+                "then": {
+                    "properties": {
+                        "image_urls": {
+                            "anyOf": [
+                                {"type": "array", "maxItems": spec.max_references},
+                                {"type": "null"},
+                            ]
+                        },
+                        "resolution": {"enum": [*allowed, None]},
+                    }
+                },
+            }
+        )
+    without_size = {
+        "anyOf": [{"not": {"required": ["size"]}}, {"properties": {"size": {"type": "null"}}}]
+    }
+    resolution_sent = {"required": ["resolution"], "properties": {"resolution": {"type": "string"}}}
+    # `resolution` needs a `ratio` unless `size` is sent; 4K only in the widest ratios.
+    rules.append(
+        {
+            "if": {"allOf": [resolution_sent, without_size]},
+            "then": {"required": ["ratio"], "properties": {"ratio": {"type": "string"}}},
+        }
+    )
+    rules.append(
+        {
+            "if": {
+                "allOf": [
+                    {"required": ["resolution"], "properties": {"resolution": {"const": "4k"}}},
+                    without_size,
+                ]
+            },
+            "then": {"properties": {"ratio": {"enum": sorted(FOUR_K_RATIOS)}}},
+        }
+    )
+    body["allOf"] = rules
+
+
+def _set_on_branch(schema: dict[str, Any], kind: str, **keywords: Any) -> None:
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == kind:
+            branch.update(keywords)
 
 
 def openapi_error(status: int) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from starlette.responses import Response
 from imageforge.api.deps import REQUIRES_API_KEY, authenticate, runtime_of
 from imageforge.api.request_body import json_body_schema, parse_json_body
 from imageforge.api.responses import error_responses
+from imageforge.service import MAX_IDEMPOTENCY_KEY_CHARS
 from imageforge.wire import (
     CreateImageRequest,
     QuoteResponse,
@@ -37,8 +38,13 @@ router = APIRouter(tags=["images"])
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "description": "Up to 255 visible ASCII characters; kept 24 hours per API key.",
-                "schema": {"type": "string", "maxLength": 255},
+                "description": "1 to 255 visible ASCII characters; kept 24 hours per API key.",
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_IDEMPOTENCY_KEY_CHARS,
+                    "pattern": "^[!-~]+$",
+                },
             }
         ],
     },
