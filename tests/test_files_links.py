@@ -14,10 +14,10 @@ import pytest
 
 from imageforge.storage import UrlSigner, is_image_key
 from imageforge.storage.base import StoredImage
-from imageforge.tasks import Task
 from imageforge.testing.storage import MemoryStorage
 from imageforge.worker.runner import storage_key_for
 from tests.conftest import ApiHarness, make_settings, start_harness
+from tests.test_store_contract import make_task
 
 VALID_KEY = "2026/11/25/image_00000000-0000-4000-8000-000000000001-1.png"
 
@@ -122,22 +122,8 @@ async def test_a_signed_key_of_the_storage_syntax_is_looked_up(
 
 @pytest.mark.parametrize("content_type", ["image/png", "image/jpeg", "image/webp", "x/unknown"])
 def test_every_key_the_runner_writes_is_of_the_storage_syntax(content_type: str) -> None:
-    task = Task.queued(
-        id="image_3f0c1d2e-4b5a-4c69-8d7e-0123456789ab",
-        key_id="key_1",
-        model="gpt-image-2",
-        engine="offline",
-        prompt="x",
-        quality="low",
-        width=1024,
-        height=1024,
-        ratio="1:1",
-        resolution="1k",
-        image_urls=(),
-        max_attempts=3,
-        price_micros=0,
-        now=datetime(2026, 11, 25, 23, 59, tzinfo=UTC).timestamp(),
-    )
+    created = datetime(2026, 11, 25, 23, 59, tzinfo=UTC).timestamp()
+    task = make_task(now=created)
     for attempt in (1, 2, 100):
         key = storage_key_for(task.evolve(attempt=attempt), content_type)
         assert is_image_key(key), key
