@@ -122,6 +122,18 @@ def test_headers_trickled_byte_by_byte_still_meet_the_deadline(served: Served) -
     assert waited <= TIMEOUT + MARGIN + TIMEOUT / 5
 
 
+def test_a_pipelined_request_whose_headers_stall_gets_its_408_after_the_first_answer(
+    served: Served,
+) -> None:
+    with served.connect() as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHo")
+        raw, waited = read_until_closed(sock)
+    print(f"pipelined, second headers stalled: closed after {waited:.2f} s")
+    first, _, rest = raw.partition(b"\r\n\r\n")
+    assert first.startswith(b"HTTP/1.1 200") and b"HTTP/1.1 408" in rest
+    assert TIMEOUT * 0.8 <= waited <= TIMEOUT + MARGIN
+
+
 def test_a_body_that_stalls_gets_a_408_naming_the_body(served: Served) -> None:
     with served.connect() as sock:
         sock.sendall(served.post_head(200) + b'{"model": "gpt-image-2", ')

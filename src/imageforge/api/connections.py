@@ -55,6 +55,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         super().__init__(*args, **kwargs)
         self._header_deadline: asyncio.TimerHandle | None = None
         self._refused = False
+        #: Between a request's first byte and the end of its headers.
+        self._reading_headers = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         if len(self.connections) >= self.max_connections:
@@ -80,13 +82,26 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._reading_headers = True
         # The deadline counts from the request's first byte (or, for the first request,
-        # from the connection): between requests uvicorn's keep-alive timeout applies.
-        self._arm_header_deadline()
+        # from the connection): between requests uvicorn's keep-alive timeout applies. A
+        # request pipelined behind one still being answered waits unread (uvicorn stops
+        # reading meanwhile), so its deadline starts when that answer is complete.
+        if not self._answering():
+            self._arm_header_deadline()
 
     def on_headers_complete(self) -> None:
+        self._reading_headers = False
         self._disarm_header_deadline()
         super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self._reading_headers:
+            self._arm_header_deadline()
+
+    def _answering(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
 
     def _arm_header_deadline(self) -> None:
         if self._header_deadline is None:

@@ -6,10 +6,12 @@ The bytes are streamed from the `Storage` interface, whatever the backend.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator
 from email.utils import formatdate
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from imageforge.api.byte_ranges import requested_range
 from imageforge.api.deps import RuntimeDep
@@ -85,12 +87,25 @@ async def download_file(
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD":
         return Response(status_code=status, media_type=image.content_type, headers=headers)
-    return StreamingResponse(
+    return _ClosingStreamingResponse(
         image.chunks(start, end),
         status_code=status,
         media_type=image.content_type,
         headers=headers,
     )
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes the storage's chunk iterator however the response ends. Starlette stops
+    iterating when the client hangs up (a capped or aborted download) and leaves the
+    iterator to the garbage collector, with the file or stream it holds still open."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if isinstance(self.body_iterator, AsyncGenerator):
+                await self.body_iterator.aclose()
 
 
 # Clients and proxies probe links with HEAD before downloading; same checks, no body.
