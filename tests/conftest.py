@@ -21,6 +21,12 @@ from tests.tiny_diffusers import tiny_folders  # noqa: F401  (a session fixture,
 pytest_plugins = ["tests.pg"]
 
 
+CREATE = "/v1/image2/images"
+QUOTE = "/v1/image2/images/quote"
+#: The routes that take a create body: they validate it alike, so their tests run on both.
+CREATE_BODY_ROUTES = (CREATE, QUOTE)
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     values: dict[str, Any] = {
         "data_dir": data_dir,
@@ -53,11 +59,13 @@ class ApiHarness:
         return secret
 
     async def create(self, key: str, **body: Any) -> httpx.Response:
+        return await self.post_create_body(CREATE, key, **body)
+
+    async def post_create_body(self, path: str, key: str, **body: Any) -> httpx.Response:
+        """A create body (model and prompt defaulted) to `path`: create or quote."""
         body.setdefault("model", "gpt-image-2")
         body.setdefault("prompt", "a red fox in the snow")
-        return await self.client.post(
-            "/v1/image2/images", json=body, headers={"Authorization": f"Bearer {key}"}
-        )
+        return await self.client.post(path, json=body, headers={"Authorization": f"Bearer {key}"})
 
     async def poll(self, key: str, task_id: str) -> httpx.Response:
         return await self.client.get(

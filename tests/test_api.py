@@ -15,10 +15,12 @@ from PIL import Image
 
 from imageforge.api.app import create_app
 from imageforge.errors import ServiceUnavailable
+from imageforge.ids import TaskId
 from imageforge.runtime import GC_THRESHOLDS, Runtime
 from imageforge.storage import UrlSigner
+from imageforge.tasks import Task
 from imageforge.testing.storage import MemoryStorage
-from tests.conftest import ApiHarness, make_settings, start_harness
+from tests.conftest import CREATE_BODY_ROUTES, ApiHarness, make_settings, start_harness
 
 UUID_ID = re.compile(r"^image_[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
 
@@ -94,12 +96,20 @@ async def test_poll_of_a_queued_task_has_null_image_url(api: ApiHarness, key: st
         ({"image_urls": ["https://example.com/a.png"] * 7}, "image_urls", "at most 6"),
         ({"image_urls": ["ftp://example.com/a.png"]}, "image_urls[0]", "http"),
         ({"image_urls": "https://example.com/a.png"}, "image_urls", "image_urls"),
+        ({"image_urls": [""]}, "image_urls[0]", "http"),
+        ({"image_urls": ["https://user:pass@example.com/a.png"]}, "image_urls[0]", "credentials"),
+        (
+            {"image_urls": ["https://example.com/a.png", "https://me@example.com/b.png"]},
+            "image_urls[1]",
+            "credentials",
+        ),
     ],
 )
+@pytest.mark.parametrize("path", CREATE_BODY_ROUTES)
 async def test_bad_input_is_a_400_naming_the_field_and_rule(
-    api: ApiHarness, key: str, body: dict[str, object], param: str, fragment: str
+    api: ApiHarness, key: str, path: str, body: dict[str, object], param: str, fragment: str
 ) -> None:
-    response = await api.create(key, **body)
+    response = await api.post_create_body(path, key, **body)
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["type"] == "invalid_request_error"
@@ -108,23 +118,67 @@ async def test_bad_input_is_a_400_naming_the_field_and_rule(
     assert fragment in error["message"]
 
 
-async def test_missing_required_fields_are_named(api: ApiHarness, key: str) -> None:
+@pytest.mark.parametrize("path", CREATE_BODY_ROUTES)
+async def test_missing_required_fields_are_named(api: ApiHarness, key: str, path: str) -> None:
     for missing in ("model", "prompt"):
         body = {"model": "gpt-image-2", "prompt": "x"}
         del body[missing]
         response = await api.client.post(
-            "/v1/image2/images", json=body, headers={"Authorization": f"Bearer {key}"}
+            path, json=body, headers={"Authorization": f"Bearer {key}"}
         )
         assert response.status_code == 400
         assert response.json()["error"]["message"] == f"{missing}: is required"
+        assert response.json()["error"]["param"] == missing
 
 
-async def test_malformed_json_and_non_object_bodies_are_400(api: ApiHarness, key: str) -> None:
+VALID_BODY = b'{"model": "gpt-image-2", "prompt": "a fox"}'
+
+
+@pytest.mark.parametrize("path", CREATE_BODY_ROUTES)
+@pytest.mark.parametrize(
+    ("content", "fragment"),
+    [
+        (b"{not json", "must be valid JSON"),
+        (b"[1, 2]", "must be a JSON object"),
+        (b'"text"', "must be a JSON object"),
+        (b"", "a JSON object is required"),
+        (b"  \r\n ", "a JSON object is required"),
+        (b'{"model": "gpt-image-2", "prompt": "caf\xe9"}', "must be valid JSON"),
+        (b'{"model": "gpt-image-2", "prompt": "\xff\xfe"}', "must be valid JSON"),
+        (b'{"model": "gpt-image-2", "prompt": "a\\ud800b"}', "must be valid JSON"),
+        (
+            b'{"model": "gpt-image-2", "prompt": "x", "n": ' + b"[" * 1100 + b"]" * 1100 + b"}",
+            "must be valid JSON",
+        ),
+        (b'{"model": "gpt-image-2", "prompt": "x"} trailing', "must be valid JSON"),
+    ],
+)
+async def test_malformed_json_and_non_object_bodies_are_400(
+    api: ApiHarness, key: str, path: str, content: bytes, fragment: str
+) -> None:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
-    for content in (b"{not json", b"[1, 2]", b'"text"', b""):
-        response = await api.client.post("/v1/image2/images", content=content, headers=headers)
-        assert response.status_code == 400, (content, response.text)
-        assert response.json()["error"]["param"] == "body"
+    response = await api.client.post(path, content=content, headers=headers)
+    assert response.status_code == 400, (content, response.text)
+    error = response.json()["error"]
+    assert error["param"] == "body" and error["type"] == "invalid_request_error"
+    assert error["message"].startswith("body: ") and fragment in error["message"]
+
+
+@pytest.mark.parametrize("path", CREATE_BODY_ROUTES)
+@pytest.mark.parametrize(
+    "content_type",
+    [None, "text/plain", "application/x-www-form-urlencoded", "application/json; charset=utf-8"],
+)
+async def test_a_json_object_is_read_whatever_the_content_type_says(
+    api: ApiHarness, key: str, path: str, content_type: str | None
+) -> None:
+    """Clients written for other providers (and `curl -d`) label bodies all sorts of ways;
+    create and quote read a JSON object alike whatever the label."""
+    headers = {"Authorization": f"Bearer {key}"}
+    if content_type is not None:
+        headers["Content-Type"] = content_type
+    response = await api.client.post(path, content=VALID_BODY, headers=headers)
+    assert response.status_code == 200, response.text
 
 
 async def test_nulls_empty_lists_case_and_unknown_fields_are_accepted(
@@ -160,8 +214,9 @@ async def test_size_overrides_ratio_and_resolution(api: ApiHarness, key: str) ->
     assert Image.open(io.BytesIO(image.content)).size == (1024, 1536)
 
 
-async def test_oversized_body_is_413(api: ApiHarness, key: str) -> None:
-    response = await api.create(key, prompt="x" * 2_000_000)
+@pytest.mark.parametrize("path", CREATE_BODY_ROUTES)
+async def test_oversized_body_is_413(api: ApiHarness, key: str, path: str) -> None:
+    response = await api.post_create_body(path, key, prompt="x" * 2_000_000)
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "payload_too_large"
 
@@ -173,15 +228,15 @@ async def test_oversized_body_is_413(api: ApiHarness, key: str) -> None:
 async def test_requests_without_a_valid_key_are_401(
     api: ApiHarness, key: str, authorization: str | None
 ) -> None:
+    """Before anything looks at the body: a bad body without a key is a 401 too."""
     headers = {"Authorization": authorization} if authorization is not None else {}
     created = await api.create(key)
     task_id = created.json()["id"]
-    for response in (
-        await api.client.post(
-            "/v1/image2/images", json={"model": "gpt-image-2", "prompt": "x"}, headers=headers
-        ),
-        await api.client.get(f"/v1/result/{task_id}", headers=headers),
-    ):
+    answers = [await api.client.get(f"/v1/result/{task_id}", headers=headers)]
+    for path in CREATE_BODY_ROUTES:
+        for content in (VALID_BODY, b"{bad", b"", b"[]"):
+            answers.append(await api.client.post(path, content=content, headers=headers))
+    for response in answers:
         assert response.status_code == 401
         assert response.json()["error"] == {
             "message": "Invalid or missing API key.",
@@ -205,6 +260,39 @@ async def test_another_keys_task_is_indistinguishable_from_a_missing_one(
     ].replace(missing_id, "X")
     garbage = await api.poll(key, "not-an-id")
     assert garbage.status_code == 404
+
+
+async def test_another_keys_cached_task_takes_the_same_path_as_an_unknown_id(
+    api: ApiHarness, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No timing oracle: a finished task another key polled (so cached in memory) is
+    looked up for a stranger exactly as an id nobody has: a cache miss, then the store."""
+    stranger = await api.new_key("stranger")
+    task_id = (await api.create(key)).json()["id"]
+    await api.wait_terminal(key, task_id)  # completed, and cached for its owner
+    store = api.runtime.store
+    lookups: list[str] = []
+    real_get_task = store.get_task
+
+    async def counting_get_task(wanted: TaskId) -> Task | None:
+        lookups.append(wanted)
+        return await real_get_task(wanted)
+
+    monkeypatch.setattr(store, "get_task", counting_get_task)
+    unknown_id = "image_00000000-0000-4000-8000-000000000000"
+    answers = {}
+    for who, wanted in (("foreign", task_id), ("unknown", unknown_id)):
+        lookups.clear()
+        for _ in range(3):
+            answers[who] = await api.poll(stranger, wanted)
+        assert lookups == [wanted] * 3, who  # every time: the cache missed, the store asked
+    assert answers["foreign"].status_code == answers["unknown"].status_code == 404
+    assert answers["foreign"].content.replace(task_id.encode(), b"X") == answers[
+        "unknown"
+    ].content.replace(unknown_id.encode(), b"X")
+    lookups.clear()
+    assert (await api.poll(key, task_id)).status_code == 200
+    assert lookups == []  # its owner's polls still come from memory
 
 
 async def test_revoked_key_stops_working(api: ApiHarness) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -12,6 +13,7 @@ from imageforge.catalog import (
     DEFAULT_MODELS,
     MAX_PROMPT_CHARS,
     MAX_URL_CHARS,
+    URL_PATTERN,
     ModelSpec,
     ResolvedRequest,
     price_key,
@@ -547,10 +549,12 @@ def test_a_bare_string_is_not_a_list_of_urls(sent: object) -> None:
 )
 def test_good_reference_urls(url: str) -> None:
     assert resolve(image_urls=[url]).image_urls == (url,)
+    assert re.match(URL_PATTERN, url), "the documented pattern admits every URL the rules do"
 
 
 BAD_SHAPE = "must be an absolute http or https URL (got {!r})"
 BAD_CHARS = "must not contain whitespace or control characters (got {!r})"
+CREDENTIALS = "must not contain credentials (user:password@); use a link that needs none"
 
 
 @pytest.mark.parametrize(
@@ -580,6 +584,12 @@ BAD_CHARS = "must not contain whitespace or control characters (got {!r})"
         ("https://exa\u200bmple.com/a.png", BAD_CHARS),  # zero-width space
         ("https://example.com/\u202egnp.exe", BAD_CHARS),  # right-to-left override
         ("https://example.com/\u00a0.png", BAD_CHARS),  # no-break space
+        ("https://user:pass@example.com/a.png", CREDENTIALS),
+        ("https://user@example.com/a.png", CREDENTIALS),
+        ("https://:pass@example.com/a.png", CREDENTIALS),
+        ("https://@example.com/a.png", CREDENTIALS),
+        ("HTTP://u:p@127.0.0.1:8080/a.png", CREDENTIALS),
+        ("https://example.com\\@evil.example/a.png", CREDENTIALS),
     ],
 )
 def test_bad_reference_urls_name_their_index(url: str, reason: str) -> None:

@@ -32,6 +32,10 @@ def test_defaults() -> None:
     assert settings.storage_write_threads == 16
     assert settings.unavailable_retry_after_seconds == 5
     assert settings.trusted_proxies == ["127.0.0.1", "::1"]
+    # What a connection may hold: the defaults the outside probe's issue asked for.
+    assert settings.header_timeout_seconds == 10
+    assert settings.body_timeout_seconds == 30
+    assert settings.max_connections == 1000
     specs = settings.model_specs()
     assert set(specs) == {"gpt-image-2", "gpt-image-2-r"}
     assert specs["gpt-image-2"].engine == "offline"

@@ -35,7 +35,10 @@ async def test_a_second_put_replaces_the_bytes(backend: Backend) -> None:
     assert await read_all(backend.storage, KEY) == b"second"
 
 
-@pytest.mark.parametrize("key", ["missing.png", "2026/11/25", "../escape.png", "", "/abs.png"])
+@pytest.mark.parametrize(
+    "key",
+    ["missing.png", "2026/11/25", "../escape.png", "", "/abs.png", "2026/..\x00/x", "a\x00.png"],
+)
 async def test_open_of_nothing_or_of_a_bad_key_is_none(backend: Backend, key: str) -> None:
     await backend.storage.put(KEY, b"x", "image/png")
     assert await backend.storage.open(key) is None
@@ -44,6 +47,13 @@ async def test_open_of_nothing_or_of_a_bad_key_is_none(backend: Backend, key: st
 @pytest.mark.parametrize("key", ["../escape.png", "/etc/passwd", "a//b.png", "a/./b.png", ""])
 async def test_keys_that_leave_the_storage_are_refused(backend: Backend, key: str) -> None:
     with pytest.raises(ValueError, match="escapes the storage root"):
+        await backend.storage.put(key, b"x", "image/png")
+    assert [k async for k in backend.storage.list("")] == []
+
+
+@pytest.mark.parametrize("key", ["a\x00b.png", "2026/11/25/x\n.png", "2026\\11.png"])
+async def test_keys_no_file_or_object_name_carries_are_refused(backend: Backend, key: str) -> None:
+    with pytest.raises(ValueError, match="control character or a backslash"):
         await backend.storage.put(key, b"x", "image/png")
     assert [k async for k in backend.storage.list("")] == []
 

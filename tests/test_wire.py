@@ -7,6 +7,7 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
+from imageforge.catalog import resolve_request
 from imageforge.ids import KeyId
 from imageforge.store import ApiKeyRecord
 from imageforge.store.base import UsageRow
@@ -15,6 +16,7 @@ from imageforge.wire import (
     ErrorResponse,
     KeyCreated,
     KeyInfo,
+    QuoteResponse,
     TaskCreated,
     TaskResult,
     UsageDay,
@@ -22,6 +24,7 @@ from imageforge.wire import (
     error_body,
     key_created_body,
     key_info_body,
+    quote_body,
     task_created_body,
     task_result_body,
     usage_body,
@@ -65,6 +68,20 @@ def test_task_created(replayed: bool, price: int) -> None:
     body = task_created_body(make_task(price_micros=price), replayed=replayed)
     assert_shape(TaskCreated, body)
     assert body["status"] == "queued"
+
+
+@pytest.mark.parametrize(
+    ("fields", "tier", "price"),
+    [
+        ({"model": "gpt-image-2", "quality": "high", "ratio": "16:9"}, "high", 211_000),
+        ({"model": "gpt-image-2-r", "size": "1024x1536"}, "1k", 5_000),
+    ],
+)
+def test_quote(fields: dict[str, str], tier: str, price: int) -> None:
+    resolved = resolve_request(prompt="x", **fields)
+    body = quote_body(resolved, tier=tier, price_micros=price, currency="USD")
+    assert_shape(QuoteResponse, body)
+    assert body["size"] == f"{body['width']}x{body['height']}"
 
 
 @pytest.mark.parametrize(

@@ -7,6 +7,7 @@ is decided at fetch time, where the address is actually resolved.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,6 +33,11 @@ BILLINGS: tuple[str, ...] = ("quality", "resolution")
 
 MAX_PROMPT_CHARS = 32_000
 MAX_URL_CHARS = 2048
+#: The shape of an acceptable reference URL, as the API document states it: http or
+#: https, a host without credentials (`user:pass@`), no whitespace or control character
+#: anywhere. `_url_problem` checks each part with its own message, and this last.
+URL_PATTERN = r"^[Hh][Tt][Tt][Pp][Ss]?://[^\s\x00-\x1f\x7f/?#@]+([/?#][^\s\x00-\x1f\x7f]*)?$"
+_URL_SHAPE = re.compile(URL_PATTERN)
 
 
 @dataclass(frozen=True)
@@ -200,6 +206,12 @@ def _url_problem(url: object) -> str | None:
     except ValueError:
         return f"must be an absolute http or https URL (got {_quoted(url)})"
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        return f"must be an absolute http or https URL (got {_quoted(url)})"
+    # Credentials in a URL end up in logs and in whatever the URL is shown to; the fetch
+    # would refuse them, so the create does, before the task is charged.
+    if parts.username is not None or parts.password is not None:
+        return "must not contain credentials (user:password@); use a link that needs none"
+    if _URL_SHAPE.match(url) is None:
         return f"must be an absolute http or https URL (got {_quoted(url)})"
     return None
 

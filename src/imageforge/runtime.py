@@ -150,6 +150,7 @@ class Runtime:
             limits=FetchLimits(
                 max_bytes=settings.reference_max_bytes,
                 max_pixels=settings.reference_max_pixels,
+                max_decoding_pixels=settings.reference_decoding_max_pixels,
                 total_timeout_s=settings.reference_timeout_seconds,
             ),
         )

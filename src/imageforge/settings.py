@@ -120,9 +120,25 @@ class Settings(BaseSettings):
     )
     reference_max_bytes: int = Field(20 * 1024 * 1024, ge=1024)
     reference_max_pixels: int = Field(50_000_000, ge=1)
+    reference_decoding_max_pixels: int = Field(
+        100_000_000,
+        ge=1,
+        description="Decoded reference pixels one process holds at once (about 4 bytes each).",
+    )
     reference_timeout_seconds: float = Field(30.0, gt=0)
 
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest accepted request body.")
+    # Slow clients hold connections; these bound how long (a reverse proxy in front is the
+    # usual protection at scale, and these hold where there is none).
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=3600, description="A request's headers must arrive within this (408)."
+    )
+    body_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait for the next byte of a body (408)."
+    )
+    max_connections: int = Field(
+        1000, ge=1, le=1_000_000, description="Open connections per server process; more: 503."
+    )
     unavailable_retry_after_seconds: int = Field(
         5, ge=1, le=3600, description="`Retry-After` of a 503 while the database is unreachable."
     )

@@ -56,6 +56,8 @@ _LANDSCAPE_SIZES: Mapping[str, Mapping[str, tuple[int, int]]] = MappingProxyType
 # Full-width digits and other Unicode numerals are refused on purpose: `\d` would accept them.
 # Twelve digits is far beyond any legal edge yet keeps int() away from giant strings.
 _SIZE_PATTERN = re.compile(r"([0-9]{1,12})[xX]([0-9]{1,12})")
+#: `parse_size`'s syntax as the API document states it (JSON Schema, unanchored).
+SIZE_PATTERN = rf"^\s*{_SIZE_PATTERN.pattern}\s*$"
 
 
 class TierLimit(NamedTuple):

@@ -14,10 +14,12 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from imageforge.billing import to_json_number
-from imageforge.sizes import RATIOS
+from imageforge.catalog import MAX_PROMPT_CHARS, MAX_URL_CHARS, URL_PATTERN
+from imageforge.sizes import RATIOS, SIZE_PATTERN
 from imageforge.tasks import TaskStatus
 
 if TYPE_CHECKING:
+    from imageforge.catalog import ResolvedRequest
     from imageforge.store.base import ApiKeyRecord, UsageRow
     from imageforge.tasks import Task
 
@@ -60,6 +62,9 @@ class CreateImageRequest(BaseModel):
     prompt: str = Field(
         description="What to draw. Must not be empty after trimming; at most 32,000 characters.",
         examples=["A serene mountain lake at sunset, photorealistic"],
+        # What catalog.py enforces, stated for the document only: the rules themselves
+        # answer with their own messages.
+        json_schema_extra={"minLength": 1, "maxLength": MAX_PROMPT_CHARS, "pattern": r"\S"},
     )
     quality: str | None = Field(
         None,
@@ -87,13 +92,33 @@ class CreateImageRequest(BaseModel):
         description="Exact `{W}x{H}` in pixels; overrides `ratio` and `resolution`. Both edges "
         "multiples of 16, longest edge ≤ 3840, long:short ≤ 3:1, 655,360 ≤ W·H ≤ 8,294,400.",
         examples=["1536x1024"],
+        json_schema_extra=lambda schema: _constrain(schema, {"pattern": SIZE_PATTERN}),
     )
     image_urls: list[str] | None = Field(
         None,
-        description="Reference image URLs (http/https; PNG, JPEG, WebP or GIF): at most 6 for "
-        "`gpt-image-2`, 16 for `gpt-image-2-r`.",
+        description="Reference image URLs (http/https, no credentials; PNG, JPEG, WebP or GIF): "
+        "at most 6 for `gpt-image-2`, 16 for `gpt-image-2-r`.",
         examples=[["https://example.com/reference.png"]],
+        json_schema_extra=lambda schema: _constrain(
+            schema,
+            {
+                "items": {
+                    "type": "string",
+                    "format": "uri",
+                    "minLength": len("http://x"),
+                    "maxLength": MAX_URL_CHARS,
+                    "pattern": URL_PATTERN,
+                }
+            },
+        ),
     )
+
+
+def _constrain(schema: dict[str, Any], constraints: dict[str, Any]) -> None:
+    """Add `constraints` to the non-null branch of an optional field's schema."""
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") != "null":
+            branch.update(constraints)
 
 
 class TaskCreated(BaseModel):
@@ -263,6 +288,24 @@ def task_result_body(task: Task, *, image_url: str | None) -> dict[str, Any]:
         "image_url": image_url if status is TaskStatus.COMPLETED else None,
         "error": task.error if status is TaskStatus.FAILED else None,
         "amount": to_json_number(task.price_micros),
+    }
+
+
+def quote_body(
+    resolved: ResolvedRequest, *, tier: str, price_micros: int, currency: str
+) -> dict[str, Any]:
+    """`QuoteResponse`: what a create body resolves to and costs."""
+    return {
+        "object": "image.quote",
+        "model": resolved.model,
+        "size": f"{resolved.width}x{resolved.height}",
+        "width": resolved.width,
+        "height": resolved.height,
+        "quality": resolved.quality,
+        "resolution": resolved.resolution,
+        "billing_tier": tier,
+        "amount": to_json_number(price_micros),
+        "currency": currency,
     }
 
 

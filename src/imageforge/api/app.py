@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from imageforge import __version__
-from imageforge.api.body_limit import BodyLimitMiddleware
+from imageforge.api.body_guard import BodyGuardMiddleware
 from imageforge.api.errors import install_error_handlers
-from imageforge.api.responses import ERROR_RESPONSES
+from imageforge.api.openapi import install_openapi
 from imageforge.api.routes import bench, files, health, images, results, usage
 from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
@@ -55,7 +53,11 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        BodyGuardMiddleware,
+        max_bytes=settings.max_body_bytes,
+        idle_timeout=settings.body_timeout_seconds,
+    )
     # Here rather than in the server, so the setting holds under any ASGI server; the
     # scheme it passes on is what image links are built with.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
@@ -67,46 +69,5 @@ def create_app(
     app.include_router(health.router)
     if settings.bench_endpoints:
         app.include_router(bench.router)
-    _document_validation_as_400(app)
+    install_openapi(app, models=settings.model_specs())
     return app
-
-
-def _document_validation_as_400(app: FastAPI) -> None:
-    """FastAPI documents a 422 for every route with parameters, but imageforge answers
-    invalid input with 400 and its own error body; the document says so."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(
-                title=app.title,
-                version=app.version,
-                description=app.description,
-                routes=app.routes,
-            )
-            for operations in schema["paths"].values():
-                for operation in operations.values():
-                    responses = operation.get("responses", {})
-                    generated = responses.get("422", {})
-                    if "HTTPValidationError" in str(generated):
-                        del responses["422"]
-                        responses.setdefault("400", _openapi_error(400))
-            components = schema.get("components", {}).get("schemas", {})
-            for name in ("HTTPValidationError", "ValidationError"):
-                components.pop(name, None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    app.openapi = openapi  # type: ignore[method-assign]
-
-
-def _openapi_error(status: int) -> dict[str, Any]:
-    entry = ERROR_RESPONSES[status]
-    return {
-        "description": entry["description"],
-        "content": {
-            "application/json": {
-                "schema": {"$ref": "#/components/schemas/ErrorResponse"},
-                "example": entry["content"]["application/json"]["example"],
-            }
-        },
-    }

@@ -1,8 +1,11 @@
-"""Parse a JSON body into a wire model by hand, after authentication.
+"""The one JSON body parser: every route with a JSON body reads it here, after
+authentication.
 
-Used by the create route so that a request without a valid key gets its 401
-before anything looks at the body, and so the hottest write path skips
-FastAPI's body dependency. Errors read exactly like FastAPI's validation errors.
+So a request without a valid key gets its 401 before anything looks at the body, the
+hottest write path skips FastAPI's body dependency, and every route reads a body
+alike: whatever its Content-Type says (clients written for other providers, and
+`curl -d`, label JSON all sorts of ways), as strict JSON (orjson: UTF-8 only, no lone
+surrogates, nesting at most 1,024 deep), with the errors of `describe_validation_error`.
 """
 
 from __future__ import annotations
@@ -12,11 +15,15 @@ from typing import Any, TypeVar
 import orjson
 from fastapi import Request
 from pydantic import BaseModel, ValidationError
+from pydantic.json_schema import models_json_schema
 
 from imageforge.api.errors import describe_validation_error
 from imageforge.errors import InvalidRequest
 
 Model = TypeVar("Model", bound=BaseModel)
+
+#: Models of the bodies routes declare with `json_body_schema`, for the API document.
+_DOCUMENTED: dict[str, type[BaseModel]] = {}
 
 
 async def parse_json_body(request: Request, model: type[Model]) -> Model:
@@ -40,7 +47,9 @@ async def parse_json_body(request: Request, model: type[Model]) -> Model:
 
 
 def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI `requestBody` for a route that parses its body with `parse_json_body`."""
+    """OpenAPI `requestBody` for a route that parses its body with `parse_json_body`
+    (its model joins the document's components, see `documented_bodies`)."""
+    _DOCUMENTED[model.__name__] = model
     return {
         "requestBody": {
             "required": True,
@@ -49,3 +58,16 @@ def json_body_schema(model: type[BaseModel]) -> dict[str, Any]:
             },
         }
     }
+
+
+def documented_bodies() -> dict[str, Any]:
+    """JSON Schemas of every model `json_body_schema` named, and of the models they use,
+    by component name."""
+    if not _DOCUMENTED:
+        return {}
+    _, definitions = models_json_schema(
+        [(model, "validation") for model in _DOCUMENTED.values()],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas: dict[str, Any] = definitions.get("$defs", {})
+    return schemas

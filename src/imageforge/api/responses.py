@@ -44,6 +44,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
             "code": "insufficient_credits",
         },
     ),
+    403: _error(
+        "The link's signature is missing, malformed or does not match.",
+        {
+            "message": "This link is not valid: its signature does not match.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "invalid_signature",
+        },
+    ),
     404: _error(
         "No such task for this API key.",
         {
@@ -53,6 +62,24 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
             "code": "task_not_found",
         },
     ),
+    408: _error(
+        "The request body stalled: no byte arrived for the body timeout (30 s by default).",
+        {
+            "message": "body: no data received for 30 s; send the whole body promptly",
+            "type": "invalid_request_error",
+            "param": "body",
+            "code": "request_timeout",
+        },
+    ),
+    410: _error(
+        "The link has expired: poll the task again for a fresh one.",
+        {
+            "message": "This link has expired; poll the task again for a fresh one.",
+            "type": "invalid_request_error",
+            "param": None,
+            "code": "link_expired",
+        },
+    ),
     413: _error(
         "The request body is too large.",
         {
@@ -60,6 +87,15 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
             "type": "invalid_request_error",
             "param": "body",
             "code": "payload_too_large",
+        },
+    ),
+    416: _error(
+        "The range starts past the end of the image (`Content-Range: bytes */size`).",
+        {
+            "message": "Range: must start before the end of the image (1234 bytes)",
+            "type": "invalid_request_error",
+            "param": "Range",
+            "code": "range_not_satisfiable",
         },
     ),
     422: _error(
@@ -96,3 +132,8 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
 def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The documented error answers of one route."""
     return {status: ERROR_RESPONSES[status] for status in statuses}
+
+
+def error_response(description: str, example: dict[str, Any]) -> dict[str, Any]:
+    """One error answer worded for its route (`example`: the `error` object)."""
+    return _error(description, example)

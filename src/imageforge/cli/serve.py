@@ -39,6 +39,7 @@ def serve(
     import uvicorn
 
     from imageforge.api.app import create_app
+    from imageforge.api.connections import server_limits
 
     settings = load_settings(config)
     configure_logging(settings.log_level)
@@ -53,7 +54,8 @@ def serve(
         host=host,
         port=port,
         loop="uvloop",
-        http="httptools",
+        # httptools, with the header deadline and the connection cap (`api/connections.py`).
+        **server_limits(settings),
         access_log=settings.access_log,
         log_level=settings.log_level,
         # The app applies `trusted_proxies` itself; uvicorn's FORWARDED_ALLOW_IPS is not read.

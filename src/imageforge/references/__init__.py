@@ -7,7 +7,8 @@
   checked redirects, a POST that follows none;
 - `pinned_aiohttp.py`: the same pinning for aiohttp sessions;
 - `errors.py`: `OutboundError`, one failure type with a `kind`;
-- `images.py`: checks on untrusted image bytes;
+- `images.py`: checks on untrusted image bytes, and their decode reduced to the task's size;
+- `budget.py`: `PixelBudget`, the decoded pixels a process holds at once;
 - `fetcher.py`: a task's reference images (`image_urls`), through the above.
 
 Every connection to such a URL is decided by an `AddressPolicy` and pinned to the address it
@@ -20,6 +21,7 @@ This package knows nothing of tasks, engines or the database.
 from __future__ import annotations
 
 from imageforge.references.addresses import AddressPolicy, classify_address
+from imageforge.references.budget import PixelBudget
 from imageforge.references.errors import OutboundError
 from imageforge.references.fetcher import FetchLimits, ReferenceFetcher, ReferenceFetchError
 from imageforge.references.images import ALLOWED_FORMATS, ReferenceImage
@@ -33,6 +35,7 @@ __all__ = [
     "Fetched",
     "OutboundClient",
     "OutboundError",
+    "PixelBudget",
     "ReferenceFetchError",
     "ReferenceFetcher",
     "ReferenceImage",

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from imageforge.storage.base import Storage, StoredImage, check_key
+from imageforge.storage.base import Storage, StoredImage, check_key, is_image_key
 from imageforge.storage.local import LocalStorage
 from imageforge.storage.signing import UrlSigner, load_or_create_secret
 
@@ -12,5 +12,6 @@ __all__ = [
     "StoredImage",
     "UrlSigner",
     "check_key",
+    "is_image_key",
     "load_or_create_secret",
 ]

@@ -5,27 +5,52 @@ uses only `Storage`, so a backend is added without touching its callers. Every
 backend passes the contract suite in tests/test_storage_contract.py.
 
 Keys are relative paths of `/`-separated parts, e.g. `2026/11/24/image_…-1.png`;
-`check_key` is the rule every backend applies when it writes. Failures to reach or
-write the medium raise `OSError` (a backend maps its own errors to it): the runner
-treats that as a retryable failure of the task.
+`check_key` is the rule every backend applies when it writes. `is_image_key` is the
+syntax of the keys links are handed out for: the /files route refuses anything else
+before a backend is asked. Failures to reach or write the medium raise `OSError` (a
+backend maps its own errors to it): the runner treats that as a retryable failure of
+the task.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from imageforge.ids import TASK_PREFIX
+
 #: Bytes per chunk of a streamed read.
 READ_CHUNK_BYTES = 256 * 1024
+
+#: The keys the worker writes images under (`worker.runner.storage_key_for`):
+#: `YYYY/MM/DD/<task id>-<attempt>.<extension>`, the task's creation day in UTC. ASCII
+#: only, so no other script's digits, no NUL, no separator a filesystem or a bucket
+#: could read differently.
+IMAGE_KEY = re.compile(
+    rf"[0-9]{{4}}/[0-9]{{2}}/[0-9]{{2}}/{re.escape(TASK_PREFIX)}"
+    r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}-[0-9]{1,6}\.[a-z0-9]{1,8}"
+)
+
+
+_UNSAFE_KEY_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
+
+
+def is_image_key(key: str) -> bool:
+    """Whether `key` is of the syntax of the keys links are made for (`IMAGE_KEY`)."""
+    return IMAGE_KEY.fullmatch(key) is not None
 
 
 def check_key(key: str) -> list[str]:
     """The parts of a key; ValueError for keys that could name something outside the
-    storage (absolute, empty, `.`/`..` or empty parts)."""
+    storage (absolute, empty, `.`/`..` or empty parts) or that no file or object name
+    carries as it is (NUL and other control characters, backslashes)."""
     parts = key.split("/")
     if key.startswith("/") or any(part in ("", ".", "..") for part in parts):
         raise ValueError(f"storage key escapes the storage root: {key!r}")
+    if _UNSAFE_KEY_CHARACTERS.search(key):
+        raise ValueError(f"storage key has a control character or a backslash: {key!r}")
     return parts
 
 

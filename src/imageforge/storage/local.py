@@ -57,8 +57,13 @@ class LocalStorage:
         self._syncs: dict[Path, _DirectorySync] = {}
 
     def path_for(self, key: str) -> Path | None:
-        """The file for a key, or None if the key would escape the root (symlinks too)."""
-        path = (self.root / key).resolve()
+        """The file for a key, or None if the key is not one (`check_key`) or would
+        escape the root (symlinks too)."""
+        try:
+            parts = check_key(key)
+        except ValueError:
+            return None
+        path = self.root.joinpath(*parts).resolve()
         if not path.is_relative_to(self.root) or path == self.root:
             return None
         return path

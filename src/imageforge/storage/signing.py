@@ -45,8 +45,14 @@ class UrlSigner:
         self._secret = secret
 
     def signature(self, key: str, expires: int) -> str:
-        digest = hmac.new(self._secret, f"{key}\n{expires}".encode(), hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+        return self._digest(key, expires).decode("ascii")
+
+    def _digest(self, key: str, expires: int) -> bytes:
+        # surrogatepass: a key from a link is whatever the client sent; it must sign (and
+        # then not match), never raise.
+        message = f"{key}\n{expires}".encode("utf-8", "surrogatepass")
+        digest = hmac.new(self._secret, message, hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=")
 
     def files_url(self, key: str, *, base_url: str, expires: int) -> str:
         """`<base_url>/files/<key>?expires=…&signature=…`."""
@@ -54,4 +60,8 @@ class UrlSigner:
         return f"{base_url}{FILES_PREFIX}{quote(key)}?expires={expires}&signature={signature}"
 
     def is_valid(self, key: str, expires: int, signature: str) -> bool:
-        return hmac.compare_digest(self.signature(key, expires), signature)
+        """Whether `signature` is the one for `key` and `expires`. Compared as bytes:
+        `compare_digest` refuses non-ASCII strings with TypeError, and a malformed
+        signature is just a wrong one."""
+        sent = signature.encode("utf-8", "surrogatepass")
+        return hmac.compare_digest(self._digest(key, expires), sent)

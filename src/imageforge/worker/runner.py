@@ -231,7 +231,9 @@ class Runner:
                     f"engine {task.engine!r} is not configured on this worker", retryable=False
                 )
             references = (
-                await self._fetcher.fetch_all(task.image_urls) if engine.fetches_references else []
+                await self._fetcher.fetch_all(task.image_urls, fit=(task.width, task.height))
+                if engine.fetches_references
+                else []
             )
             image = await engine.generate(
                 GenerationRequest(

@@ -6,16 +6,26 @@ The bytes are streamed from the `Storage` interface, whatever the backend.
 from __future__ import annotations
 
 import time
+from collections.abc import AsyncGenerator
 from email.utils import formatdate
 
 from fastapi import APIRouter, Query, Request
 from starlette.responses import Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from imageforge.api.byte_ranges import requested_range
 from imageforge.api.deps import RuntimeDep
+from imageforge.api.responses import error_response, error_responses
 from imageforge.errors import LinkExpired, LinkInvalid, NotFound
+from imageforge.storage import is_image_key
 
 router = APIRouter(tags=["files"])
+
+#: What an image can be: the engines write PNG, JPEG or WebP.
+IMAGE_CONTENT = {
+    media: {"schema": {"type": "string", "format": "binary"}}
+    for media in ("image/png", "image/jpeg", "image/webp")
+}
 
 
 @router.get(
@@ -26,11 +36,19 @@ router = APIRouter(tags=["files"])
     "`Range` is answered with 206.",
     response_class=Response,
     responses={
-        200: {"content": {"image/png": {}}, "description": "The image."},
-        206: {"content": {"image/png": {}}, "description": "The requested byte range."},
-        403: {"description": "Bad or missing signature."},
-        410: {"description": "The link has expired."},
-        416: {"description": "The range starts past the end of the image."},
+        200: {"content": IMAGE_CONTENT, "description": "The image."},
+        206: {"content": IMAGE_CONTENT, "description": "The requested byte range."},
+        **error_responses(403),
+        404: error_response(
+            "No image under this key: deleted, or never made.",
+            {
+                "message": "This image no longer exists.",
+                "type": "not_found_error",
+                "param": None,
+                "code": "file_not_found",
+            },
+        ),
+        **error_responses(410, 416),
     },
 )
 async def download_file(
@@ -45,7 +63,9 @@ async def download_file(
     remaining = expires - int(time.time())
     if remaining <= 0:
         raise LinkExpired("This link has expired; poll the task again for a fresh one.")
-    image = await runtime.storage.open(key)
+    # Only keys of the storage's own syntax get as far as a backend: whatever else a
+    # link carries (NUL, `..`, other scripts' digits) never reaches a path or a bucket.
+    image = await runtime.storage.open(key) if is_image_key(key) else None
     if image is None:
         raise NotFound("This image no longer exists.", code="file_not_found")
     headers = {
@@ -67,12 +87,25 @@ async def download_file(
     headers["Content-Length"] = str(end - start)
     if request.method == "HEAD":
         return Response(status_code=status, media_type=image.content_type, headers=headers)
-    return StreamingResponse(
+    return _ClosingStreamingResponse(
         image.chunks(start, end),
         status_code=status,
         media_type=image.content_type,
         headers=headers,
     )
+
+
+class _ClosingStreamingResponse(StreamingResponse):
+    """Closes the storage's chunk iterator however the response ends. Starlette stops
+    iterating when the client hangs up (a capped or aborted download) and leaves the
+    iterator to the garbage collector, with the file or stream it holds still open."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            if isinstance(self.body_iterator, AsyncGenerator):
+                await self.body_iterator.aclose()
 
 
 # Clients and proxies probe links with HEAD before downloading; same checks, no body.

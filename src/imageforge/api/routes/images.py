@@ -6,17 +6,17 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from imageforge.api.deps import (
-    REQUIRES_API_KEY,
-    CallerDep,
-    RuntimeDep,
-    authenticate,
-    runtime_of,
-)
+from imageforge.api.deps import REQUIRES_API_KEY, authenticate, runtime_of
 from imageforge.api.request_body import json_body_schema, parse_json_body
 from imageforge.api.responses import error_responses
-from imageforge.billing import to_json_number
-from imageforge.wire import CreateImageRequest, QuoteResponse, TaskCreated, task_created_body
+from imageforge.service import MAX_IDEMPOTENCY_KEY_CHARS
+from imageforge.wire import (
+    CreateImageRequest,
+    QuoteResponse,
+    TaskCreated,
+    quote_body,
+    task_created_body,
+)
 
 router = APIRouter(tags=["images"])
 
@@ -38,8 +38,13 @@ router = APIRouter(tags=["images"])
                 "name": "Idempotency-Key",
                 "in": "header",
                 "required": False,
-                "description": "Up to 255 visible ASCII characters; kept 24 hours per API key.",
-                "schema": {"type": "string", "maxLength": 255},
+                "description": "1 to 255 visible ASCII characters; kept 24 hours per API key.",
+                "schema": {
+                    "type": "string",
+                    "minLength": 1,
+                    "maxLength": MAX_IDEMPOTENCY_KEY_CHARS,
+                    "pattern": "^[!-~]+$",
+                },
             }
         ],
     },
@@ -62,23 +67,21 @@ async def create_image(request: Request) -> Response:
     "/v1/image2/images/quote",
     response_model=QuoteResponse,
     summary="Price a request without creating it",
-    description="Validates the body exactly like create and returns the resolved size and "
-    "price. Nothing is created or charged.",
+    description="Validates the body exactly like create (the same parser and the same "
+    "rules, after the same key check) and returns the resolved size and price. Nothing is "
+    "created or charged.",
     responses=error_responses(400, 401, 413, 429, 503),
+    openapi_extra={**REQUIRES_API_KEY, **json_body_schema(CreateImageRequest)},
 )
-async def quote_image(
-    body: CreateImageRequest, caller: CallerDep, runtime: RuntimeDep
-) -> QuoteResponse:
-    quote = runtime.service.quote(body)
-    resolved = quote.resolved
-    return QuoteResponse(
-        model=resolved.model,
-        size=f"{resolved.width}x{resolved.height}",
-        width=resolved.width,
-        height=resolved.height,
-        quality=resolved.quality,
-        resolution=resolved.resolution,
-        billing_tier=quote.tier,
-        amount=to_json_number(quote.price_micros),
+async def quote_image(request: Request) -> Response:
+    caller = await authenticate(request)
+    body = await parse_json_body(request, CreateImageRequest)
+    del caller  # authenticated and counted against its rate limit; a quote charges nothing
+    quote = runtime_of(request).service.quote(body)
+    answer = quote_body(
+        quote.resolved,
+        tier=quote.tier,
+        price_micros=quote.price_micros,
         currency=quote.currency,
     )
+    return Response(orjson.dumps(answer), media_type="application/json")
