@@ -12,22 +12,27 @@ import gc
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imageforge.catalog import billing_tiers
 from imageforge.engine_setup import build_engines
 from imageforge.engines import Engine
+from imageforge.errors import ConfigurationError
 from imageforge.keyring import KeyRing
 from imageforge.ratelimit import RequestRateLimiter, build_rate_limiter
 from imageforge.references import AddressPolicy, FetchLimits, OutboundClient, ReferenceFetcher
 from imageforge.service import ImageService
 from imageforge.settings import Settings
 from imageforge.storage import LocalStorage, Storage, UrlSigner, load_or_create_secret
+from imageforge.storage.probe import check_storage
 from imageforge.store import Store, open_store, upgrade_database
 from imageforge.store.base import WakesWorkers
 from imageforge.store.urls import database_backend
 from imageforge.worker.rescuer import rescue_forever
 from imageforge.worker.runner import Runner, RunnerConfig
+
+if TYPE_CHECKING:
+    from imageforge.storage.s3 import S3Options
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +66,51 @@ def local_storage(settings: Settings) -> StorageFactory:
     return lambda signer: LocalStorage(
         settings.data_dir / "images", signer, write_threads=settings.storage_write_threads
     )
+
+
+def s3_options(settings: Settings) -> S3Options:
+    """The s3 backend's configuration, from the `s3_*` settings."""
+    from imageforge.storage.s3 import S3Options
+
+    assert settings.s3_bucket is not None  # Settings refuses storage = s3 without one
+    return S3Options(
+        bucket=settings.s3_bucket,
+        prefix=settings.s3_prefix,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        path_style=settings.s3_path_style,
+        links=settings.s3_links,
+        public_base_url=settings.s3_public_base_url,
+        multipart_threshold_bytes=settings.s3_multipart_threshold_bytes,
+    )
+
+
+def configured_storage(settings: Settings) -> tuple[StorageFactory, str]:
+    """The backend `storage` names, and where it keeps images (for messages)."""
+    if settings.storage != "s3":
+        return local_storage(settings), str((settings.data_dir / "images").resolve())
+    try:
+        from imageforge.storage.s3 import S3Storage
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"storage = s3 needs the s3 extra ({exc.name} is missing): pip install 'imageforge[s3]'"
+        ) from None
+    options = s3_options(settings)
+
+    def build(signer: UrlSigner) -> Storage:
+        try:
+            return S3Storage(options, signer)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+
+    return build, options.location
+
+
+def link_secret(settings: Settings) -> bytes:
+    """The /files links' secret: configured (the same on every node), else the data dir's."""
+    if settings.url_signing_secret is not None:
+        return settings.url_signing_secret.get_secret_value().encode()
+    return load_or_create_secret(settings.data_dir)
 
 
 @dataclass
@@ -97,8 +147,22 @@ class Runtime:
         store = await open_store(
             settings.resolved_database_url, pool_size=settings.postgres_pool_size
         )
-        signer = UrlSigner(load_or_create_secret(settings.data_dir))
-        images = (storage or local_storage(settings))(signer)
+        signer = UrlSigner(link_secret(settings))
+        if storage is None:
+            storage, location = configured_storage(settings)
+        else:
+            location = "given to Runtime.start"
+        try:
+            images = storage(signer)
+        except BaseException:
+            await store.close()
+            raise
+        try:
+            await check_storage(images, location=location)
+        except BaseException:
+            await images.aclose()
+            await store.close()
+            raise
         models = settings.model_specs()
         prices = settings.price_book()
         for spec in models.values():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from imageforge.ids import TaskId
@@ -40,9 +41,15 @@ def recent_day_prefixes(now: float) -> list[str]:
     return sorted(days)
 
 
-async def sweep_orphan_images(store: Store, storage: Storage, *, min_age_seconds: float) -> int:
+async def sweep_orphan_images(
+    store: Store,
+    storage: Storage,
+    *,
+    min_age_seconds: float,
+    clock: Callable[[], float] = time.time,
+) -> int:
     """Delete images of terminal tasks that are not the task's image; → how many."""
-    now = time.time()
+    now = clock()
     removed = 0
     for prefix in recent_day_prefixes(now):
         async for key in storage.list(prefix, older_than=now - min_age_seconds):
