@@ -21,6 +21,7 @@ from imageforge.errors import ConfigurationError
 from imageforge.keyring import KeyRing
 from imageforge.ratelimit import RequestRateLimiter, build_rate_limiter
 from imageforge.references import AddressPolicy, FetchLimits, OutboundClient, ReferenceFetcher
+from imageforge.retention import Retention
 from imageforge.service import ImageService
 from imageforge.settings import Settings
 from imageforge.storage import LocalStorage, Storage, UrlSigner, load_or_create_secret
@@ -28,6 +29,7 @@ from imageforge.storage.probe import check_storage
 from imageforge.store import Store, open_store, upgrade_database
 from imageforge.store.base import WakesWorkers
 from imageforge.store.urls import database_backend
+from imageforge.worker.janitor import Janitor
 from imageforge.worker.rescuer import rescue_forever
 from imageforge.worker.runner import Runner, RunnerConfig
 
@@ -122,6 +124,8 @@ class Runtime:
     signer: UrlSigner
     keyring: KeyRing
     service: ImageService
+    #: How long images and finished tasks are kept (decided when a task is read).
+    retention: Retention = field(default_factory=Retention)
     engines: dict[str, Engine] = field(default_factory=dict)
     runner: Runner | None = None
     rate_limiter: RequestRateLimiter | None = None
@@ -168,6 +172,10 @@ class Runtime:
         for spec in models.values():
             prices.check_covers(spec.name, billing_tiers(spec))
         keyring = KeyRing(store)
+        retention = Retention(
+            image_seconds=settings.image_retention_seconds,
+            task_seconds=settings.task_retention_seconds,
+        )
         service = ImageService(
             store,
             models,
@@ -175,6 +183,7 @@ class Runtime:
             prices=prices,
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             max_unfinished_tasks=settings.max_unfinished_tasks,
+            retention=retention,
         )
         runtime = cls(
             settings=settings,
@@ -183,6 +192,7 @@ class Runtime:
             signer=signer,
             keyring=keyring,
             service=service,
+            retention=retention,
         )
         if settings.rate_limit_per_minute is not None:
             runtime.rate_limiter = build_rate_limiter(
@@ -245,7 +255,14 @@ class Runtime:
                 self.store,
                 interval_seconds=settings.rescue_interval_seconds,
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
-                storage=self.storage,
+                janitor=Janitor(
+                    store=self.store,
+                    storage=self.storage,
+                    retention=self.retention,
+                    holder=self.runner.worker_id,
+                    interval_seconds=settings.janitor_interval_seconds,
+                    orphan_grace_seconds=settings.orphan_grace_seconds,
+                ),
             ),
             "rescuer",
         )

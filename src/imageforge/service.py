@@ -2,7 +2,7 @@
 
 Knows nothing of HTTP. Terminal tasks never change, so they are cached in memory:
 the poll endpoint is the hottest path and most polls of a finished task then
-never touch the database.
+never touch the database. Retention is decided on every read, cached or not.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from imageforge.billing import InsufficientCredits, PriceBook
 from imageforge.catalog import ModelSpec, ResolvedRequest, price_key, resolve_request
 from imageforge.errors import InvalidRequest, NotFound
 from imageforge.ids import TaskId, looks_like_task_id, new_task_id
+from imageforge.retention import Retention
 from imageforge.store import ApiKeyRecord, Store
 from imageforge.store.base import IdempotencyClaim, UsageRow
 from imageforge.tasks import Task
@@ -78,6 +79,7 @@ class ImageService:
         idempotency_ttl_seconds: float = 86_400,
         max_unfinished_tasks: int | None = None,
         on_task_queued: Callable[[], None] = lambda: None,
+        retention: Retention | None = None,
     ) -> None:
         self._store = store
         self._models = models
@@ -87,6 +89,7 @@ class ImageService:
         self._max_unfinished = max_unfinished_tasks
         self.on_task_queued = on_task_queued
         self._terminal: dict[str, Task] = {}
+        self._retention = retention or Retention()
 
     @property
     def models(self) -> Mapping[str, ModelSpec]:
@@ -173,7 +176,9 @@ class ImageService:
         rows = await self._store.usage(owner.id, since=time.time() - days * 86_400)
         return Usage(key=key, currency=self.currency, rows=rows)
 
-    async def get(self, owner: ApiKeyRecord, task_id: str) -> Task:
+    async def get(self, owner: ApiKeyRecord, task_id: str, *, now: float | None = None) -> Task:
+        """The owner's task; NotFound for others', unknown ones and those past the task
+        retention (decided here, on every read, so the cache cannot outlive it)."""
         task = self._terminal.get(task_id)
         if task is None:
             if not looks_like_task_id(task_id):
@@ -187,5 +192,10 @@ class ImageService:
                     del self._terminal[next(iter(self._terminal))]
                 self._terminal[task_id] = task
         if task.key_id != owner.id:
+            raise task_not_found(task_id)
+        if self._retention.task_seconds is not None and self._retention.task_expired(
+            task, time.time() if now is None else now
+        ):
+            self._terminal.pop(task_id, None)
             raise task_not_found(task_id)
         return task

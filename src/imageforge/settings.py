@@ -181,7 +181,7 @@ class Settings(BaseSettings):
 
     # Retention, counted from a task's finished_at; unset keeps everything.
     image_retention_seconds: int | None = Field(
-        None, ge=60, description="Delete images this long after their task finished."
+        None, ge=1, description="Delete images this long after their task finished."
     )
     task_retention_seconds: int | None = Field(
         None, ge=60, description="Delete finished task rows (never ledger rows) after this."
