@@ -118,7 +118,10 @@ class MotoServer:
         }
 
     def close(self) -> None:
+        """Stop the server (again is a no-op)."""
         self._client.close()
+        if self.process.poll() is not None:
+            return
         with contextlib.suppress(ProcessLookupError):
             os.killpg(self.process.pid, signal.SIGTERM)
         try:

@@ -13,7 +13,7 @@ from starlette.responses import Response, StreamingResponse
 
 from imageforge.api.byte_ranges import requested_range
 from imageforge.api.deps import RuntimeDep
-from imageforge.errors import LinkExpired, LinkInvalid, NotFound
+from imageforge.errors import LinkExpired, LinkInvalid, NotFound, ServiceUnavailable
 
 router = APIRouter(tags=["files"])
 
@@ -30,6 +30,7 @@ router = APIRouter(tags=["files"])
         206: {"content": {"image/png": {}}, "description": "The requested byte range."},
         403: {"description": "Bad or missing signature."},
         410: {"description": "The link has expired."},
+        503: {"description": "The image storage cannot be read right now."},
         416: {"description": "The range starts past the end of the image."},
     },
 )
@@ -45,7 +46,11 @@ async def download_file(
     remaining = expires - int(time.time())
     if remaining <= 0:
         raise LinkExpired("This link has expired; poll the task again for a fresh one.")
-    image = await runtime.storage.open(key)
+    try:
+        image = await runtime.storage.open(key)
+    except OSError:
+        # The bucket or disk cannot be read right now: the link is fine, try again.
+        raise ServiceUnavailable("The image storage is unavailable; try again shortly.") from None
     if image is None:
         raise NotFound("This image no longer exists.", code="file_not_found")
     headers = {
