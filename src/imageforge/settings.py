@@ -243,6 +243,12 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("image_retention_seconds", "task_retention_seconds", mode="before")
+    @classmethod
+    def _blank_keeps_forever(cls, value: Any) -> Any:
+        # `IMAGEFORGE_IMAGE_RETENTION_SECONDS=` (as compose passes an unset variable).
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("s3_prefix")
     @classmethod
     def _check_prefix(cls, value: str) -> str:
