@@ -191,3 +191,21 @@ def test_the_services_commands_and_the_health_check_work(
         api.wait(timeout=30)
         log.close()
     assert not healthy()
+
+
+def test_the_readmes_complete_configuration_file_is_valid(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("## A complete configuration file", 1)[1]
+    example = section.split("```toml\n", 1)[1].split("```", 1)[0]
+    path = tmp_path / "imageforge.toml"
+    path.write_text(example)
+    for name in list(os.environ):
+        if name.startswith("IMAGEFORGE_"):
+            monkeypatch.delenv(name)
+    settings = Settings.load(path)
+    assert settings.storage == "s3" and settings.s3_prefix == "imageforge"
+    assert settings.image_retention_seconds == 604_800
+    assert settings.task_retention_seconds == 2_592_000
+    assert settings.price_book().currency == "USD"
