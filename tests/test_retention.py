@@ -21,7 +21,7 @@ from imageforge.worker.janitor import Janitor, apply_retention
 from imageforge.worker.runner import storage_key_for
 from tests.conftest import make_settings, start_harness
 from tests.storages import Backend, download, read_all, s3_storage
-from tests.test_store_contract import Clock, make_task
+from tests.test_store_contract import Clock, database_url, make_task  # noqa: F401
 
 HOUR = 3600.0
 
@@ -95,24 +95,15 @@ async def test_the_sweep_deletes_exactly_what_is_past_retention(
         await store.close()
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-async def racing_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    if request.param == "postgres":
-        url: str = request.getfixturevalue("pg_url")
-        return url
-    url = f"sqlite+aiosqlite:///{tmp_path / 'race.db'}"
-    await asyncio.to_thread(upgrade_database, url)
-    return url
-
-
 async def test_two_janitors_racing_delete_exactly_once_what_is_past_retention(
-    racing_database: str, moto_s3: MotoServer
+    database_url: str,  # noqa: F811
+    moto_s3: MotoServer,
 ) -> None:
     """Two nodes, each with its own store and its own client of one bucket, apply the
     same retention at the same moment (and then both try to take the round's lease)."""
     clock = Clock()
     storage = s3_storage(moto_s3)
-    store = await open_store(racing_database, clock=clock)
+    store = await open_store(database_url, clock=clock)
     try:
         old = [await _finished_task(store, storage) for _ in range(30)]
         failed = [await _finished_task(store, storage, fail=True) for _ in range(10)]
@@ -122,7 +113,7 @@ async def test_two_janitors_racing_delete_exactly_once_what_is_past_retention(
         now = clock()
 
         async def other_node() -> tuple[int, int]:
-            theirs = await open_store(racing_database, clock=clock)
+            theirs = await open_store(database_url, clock=clock)
             try:
                 report = await apply_retention(theirs, storage, retention, now=now)
                 return report.images_deleted, report.tasks_deleted
