@@ -7,7 +7,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: install serve test lint typecheck pytest bench bench-upstream bench-queue bench-diffusion clean
+.PHONY: install serve test lint typecheck pytest bench bench-upstream bench-queue bench-diffusion bench-storage clean
 
 install: $(STAMP)
 
@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@# pip never fetches a multi-gigabyte CUDA build.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e clients/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,openai,relay,redis,local]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,openai,relay,redis,local,s3]'
 	@touch $(STAMP)
 
 serve: install
@@ -51,6 +51,9 @@ bench-queue: install
 
 bench-diffusion: install
 	$(BIN)/python bench/diffusion.py
+
+bench-storage: install
+	$(BIN)/python bench/storage.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ from imageforge.api.app import create_app
 from imageforge.keyring import create_api_key
 from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
+from imageforge.testing.s3 import MotoServer
 from tests.storages import BACKENDS, Backend, make_backend
 from tests.tiny_diffusers import tiny_folders  # noqa: F401  (a session fixture, shared)
 
@@ -115,10 +116,17 @@ async def key(api: ApiHarness) -> str:
     return await api.new_key()
 
 
+@pytest.fixture(scope="session")
+def moto_s3() -> Iterator[MotoServer]:
+    """An S3-compatible server on 127.0.0.1 for the whole session (moto's)."""
+    with MotoServer() as server:
+        yield server
+
+
 @pytest.fixture(params=BACKENDS)
 async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Each storage backend in turn, empty."""
-    made = make_backend(request.param, tmp_path)
+    made = make_backend(request.param, tmp_path, request)
     try:
         yield made
     finally:

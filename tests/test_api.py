@@ -54,7 +54,9 @@ async def test_task_completes_with_a_signed_image_of_the_requested_size(
         "image_url",
         "error",
         "amount",
+        "expired",
     }
+    assert result["expired"] is False
     assert result["amount"] == 0.053
     assert result["object"] == "image.generation"
     assert result["status"] == "completed"

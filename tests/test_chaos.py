@@ -9,10 +9,14 @@ Scale by hand: IMAGEFORGE_CHAOS_TASKS / IMAGEFORGE_CHAOS_KILLS (PostgreSQL run) 
 IMAGEFORGE_CHAOS_SQLITE_TASKS / IMAGEFORGE_CHAOS_SQLITE_KILLS, e.g.
 `IMAGEFORGE_CHAOS_TASKS=5000 IMAGEFORGE_CHAOS_KILLS=200 pytest -m chaos --timeout 0`.
 
+The PostgreSQL cluster keeps its images in an S3 bucket (moto's server on 127.0.0.1) and
+no two of its processes share a data dir, as on separate machines.
+
 Orphan images: a worker killed between writing its image and recording the completion
-leaves a file named after its own attempt (`<task>-<attempt>.png`). No reader ever
-reaches it (the task's image_key names the completing attempt's file), so these are
-counted and checked to belong to killed, non-completing attempts, not cleaned up.
+leaves an image named after its own attempt (`<task>-<attempt>.png`). No reader ever
+reaches it (the task's image_key names the completing attempt's image), so these are
+counted and checked to belong to killed, non-completing attempts; the janitor's removal
+of them is tested on its own (tests/test_kill_between_write_and_commit.py).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter, defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +39,7 @@ import pytest
 
 from imageforge.testing.engines import FAIL_PREFIX, EngineEvent, read_events
 from imageforge.testing.processes import ServerProcess, run_cli
+from imageforge.testing.s3 import MotoServer
 from tests.cluster import WorkerProcess, cluster_env, wait_until
 from tests.pg import pg_connect, run_sync
 
@@ -159,13 +165,18 @@ class Creator(threading.Thread):
                 client.close()
 
 
-def image_files(images_root: Path) -> dict[str, dict[int, Path]]:
-    found: dict[str, dict[int, Path]] = defaultdict(dict)
-    for path in images_root.rglob("*.png"):
-        match = _IMAGE_NAME.match(path.name)
+def stored_images(keys: Iterable[str]) -> dict[str, dict[int, str]]:
+    """task id → attempt → storage key, of every image named like a task's."""
+    found: dict[str, dict[int, str]] = defaultdict(dict)
+    for key in keys:
+        match = _IMAGE_NAME.match(key.rpartition("/")[2])
         if match:
-            found[match.group(1)][int(match.group(2))] = path
+            found[match.group(1)][int(match.group(2))] = key
     return found
+
+
+def image_files(images_root: Path) -> dict[str, dict[int, str]]:
+    return stored_images(p.relative_to(images_root).as_posix() for p in images_root.rglob("*"))
 
 
 def check_chaos_outcome(
@@ -173,7 +184,7 @@ def check_chaos_outcome(
     stored: dict[str, StoredTask],
     accepted: list[str],
     events: list[EngineEvent],
-    images_root: Path,
+    images: dict[str, dict[int, str]],
     kills: list[Kill],
     ledger: list[tuple[str | None, str]],
     balance: Balance,
@@ -197,7 +208,6 @@ def check_chaos_outcome(
     done_by_task: dict[str, list[EngineEvent]] = defaultdict(list)
     for event in done:
         done_by_task[event.task_id].append(event)
-    images = image_files(images_root)
     for task in stored.values():
         effects = done_by_task.get(task.id, [])
         if task.status == "failed":
@@ -219,7 +229,7 @@ def check_chaos_outcome(
             f"/{task.id}-{task.attempt}.png"
         ), task
         files = images.get(task.id, {})
-        assert task.attempt in files and files[task.attempt].is_file(), f"{task.id}: no image"
+        assert files.get(task.attempt) == task.image_key, f"{task.id}: no image"
         for attempt in files:
             if attempt != task.attempt:
                 report.orphan_images += 1
@@ -257,6 +267,18 @@ def check_chaos_outcome(
     return report
 
 
+class NodeDirs:
+    """A data dir of its own for every process: nodes that share no disk."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.made = 0
+
+    def next(self) -> Path:
+        self.made += 1
+        return self.root / f"node-{self.made}" / "data"
+
+
 def _create_key(data: Path, env: dict[str, str]) -> str:
     created = run_cli(
         data, "keys", "create", "--name", "chaos", "--credits", CREDITS, "--json", **env
@@ -266,7 +288,7 @@ def _create_key(data: Path, env: dict[str, str]) -> str:
     return secret
 
 
-# PostgreSQL: 2 API nodes, 3 workers, SIGKILL workers -----------------------------
+# PostgreSQL + S3: 2 API nodes, 3 workers, SIGKILL workers -------------------------
 
 
 async def _pg_state(
@@ -299,15 +321,18 @@ def _unfinished(tasks: dict[str, StoredTask]) -> int:
     return sum(task.status in ("queued", "processing") for task in tasks.values())
 
 
-def test_sigkill_workers_on_postgres_loses_and_doubles_nothing(
-    tmp_path: Path, fresh_pg_url: str
+def test_sigkill_workers_on_postgres_and_s3_loses_and_doubles_nothing(
+    tmp_path: Path, fresh_pg_url: str, moto_s3: MotoServer
 ) -> None:
+    """The distributed cluster as it runs on several machines: PostgreSQL and an S3
+    bucket shared, no disk shared (each node has a data dir of its own)."""
     task_count = _scale("IMAGEFORGE_CHAOS_TASKS", 500)
     kill_count = _scale("IMAGEFORGE_CHAOS_KILLS", 20)
-    data = tmp_path / "data"
+    nodes = NodeDirs(tmp_path / "nodes")
     effects = tmp_path / "side-effects.log"
-    env = cluster_env(fresh_pg_url, effects)
-    key = _create_key(data, env)
+    bucket = moto_s3.create_bucket()
+    env = cluster_env(fresh_pg_url, effects, **moto_s3.env(bucket))
+    key = _create_key(nodes.next(), env)
 
     workers: list[WorkerProcess] = []
     everyone: list[WorkerProcess] = []
@@ -316,9 +341,9 @@ def test_sigkill_workers_on_postgres_loses_and_doubles_nothing(
     kills: list[Kill] = []
     rng = random.Random(os.environ.get("IMAGEFORGE_CHAOS_SEED"))
     try:
-        apis = [ServerProcess(data, "--no-worker", **env) for _ in range(2)]
+        apis = [ServerProcess(nodes.next(), "--no-worker", **env) for _ in range(2)]
         for _ in range(3):
-            worker = WorkerProcess(data, env, concurrency=8)
+            worker = WorkerProcess(nodes.next(), env, concurrency=8)
             workers.append(worker)
             born[worker.pid] = time.monotonic()
         everyone.extend(workers)
@@ -339,7 +364,7 @@ def test_sigkill_workers_on_postgres_loses_and_doubles_nothing(
                 victim = rng.choice(ready)
             victim.kill()
             kills.append(Kill(victim.pid, time.time()))
-            replacement = WorkerProcess(data, env, concurrency=8)
+            replacement = WorkerProcess(nodes.next(), env, concurrency=8)
             workers[workers.index(victim)] = replacement
             everyone.append(replacement)
             born[replacement.pid] = time.monotonic()
@@ -369,13 +394,18 @@ def test_sigkill_workers_on_postgres_loses_and_doubles_nothing(
             time.sleep(0.1)
         drained = time.time() - last_kill
 
-        # Clients see the same thing through either API node, images included.
-        with apis[1].client(key) as client:
-            for task_id in rng.sample(creator.accepted, 20):
-                body = client.get(f"/v1/result/{task_id}").json()
-                assert body["status"] in ("completed", "failed"), body
+        # Every completed task's image downloads, from the bucket, through its link;
+        # clients see the same thing through either API node.
+        downloaded = 0
+        with apis[0].client(key) as first, apis[1].client(key) as second, httpx.Client() as web:
+            for index, task_id in enumerate(creator.accepted):
+                body = (first if index % 2 else second).get(f"/v1/result/{task_id}").json()
+                assert body["status"] == tasks[task_id].status, body
                 if body["status"] == "completed":
-                    assert httpx.get(body["image_url"]).status_code == 200
+                    image = web.get(body["image_url"])
+                    assert image.status_code == 200 and image.content.startswith(b"\x89PNG")
+                    downloaded += 1
+        assert downloaded == sum(task.status == "completed" for task in tasks.values())
 
         # On a busy machine a replacement can take longer to start than the next kill takes
         # to come, so for a while no worker may be serving: abandoned work is due once a
@@ -394,13 +424,13 @@ def test_sigkill_workers_on_postgres_loses_and_doubles_nothing(
             stored=tasks,
             accepted=creator.accepted,
             events=read_events(effects),
-            images_root=data / "images",
+            images=stored_images(moto_s3.object_keys(bucket)),
             kills=kills,
             ledger=ledger,
             balance=money,
         )
         report.drain_after_last_kill_s = round(drained, 2)
-        print(f"\nchaos (PostgreSQL): {report}")
+        print(f"\nchaos (PostgreSQL + S3): {report}, {downloaded} images downloaded")
         assert report.kills >= kill_count
         assert drained <= LEASE_SECONDS + RESCUE_INTERVAL_SECONDS + MAX_ENGINE_SECONDS + 3.0
         for worker in workers:
@@ -484,7 +514,7 @@ def test_sigkill_of_the_embedded_sqlite_server_loses_and_doubles_nothing(
             stored=tasks,
             accepted=accepted,
             events=read_events(effects),
-            images_root=data / "images",
+            images=image_files(data / "images"),
             kills=kills,
             ledger=ledger,
             balance=money,

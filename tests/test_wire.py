@@ -95,16 +95,26 @@ def test_quote(fields: dict[str, str], tier: str, price: int) -> None:
 )
 def test_task_result(status: TaskStatus, image_url: str | None, error: str | None) -> None:
     task = make_task(status=status, error=error, price_micros=211_000)
-    body = task_result_body(task, image_url=image_url)
+    body = task_result_body(task, image_url=image_url, expired=False)
     assert_shape(TaskResult, body)
     assert (body["status"], body["image_url"], body["error"]) == (status.value, image_url, error)
+    assert body["expired"] is False
+
+
+@pytest.mark.parametrize("status", list(TaskStatus))
+def test_task_result_of_an_image_past_retention(status: TaskStatus) -> None:
+    body = task_result_body(make_task(status=status), image_url=URL, expired=True)
+    assert_shape(TaskResult, body)
+    # Only a completed task's image can have expired; the link is never shown then.
+    assert body["expired"] is (status is TaskStatus.COMPLETED)
+    assert body["image_url"] is None
 
 
 def test_task_result_shows_a_link_or_an_error_only_in_their_state() -> None:
     # A retry left an error on a queued task; a link is never shown before completion.
     task = make_task(status=TaskStatus.QUEUED, error="upstream busy")
-    body = task_result_body(task, image_url=URL)
-    assert (body["image_url"], body["error"]) == (None, None)
+    body = task_result_body(task, image_url=URL, expired=False)
+    assert (body["image_url"], body["error"], body["expired"]) == (None, None, False)
 
 
 @pytest.mark.parametrize("param", [None, "size"])

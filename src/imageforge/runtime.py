@@ -12,22 +12,29 @@ import gc
 import logging
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from imageforge.catalog import billing_tiers
 from imageforge.engine_setup import build_engines
 from imageforge.engines import Engine
+from imageforge.errors import ConfigurationError
 from imageforge.keyring import KeyRing
 from imageforge.ratelimit import RequestRateLimiter, build_rate_limiter
 from imageforge.references import AddressPolicy, FetchLimits, OutboundClient, ReferenceFetcher
+from imageforge.retention import Retention
 from imageforge.service import ImageService
 from imageforge.settings import Settings
 from imageforge.storage import LocalStorage, Storage, UrlSigner, load_or_create_secret
+from imageforge.storage.probe import check_storage
 from imageforge.store import Store, open_store, upgrade_database
 from imageforge.store.base import WakesWorkers
 from imageforge.store.urls import database_backend
+from imageforge.worker.janitor import Janitor
 from imageforge.worker.rescuer import rescue_forever
 from imageforge.worker.runner import Runner, RunnerConfig
+
+if TYPE_CHECKING:
+    from imageforge.storage.s3 import S3Options
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,51 @@ def local_storage(settings: Settings) -> StorageFactory:
     )
 
 
+def s3_options(settings: Settings) -> S3Options:
+    """The s3 backend's configuration, from the `s3_*` settings."""
+    from imageforge.storage.s3 import S3Options
+
+    assert settings.s3_bucket is not None  # Settings refuses storage = s3 without one
+    return S3Options(
+        bucket=settings.s3_bucket,
+        prefix=settings.s3_prefix,
+        endpoint_url=settings.s3_endpoint_url,
+        region=settings.s3_region,
+        path_style=settings.s3_path_style,
+        links=settings.s3_links,
+        public_base_url=settings.s3_public_base_url,
+        multipart_threshold_bytes=settings.s3_multipart_threshold_bytes,
+    )
+
+
+def configured_storage(settings: Settings) -> tuple[StorageFactory, str]:
+    """The backend `storage` names, and where it keeps images (for messages)."""
+    if settings.storage != "s3":
+        return local_storage(settings), str((settings.data_dir / "images").resolve())
+    try:
+        from imageforge.storage.s3 import S3Storage
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"storage = s3 needs the s3 extra ({exc.name} is missing): pip install 'imageforge[s3]'"
+        ) from None
+    options = s3_options(settings)
+
+    def build(signer: UrlSigner) -> Storage:
+        try:
+            return S3Storage(options, signer)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
+
+    return build, options.location
+
+
+def link_secret(settings: Settings) -> bytes:
+    """The /files links' secret: configured (the same on every node), else the data dir's."""
+    if settings.url_signing_secret is not None:
+        return settings.url_signing_secret.get_secret_value().encode()
+    return load_or_create_secret(settings.data_dir)
+
+
 @dataclass
 class Runtime:
     settings: Settings
@@ -72,6 +124,8 @@ class Runtime:
     signer: UrlSigner
     keyring: KeyRing
     service: ImageService
+    #: How long images and finished tasks are kept (decided when a task is read).
+    retention: Retention = field(default_factory=Retention)
     engines: dict[str, Engine] = field(default_factory=dict)
     runner: Runner | None = None
     rate_limiter: RequestRateLimiter | None = None
@@ -97,13 +151,31 @@ class Runtime:
         store = await open_store(
             settings.resolved_database_url, pool_size=settings.postgres_pool_size
         )
-        signer = UrlSigner(load_or_create_secret(settings.data_dir))
-        images = (storage or local_storage(settings))(signer)
+        signer = UrlSigner(link_secret(settings))
+        if storage is None:
+            storage, location = configured_storage(settings)
+        else:
+            location = "given to Runtime.start"
+        try:
+            images = storage(signer)
+        except BaseException:
+            await store.close()
+            raise
+        try:
+            await check_storage(images, location=location)
+        except BaseException:
+            await images.aclose()
+            await store.close()
+            raise
         models = settings.model_specs()
         prices = settings.price_book()
         for spec in models.values():
             prices.check_covers(spec.name, billing_tiers(spec))
         keyring = KeyRing(store)
+        retention = Retention(
+            image_seconds=settings.image_retention_seconds,
+            task_seconds=settings.task_retention_seconds,
+        )
         service = ImageService(
             store,
             models,
@@ -111,6 +183,7 @@ class Runtime:
             prices=prices,
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             max_unfinished_tasks=settings.max_unfinished_tasks,
+            retention=retention,
         )
         runtime = cls(
             settings=settings,
@@ -119,6 +192,7 @@ class Runtime:
             signer=signer,
             keyring=keyring,
             service=service,
+            retention=retention,
         )
         if settings.rate_limit_per_minute is not None:
             runtime.rate_limiter = build_rate_limiter(
@@ -182,7 +256,14 @@ class Runtime:
                 self.store,
                 interval_seconds=settings.rescue_interval_seconds,
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
-                storage=self.storage,
+                janitor=Janitor(
+                    store=self.store,
+                    storage=self.storage,
+                    retention=self.retention,
+                    holder=self.runner.worker_id,
+                    interval_seconds=settings.janitor_interval_seconds,
+                    orphan_grace_seconds=settings.orphan_grace_seconds,
+                ),
             ),
             "rescuer",
         )

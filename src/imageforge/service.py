@@ -4,7 +4,8 @@ Knows nothing of HTTP. Terminal tasks never change, so they are cached in memory
 the poll endpoint is the hottest path and most polls of a finished task then
 never touch the database. The cache is keyed by owner and id, so another key's
 task is a cache miss and a store read, exactly like an id nobody has: answered
-from memory, it was told apart from an unknown id by its speed.
+from memory, it was told apart from an unknown id by its speed. Retention is decided
+on every read, cached or not.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from imageforge.billing import InsufficientCredits, PriceBook
 from imageforge.catalog import ModelSpec, ResolvedRequest, price_key, resolve_request
 from imageforge.errors import InvalidRequest, NotFound
 from imageforge.ids import TaskId, looks_like_task_id, new_task_id
+from imageforge.retention import Retention
 from imageforge.store import ApiKeyRecord, Store
 from imageforge.store.base import IdempotencyClaim, UsageRow
 from imageforge.tasks import Task
@@ -80,6 +82,7 @@ class ImageService:
         idempotency_ttl_seconds: float = 86_400,
         max_unfinished_tasks: int | None = None,
         on_task_queued: Callable[[], None] = lambda: None,
+        retention: Retention | None = None,
     ) -> None:
         self._store = store
         self._models = models
@@ -90,6 +93,7 @@ class ImageService:
         self.on_task_queued = on_task_queued
         #: Terminal tasks by (owner key id, task id).
         self._terminal: dict[tuple[str, str], Task] = {}
+        self._retention = retention or Retention()
 
     @property
     def models(self) -> Mapping[str, ModelSpec]:
@@ -176,18 +180,24 @@ class ImageService:
         rows = await self._store.usage(owner.id, since=time.time() - days * 86_400)
         return Usage(key=key, currency=self.currency, rows=rows)
 
-    async def get(self, owner: ApiKeyRecord, task_id: str) -> Task:
+    async def get(self, owner: ApiKeyRecord, task_id: str, *, now: float | None = None) -> Task:
+        """The owner's task; NotFound for others', unknown ones and those past the task
+        retention (decided here, on every read, so the cache cannot outlive it)."""
         task = self._terminal.get((owner.id, task_id))
-        if task is not None:
-            return task
-        if not looks_like_task_id(task_id):
+        if task is None:
+            if not looks_like_task_id(task_id):
+                raise task_not_found(task_id)
+            task = await self._store.get_task(TaskId(task_id))
+            if task is None or task.key_id != owner.id:
+                raise task_not_found(task_id)
+            if task.status.is_terminal:
+                if len(self._terminal) >= _MAX_CACHED_TASKS:
+                    # Drop the oldest entry (dicts keep insertion order).
+                    del self._terminal[next(iter(self._terminal))]
+                self._terminal[(owner.id, task_id)] = task
+        if self._retention.task_seconds is not None and self._retention.task_expired(
+            task, time.time() if now is None else now
+        ):
+            self._terminal.pop((owner.id, task_id), None)
             raise task_not_found(task_id)
-        task = await self._store.get_task(TaskId(task_id))
-        if task is None or task.key_id != owner.id:
-            raise task_not_found(task_id)
-        if task.status.is_terminal:
-            if len(self._terminal) >= _MAX_CACHED_TASKS:
-                # Drop the oldest entry (dicts keep insertion order).
-                del self._terminal[next(iter(self._terminal))]
-            self._terminal[(owner.id, task_id)] = task
         return task

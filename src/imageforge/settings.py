@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
@@ -28,6 +29,10 @@ from imageforge.engines.config import UpstreamConfig, normalize_base_url
 from imageforge.engines.diffusers.config import DiffusersModelConfig
 
 DEFAULT_CONFIG_FILE = "imageforge.toml"
+#: S3 refuses presigned links that live longer than 7 days.
+MAX_PRESIGNED_SECONDS = 604_800
+#: S3's bucket naming rules (which MinIO, R2 and Ceph follow too).
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 
 
 class ModelConfig(BaseModel):
@@ -150,6 +155,61 @@ class Settings(BaseSettings):
     storage_write_threads: int = Field(
         16, ge=1, le=256, description="Threads that write and fsync images on local disk."
     )
+    url_signing_secret: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="Secret of the signed /files links (at least 32 characters); default: "
+        "generated into the data dir. Set the same one on every API node that does not "
+        "share the data dir.",
+    )
+
+    # Where images live (see storage/): local disk, or an S3-compatible bucket.
+    storage: Literal["local", "s3"] = Field(
+        "local", description="`local` (files under the data dir) or `s3` (a bucket)."
+    )
+    s3_bucket: str | None = Field(None, description="Bucket of the s3 storage.")
+    s3_prefix: str = Field("", description="Key prefix inside the bucket, e.g. `imageforge/`.")
+    s3_endpoint_url: str | None = Field(
+        None, description="S3-compatible endpoint (MinIO, R2, Ceph…); default: AWS S3."
+    )
+    s3_region: str | None = Field(
+        None, description="Region; default: the AWS configuration's, else us-east-1."
+    )
+    s3_path_style: bool | None = Field(
+        None,
+        description="Path-style addressing (`endpoint/bucket/key`); default: on with an "
+        "endpoint URL, off (virtual-hosted) on AWS.",
+    )
+    s3_links: Literal["presigned", "proxy", "public"] = Field(
+        "presigned",
+        description="`image_url`: a presigned GET on the bucket, the API's signed /files "
+        "route streaming from the bucket, or `s3_public_base_url` + key.",
+    )
+    s3_public_base_url: str | None = Field(
+        None, description="Public/CDN origin that serves the bucket's objects (links = public)."
+    )
+    s3_multipart_threshold_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=5 * 1024 * 1024,
+        le=5 * 1024 * 1024 * 1024,
+        description="Images larger than this are uploaded in parts of this size.",
+    )
+
+    # Retention, counted from a task's finished_at; unset keeps everything.
+    image_retention_seconds: int | None = Field(
+        None, ge=1, description="Delete images this long after their task finished."
+    )
+    task_retention_seconds: int | None = Field(
+        None, ge=60, description="Delete finished task rows (never ledger rows) after this."
+    )
+    janitor_interval_seconds: float = Field(
+        3600.0, gt=0, description="How often one node sweeps orphans and applies retention."
+    )
+    orphan_grace_seconds: float = Field(
+        3600.0,
+        ge=0,
+        description="Images no task points at are removed once at least this old.",
+    )
 
     # Money and limits.
     currency: str = Field("USD", min_length=1, max_length=12, description="Unit of every price.")
@@ -189,7 +249,7 @@ class Settings(BaseSettings):
                 ) from None
         return value
 
-    @field_validator("public_base_url", "relay_base_url")
+    @field_validator("public_base_url", "relay_base_url", "s3_endpoint_url", "s3_public_base_url")
     @classmethod
     def _check_base_url(cls, value: str | None) -> str | None:
         return normalize_base_url(value)
@@ -199,10 +259,62 @@ class Settings(BaseSettings):
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
 
+    @field_validator("image_retention_seconds", "task_retention_seconds", mode="before")
+    @classmethod
+    def _blank_keeps_forever(cls, value: Any) -> Any:
+        # `IMAGEFORGE_IMAGE_RETENTION_SECONDS=` (as compose passes an unset variable).
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("s3_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        # Stored without slashes at either end; the s3 backend checks its parts.
+        return value.strip().strip("/")
+
+    @field_validator("s3_bucket")
+    @classmethod
+    def _check_bucket(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not _BUCKET_NAME.fullmatch(value.strip()):
+            raise ValueError(
+                "s3_bucket: 3 to 63 lower-case letters, digits, dots and hyphens, "
+                f"starting and ending with a letter or digit (got {value!r})"
+            )
+        return value.strip()
+
     @model_validator(mode="after")
     def _check_timings(self) -> Settings:
         if self.heartbeat_seconds >= self.lease_seconds:
             raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
+        return self
+
+    @model_validator(mode="after")
+    def _check_storage(self) -> Settings:
+        if self.storage != "s3":
+            return self
+        if self.s3_bucket is None:
+            raise ValueError("s3_bucket: required when storage = s3")
+        if self.s3_links == "public" and self.s3_public_base_url is None:
+            raise ValueError("s3_public_base_url: required when s3_links = public")
+        if self.s3_links == "presigned" and self.image_url_ttl_seconds > MAX_PRESIGNED_SECONDS:
+            raise ValueError(
+                f"image_url_ttl_seconds: at most {MAX_PRESIGNED_SECONDS} (7 days) with "
+                f"s3_links = presigned, S3's limit for a presigned link (got "
+                f"{self.image_url_ttl_seconds}); use s3_links = proxy for longer links"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_retention(self) -> Settings:
+        # A replayed Idempotency-Key answers with its task: the task must outlive the key.
+        retention = self.task_retention_seconds
+        if retention is not None and retention < self.idempotency_ttl_seconds:
+            raise ValueError(
+                "task_retention_seconds: must be at least idempotency_ttl_seconds "
+                f"({self.idempotency_ttl_seconds}), since a replayed Idempotency-Key answers "
+                f"with its task (got {retention})"
+            )
         return self
 
     @classmethod

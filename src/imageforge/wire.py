@@ -169,6 +169,12 @@ class TaskResult(BaseModel):
         description="The task's price in currency units (refunded when it failed).",
         examples=[0.053],
     )
+    expired: bool = Field(
+        False,
+        description="True when the task is `completed` but its image is past the server's "
+        "image retention and deleted: `image_url` is then null. Always present.",
+        examples=[False],
+    )
 
 
 class QuoteResponse(BaseModel):
@@ -276,18 +282,21 @@ def task_created_body(task: Task, *, replayed: bool) -> dict[str, Any]:
     }
 
 
-def task_result_body(task: Task, *, image_url: str | None) -> dict[str, Any]:
-    """`TaskResult`; `image_url` is the link to a completed task's image."""
+def task_result_body(task: Task, *, image_url: str | None, expired: bool) -> dict[str, Any]:
+    """`TaskResult`; `image_url` is the link to a completed task's image, `expired` says
+    that image is past retention (see `retention.Retention.image_expired`)."""
     status = task.status
+    completed = status is TaskStatus.COMPLETED
     return {
         "id": task.id,
         "object": "image.generation",
         "created": task.created,
         "model": task.model,
         "status": status.value,
-        "image_url": image_url if status is TaskStatus.COMPLETED else None,
+        "image_url": image_url if completed and not expired else None,
         "error": task.error if status is TaskStatus.FAILED else None,
         "amount": to_json_number(task.price_micros),
+        "expired": completed and expired,
     }
 
 

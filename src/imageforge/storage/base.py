@@ -14,12 +14,17 @@ the task.
 
 from __future__ import annotations
 
+import mimetypes
 import re
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from imageforge.ids import TASK_PREFIX
+
+#: A backend may hand out a link it signed up to this long ago (so it expires this much
+#: sooner than asked) instead of signing one per call.
+LINK_REUSE_SECONDS = 60
 
 #: Bytes per chunk of a streamed read.
 READ_CHUNK_BYTES = 256 * 1024
@@ -40,6 +45,11 @@ _UNSAFE_KEY_CHARACTERS = re.compile(r"[\x00-\x1f\x7f\\]")
 def is_image_key(key: str) -> bool:
     """Whether `key` is of the syntax of the keys links are made for (`IMAGE_KEY`)."""
     return IMAGE_KEY.fullmatch(key) is not None
+
+
+def content_type_for(key: str) -> str:
+    """The media type an image is served with, by its key's extension (as keys are made)."""
+    return mimetypes.guess_type(key.rpartition("/")[2])[0] or "application/octet-stream"
 
 
 def check_key(key: str) -> list[str]:
@@ -95,7 +105,9 @@ class Storage(Protocol):
         ...
 
     def url_for(self, key: str, *, base_url: str, expires: int) -> str:
-        """An absolute link that needs no API key and stops working at `expires`."""
+        """An absolute link that needs no API key and stops working at `expires` (or up
+        to `LINK_REUSE_SECONDS` sooner, where a backend reuses links it signed). Called on
+        every poll of a completed task: it must cost microseconds and do no I/O."""
         ...
 
     async def aclose(self) -> None: ...

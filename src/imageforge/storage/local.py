@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import mimetypes
 import os
 import stat
 import threading
@@ -30,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from imageforge.storage.base import READ_CHUNK_BYTES, StoredImage, check_key
+from imageforge.storage.base import READ_CHUNK_BYTES, StoredImage, check_key, content_type_for
 from imageforge.storage.signing import UrlSigner
 
 #: Threads that write and fsync images (the `storage_write_threads` setting's default).
@@ -180,7 +179,7 @@ class LocalStorage:
         return StoredImage(
             key=key,
             size=status.st_size,
-            content_type=mimetypes.guess_type(path.name)[0] or "application/octet-stream",
+            content_type=content_type_for(key),
             modified_at=status.st_mtime,
             etag=f'"{status.st_mtime_ns:x}-{status.st_size:x}"',
             _read=read,

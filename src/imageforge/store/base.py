@@ -274,6 +274,30 @@ class Store(Protocol):
 
     async def count_tasks_by_status(self) -> dict[str, int]: ...
 
+    # Retention and the janitor's sweeps -------------------------------------
+    async def take_sweep_lease(self, name: str, *, holder: str, lease_seconds: float) -> bool:
+        """Take the lease on the sweep `name` for `lease_seconds` on the store's clock if it
+        is free (never taken, or run out); → whether `holder` took it. Of many nodes
+        asking at once, one gets it."""
+        ...
+
+    async def images_past_retention(
+        self, *, finished_before: float, limit: int
+    ) -> list[tuple[TaskId, str]]:
+        """Completed tasks finished before the cutoff whose image is still stored, oldest
+        first: (task id, image key)."""
+        ...
+
+    async def forget_images(self, images: Sequence[tuple[TaskId, str]]) -> int:
+        """Clear the image key of each (task id, key) whose image was deleted, where the
+        row still names that image; → how many rows changed."""
+        ...
+
+    async def delete_finished_tasks(self, *, finished_before: float, limit: int) -> int:
+        """Delete up to `limit` finished task rows finished before the cutoff whose image
+        is gone (no image key); their ledger rows stay. → how many."""
+        ...
+
     async def ping(self) -> None: ...
 
     async def close(self) -> None: ...

@@ -57,6 +57,7 @@ from imageforge.store.rows import (
     task_values,
     usage_rows,
 )
+from imageforge.store.sweeps import SweepProcedures
 from imageforge.store.urls import DEFAULT_POOL_SIZE, asyncpg_dsn
 from imageforge.store.wakeups import TaskWakeups
 from imageforge.tasks import Task
@@ -84,7 +85,7 @@ async def _keep_session(connection: Any) -> None:
     pool), so there is nothing to reset."""
 
 
-class PostgresStore(procedures.KeyProcedures):
+class PostgresStore(procedures.KeyProcedures, SweepProcedures):
     def __init__(self, pool: Any, dsn: str, *, clock: Callable[[], float] | None = None) -> None:
         """`clock`: None for the database's clock (what every deployment wants); a
         function, for tests that move time, is used in its place."""
@@ -138,7 +139,8 @@ class PostgresStore(procedures.KeyProcedures):
             rows: list[Any] = await self._pool.fetch(statement.postgres, *args)
         return rows
 
-    # Keys (create_key and adjust_balance: procedures.KeyProcedures) ----------
+    # Keys (create_key and adjust_balance: procedures.KeyProcedures; the janitor's
+    # methods: sweeps.SweepProcedures) -------------------------------------------
 
     @retried_when_rolled_back
     async def _in_transaction(self, make: Callable[[], Procedure[T]]) -> T:

@@ -134,23 +134,23 @@ def key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
 
 
 def usage_rows(counts: Iterable[Sequence[Any]], spend: Iterable[Sequence[Any]]) -> list[UsageRow]:
-    """Join per-(day, model) task counts with ledger spend, oldest day first.
+    """Join per-(day, model) task counts with ledger spend, oldest day first. A day and
+    model with spend but no task left (retention deleted the rows) keeps its spend.
 
     `counts` rows: day, model, tasks, completed, failed, unfinished;
     `spend` rows: day, model, spend in micro-units."""
     spent = {(row[0], row[1]): row[2] for row in spend}
-    return sorted(
-        (
-            UsageRow(
-                day=day,
-                model=model,
-                tasks=total,
-                completed=completed,
-                failed=failed,
-                unfinished=unfinished,
-                spend_micros=spent.get((day, model), 0),
-            )
-            for day, model, total, completed, failed, unfinished in counts
-        ),
-        key=lambda row: (row.day, row.model),
-    )
+    counted = {(row[0], row[1]): row[2:] for row in counts}
+    return [
+        UsageRow(
+            day=day,
+            model=model,
+            tasks=total,
+            completed=completed,
+            failed=failed,
+            unfinished=unfinished,
+            spend_micros=spent.get((day, model), 0),
+        )
+        for (day, model) in sorted(counted.keys() | spent.keys())
+        for total, completed, failed, unfinished in [counted.get((day, model), (0, 0, 0, 0))]
+    ]

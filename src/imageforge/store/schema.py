@@ -58,7 +58,12 @@ tasks = Table(
     Column("run_after", Float, nullable=False, comment="not claimable before (retry backoff)"),
     Column("lease_expires_at", Float, nullable=True, comment="set by claim, renewed by heartbeat"),
     Column("worker_id", String(100), nullable=True, comment="holder of the current lease"),
-    Column("image_key", String(300), nullable=True, comment="storage key, set by complete"),
+    Column(
+        "image_key",
+        String(300),
+        nullable=True,
+        comment="storage key, set by complete; cleared when retention deleted the image",
+    ),
     Column("content_type", String(50), nullable=True),
     Column("error", Text, nullable=True, comment="set by fail (final) or requeue (last error)"),
     Column("error_code", String(50), nullable=True),
@@ -95,6 +100,21 @@ Index(
     tasks.c.key_id,
     sqlite_where=text("status IN ('queued', 'processing')"),
     postgresql_where=text("status IN ('queued', 'processing')"),
+)
+
+# Retention: finished tasks by age (rows leave the index when deleted), and the images
+# still stored (rows leave it when the janitor deletes the image and forgets its key).
+Index(
+    "ix_tasks_finished",
+    tasks.c.finished_at,
+    sqlite_where=text("status IN ('completed', 'failed')"),
+    postgresql_where=text("status IN ('completed', 'failed')"),
+)
+Index(
+    "ix_tasks_images_by_finish",
+    tasks.c.finished_at,
+    sqlite_where=text("image_key IS NOT NULL"),
+    postgresql_where=text("image_key IS NOT NULL"),
 )
 
 ledger = Table(
@@ -144,4 +164,13 @@ rate_limit_windows = Table(
     Column("window_start", BigInteger, primary_key=True, comment="Unix minute × 60"),
     Column("hits", Integer, nullable=False, comment="requests in that minute, every node"),
     comment="requests-per-minute counters shared by API nodes; old windows are pruned",
+)
+
+sweep_leases = Table(
+    "sweep_leases",
+    metadata,
+    Column("name", String(40), primary_key=True, comment="which sweep, e.g. janitor"),
+    Column("holder", String(100), nullable=False, comment="the node that holds the lease"),
+    Column("expires_at", Float, nullable=False, comment="store's clock; free to take after"),
+    comment="one row per periodic sweep: whoever holds its lease does that round",
 )

@@ -49,6 +49,7 @@ from imageforge.store.rows import (
     usage_rows,
 )
 from imageforge.store.sqlite_commit import GroupCommit
+from imageforge.store.sweeps import SweepProcedures
 from imageforge.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -169,7 +170,7 @@ def sqlite_path(database_url: str) -> Path:
     return Path(url.database)
 
 
-class SqliteStore(procedures.KeyProcedures):
+class SqliteStore(procedures.KeyProcedures, SweepProcedures):
     def __init__(
         self,
         path: Path,
@@ -195,11 +196,15 @@ class SqliteStore(procedures.KeyProcedures):
         self._reader.execute("PRAGMA query_only = ON")
         self._writes = GroupCommit(self._db, self._driver_errors)
 
+    def _now(self) -> float:
+        return self._clock()
+
     def _read(self, statement: sql.Statement, args: Sequence[Any] = ()) -> list[Any]:
         with self._driver_errors:
             return self._reader.execute(statement.sqlite, args).fetchall()
 
-    # Keys (create_key and adjust_balance: procedures.KeyProcedures) ----------
+    # Keys (create_key and adjust_balance: procedures.KeyProcedures; the janitor's
+    # methods: sweeps.SweepProcedures) -------------------------------------------
 
     async def _in_transaction(self, make: Callable[[], Procedure[T]]) -> T:
         async with self._writes.write() as db:

@@ -134,12 +134,14 @@ USAGE_COUNTS = shared(
     "sum(CASE WHEN status IN ('queued', 'processing') THEN 1 ELSE 0 END) "
     "FROM tasks WHERE key_id = $1 AND created_at >= $2 GROUP BY day, model"
 )
-# A refund is reported on the day of its task, so it cancels that day's charge.
+# A refund is reported on the day of its task, so it cancels that day's charge. Only
+# the ledger is read (a task's charge row carries its model and creation time), so the
+# spend stays what it was after retention deleted the task rows.
 USAGE_SPEND = shared(
-    "SELECT {day:t.created_at} AS day, t.model, CAST(-sum(l.amount_micros) AS BIGINT) "
-    "FROM ledger l JOIN tasks t ON t.id = l.task_id "
-    "WHERE l.key_id = $1 AND t.created_at >= $2 AND l.kind IN ('charge', 'refund') "
-    "GROUP BY day, t.model"
+    "SELECT {day:c.created_at} AS day, c.model, CAST(-sum(l.amount_micros) AS BIGINT) "
+    "FROM ledger l JOIN ledger c ON c.task_id = l.task_id AND c.kind = 'charge' "
+    "WHERE l.key_id = $1 AND c.created_at >= $2 AND l.kind IN ('charge', 'refund') "
+    "GROUP BY day, c.model"
 )
 
 # Tasks --------------------------------------------------------------------------------
@@ -181,4 +183,33 @@ FAIL = shared(
     "UPDATE tasks SET status = 'failed', error = $4, error_code = $5, "
     "lease_expires_at = NULL, finished_at = {now}, updated_at = {now} "
     f"WHERE {_HELD} RETURNING id, key_id, price_micros, model"
+)
+
+# Retention and the janitor's sweeps --------------------------------------------------
+
+# Free when never taken or run out (on the store's clock); of two nodes taking it at
+# once, the second's ON CONFLICT sees the first's fresh lease and takes nothing.
+TAKE_SWEEP_LEASE = shared(
+    "INSERT INTO sweep_leases (name, holder, expires_at) VALUES ($2, $3, {now} + $4) "
+    "ON CONFLICT (name) DO UPDATE SET holder = excluded.holder, "
+    "expires_at = excluded.expires_at WHERE sweep_leases.expires_at <= {now} "
+    "RETURNING holder"
+)
+IMAGES_PAST_RETENTION = shared(
+    "SELECT id, image_key FROM tasks WHERE image_key IS NOT NULL AND status = 'completed' "
+    "AND finished_at < $1 ORDER BY finished_at LIMIT $2"
+)
+# Only while the row still names the image that was deleted.
+FORGET_IMAGE = shared(
+    "UPDATE tasks SET image_key = NULL, updated_at = {now} "
+    "WHERE id = $2 AND status = 'completed' AND image_key = $3 RETURNING id"
+)
+# A row whose image is still stored is never deleted (its image would be orphaned for
+# good); ledger rows are never touched.
+_FINISHED_WITHOUT_IMAGE = (
+    "status IN ('completed', 'failed') AND finished_at < $1 AND image_key IS NULL"
+)
+DELETE_FINISHED_TASKS = shared(
+    f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE {_FINISHED_WITHOUT_IMAGE} "
+    f"ORDER BY finished_at LIMIT $2) AND {_FINISHED_WITHOUT_IMAGE} RETURNING id"
 )

@@ -1,23 +1,36 @@
-"""The janitor: removes images no task will ever link to.
+"""The janitor: removes images no task will ever link to, and applies retention.
 
-A worker killed between storing its image and recording the completion, or one
-whose lease was taken away mid-write, leaves an image named after its attempt that
+Orphans. A worker killed between storing its image and recording the completion, or
+one whose lease was taken away mid-write, leaves an image named after its attempt that
 the task never points at (the attempt is part of the storage key precisely so it
-cannot overwrite the winner's image). Once the task is terminal and the image is
-old enough that no worker can still be writing it, the image is an orphan.
+cannot overwrite the winner's image). Once the task is terminal and the image is old
+enough that no worker can still be writing it (`orphan_grace_seconds`), it is an orphan.
 
-The rescuer runs the sweep hourly. It works through the `Storage` interface only
-(a listing by prefix and age, then deletes), so it sweeps any backend.
+Retention (`retention.Retention`). Images of tasks finished longer ago than the image
+retention are deleted, then the task's image key is forgotten; rows of tasks finished
+longer ago than the task retention are deleted once their image is gone (so no image is
+ever left without its row), and their ledger rows are kept. Whether a task or image is
+past retention is decided when it is read, so the sweep only reclaims space.
+
+Every worker's rescuer calls `Janitor.sweep` every `interval_seconds`; the round's lease
+(a row in `sweep_leases`, on the store's clock) makes one node do each round. Every
+write is conditional, so two janitors that do race (a round longer than its lease)
+delete nothing twice and nothing else. It works through the `Storage` interface only
+(a listing by prefix and age, deletes), so it sweeps any backend.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from imageforge.ids import TaskId
+from imageforge.retention import Retention
 from imageforge.storage import Storage
 from imageforge.store import Store
 
@@ -40,9 +53,15 @@ def recent_day_prefixes(now: float) -> list[str]:
     return sorted(days)
 
 
-async def sweep_orphan_images(store: Store, storage: Storage, *, min_age_seconds: float) -> int:
+async def sweep_orphan_images(
+    store: Store,
+    storage: Storage,
+    *,
+    min_age_seconds: float,
+    clock: Callable[[], float] = time.time,
+) -> int:
     """Delete images of terminal tasks that are not the task's image; → how many."""
-    now = time.time()
+    now = clock()
     removed = 0
     for prefix in recent_day_prefixes(now):
         async for key in storage.list(prefix, older_than=now - min_age_seconds):
@@ -58,3 +77,89 @@ async def sweep_orphan_images(store: Store, storage: Storage, *, min_age_seconds
     if removed:
         log.info("removed %d orphaned image(s)", removed)
     return removed
+
+
+#: Rows read, images deleted and rows deleted per step of a retention sweep.
+RETENTION_BATCH = 500
+#: Images deleted at once (each is one request on S3).
+DELETES_AT_ONCE = 16
+#: The name of the janitor's round in `sweep_leases`.
+SWEEP_LEASE = "janitor"
+
+
+@dataclass(frozen=True)
+class RetentionReport:
+    images_deleted: int = 0
+    tasks_deleted: int = 0
+
+
+async def apply_retention(
+    store: Store, storage: Storage, retention: Retention, *, now: float
+) -> RetentionReport:
+    """Delete what is past retention at `now`: images (then forget their keys), then
+    the rows of finished tasks that no longer have an image."""
+    images = tasks = 0
+    image_cutoff = retention.image_cutoff(now)
+    while image_cutoff is not None:
+        found = await store.images_past_retention(
+            finished_before=image_cutoff, limit=RETENTION_BATCH
+        )
+        await _delete_images(storage, [key for _, key in found])
+        images += await store.forget_images(found)
+        if len(found) < RETENTION_BATCH:
+            break
+    task_cutoff = retention.task_cutoff(now)
+    while task_cutoff is not None:
+        deleted = await store.delete_finished_tasks(
+            finished_before=task_cutoff, limit=RETENTION_BATCH
+        )
+        tasks += deleted
+        if deleted < RETENTION_BATCH:
+            break
+    if images or tasks:
+        log.info("retention: deleted %d image(s) and %d finished task(s)", images, tasks)
+    return RetentionReport(images_deleted=images, tasks_deleted=tasks)
+
+
+async def _delete_images(storage: Storage, keys: Sequence[str]) -> None:
+    for start in range(0, len(keys), DELETES_AT_ONCE):
+        await asyncio.gather(*(storage.delete(k) for k in keys[start : start + DELETES_AT_ONCE]))
+
+
+@dataclass(frozen=True)
+class SweepReport:
+    orphans_removed: int
+    retention: RetentionReport
+
+
+@dataclass
+class Janitor:
+    """One node's janitor; `sweep` does a round when this node takes the round's lease."""
+
+    store: Store
+    storage: Storage
+    retention: Retention
+    #: Who holds the lease (the worker's id).
+    holder: str
+    interval_seconds: float = 3600.0
+    orphan_grace_seconds: float = 3600.0
+    clock: Callable[[], float] = time.time
+
+    async def sweep(self) -> SweepReport | None:
+        """Sweep orphans and apply retention, unless another node has this round;
+        → what was removed, or None when the round was not ours."""
+        # A little shorter than the interval, so whoever sweeps can take the next round
+        # on time however its timer drifts.
+        lease = self.interval_seconds * 0.9
+        if not await self.store.take_sweep_lease(
+            SWEEP_LEASE, holder=self.holder, lease_seconds=lease
+        ):
+            return None
+        orphans = await sweep_orphan_images(
+            self.store,
+            self.storage,
+            min_age_seconds=self.orphan_grace_seconds,
+            clock=self.clock,
+        )
+        report = await apply_retention(self.store, self.storage, self.retention, now=self.clock())
+        return SweepReport(orphans_removed=orphans, retention=report)

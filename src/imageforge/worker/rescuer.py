@@ -14,9 +14,8 @@ import logging
 import time
 from collections.abc import Callable
 
-from imageforge.storage import Storage
 from imageforge.store import Store, StoreUnavailable
-from imageforge.worker.janitor import sweep_orphan_images
+from imageforge.worker.janitor import Janitor
 
 log = logging.getLogger(__name__)
 
@@ -25,22 +24,18 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY_SECONDS = 60.0
 
 
-#: Orphaned images are looked for this often, and only among files at least this old (far
-#: longer than any write takes, so no worker can still be writing them).
-SWEEP_EVERY_SECONDS = 3600.0
-ORPHAN_MIN_AGE_SECONDS = 3600.0
-
-
 async def rescue_forever(
     store: Store,
     *,
     interval_seconds: float,
     idempotency_ttl_seconds: float = 86_400,
-    storage: Storage | None = None,
+    janitor: Janitor | None = None,
     clock: Callable[[], float] = time.time,
 ) -> None:
+    """Rescue expired leases every `interval_seconds`; prune once a minute; let the
+    janitor sweep every `janitor.interval_seconds` (when this node gets the round)."""
     next_prune = 0.0
-    next_sweep = clock() + SWEEP_EVERY_SECONDS
+    next_sweep = clock() + (janitor.interval_seconds if janitor else 0.0)
     while True:
         try:
             now = clock()
@@ -49,9 +44,9 @@ async def rescue_forever(
                 await store.prune_idempotency_keys(older_than=now - idempotency_ttl_seconds)
                 # Request counters matter for their minute only.
                 await store.prune_request_counts(older_than=int(now) - 300)
-            if storage is not None and now >= next_sweep:
-                next_sweep = now + SWEEP_EVERY_SECONDS
-                await sweep_orphan_images(store, storage, min_age_seconds=ORPHAN_MIN_AGE_SECONDS)
+            if janitor is not None and now >= next_sweep:
+                next_sweep = now + janitor.interval_seconds
+                await janitor.sweep()
             report = await store.rescue_expired()
             if report.requeued:
                 log.warning("re-queued %d task(s) with expired leases", len(report.requeued))

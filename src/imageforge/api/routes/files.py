@@ -16,7 +16,7 @@ from starlette.types import Receive, Scope, Send
 from imageforge.api.byte_ranges import requested_range
 from imageforge.api.deps import RuntimeDep
 from imageforge.api.responses import error_response, error_responses
-from imageforge.errors import LinkExpired, LinkInvalid, NotFound
+from imageforge.errors import LinkExpired, LinkInvalid, NotFound, ServiceUnavailable
 from imageforge.storage import is_image_key
 
 router = APIRouter(tags=["files"])
@@ -48,7 +48,7 @@ IMAGE_CONTENT = {
                 "code": "file_not_found",
             },
         ),
-        **error_responses(410, 416),
+        **error_responses(410, 416, 503),
     },
 )
 async def download_file(
@@ -65,7 +65,11 @@ async def download_file(
         raise LinkExpired("This link has expired; poll the task again for a fresh one.")
     # Only keys of the storage's own syntax get as far as a backend: whatever else a
     # link carries (NUL, `..`, other scripts' digits) never reaches a path or a bucket.
-    image = await runtime.storage.open(key) if is_image_key(key) else None
+    try:
+        image = await runtime.storage.open(key) if is_image_key(key) else None
+    except OSError:
+        # The bucket or disk cannot be read right now: the link is fine, try again.
+        raise ServiceUnavailable("The image storage is unavailable; try again shortly.") from None
     if image is None:
         raise NotFound("This image no longer exists.", code="file_not_found")
     headers = {
