@@ -245,7 +245,13 @@ def resolve_request(
     models: Mapping[str, ModelSpec] = DEFAULT_MODELS,
 ) -> ResolvedRequest:
     """Apply every create-request rule and default; raise InvalidRequest on the first
-    violation, checking fields in the contract's order."""
+    violation.
+
+    The order (docs/ARCHITECTURE.md, "Contract choices"): each field's own value, in the
+    contract's field order (model, prompt, quality, ratio, resolution); then the rules that
+    combine fields, most specific first: with `size`, its syntax, its four rules and the
+    model's size cap; without it, the model's resolution cap, `ratio` required with
+    `resolution`, and the ratios a resolution is offered in; `image_urls` last."""
     spec = _resolve_model(model, models)
     _check_prompt(prompt)
 
@@ -271,13 +277,15 @@ def resolve_request(
         _check_model_size(spec, width, height)
         used_ratio = sent_ratio
     else:
+        used_resolution = sent_resolution or DEFAULT_RESOLUTION
+        # The most specific rule first: a resolution the model never offers is wrong
+        # whatever ratio comes with it, so it is reported before the missing ratio.
+        _check_model_resolution(spec, used_resolution)
         if sent_resolution is not None and sent_ratio is None:
             raise InvalidRequest(
                 "ratio: required when resolution is sent", param="ratio", code="missing_ratio"
             )
         used_ratio = sent_ratio or DEFAULT_RATIO
-        used_resolution = sent_resolution or DEFAULT_RESOLUTION
-        _check_model_resolution(spec, used_resolution)
         width, height = size_for(used_ratio, used_resolution)
 
     return ResolvedRequest(
