@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from imageforge.errors import ConfigurationError
 from imageforge.settings import Settings
 
 
@@ -101,3 +102,66 @@ def test_bad_values_are_refused(field: str, value: object) -> None:
 def test_heartbeat_must_be_shorter_than_the_lease() -> None:
     with pytest.raises(ValidationError, match="heartbeat_seconds"):
         Settings(lease_seconds=5, heartbeat_seconds=5)
+
+
+def _priced(tmp_path: Path, toml: str) -> Settings:
+    config = tmp_path / "prices.toml"
+    config.write_text(toml)
+    return Settings.load(config)
+
+
+def test_a_custom_model_inherits_gpt_image_2s_prices(tmp_path: Path) -> None:
+    settings = _priced(
+        tmp_path,
+        """
+[models."house-style"]
+max_resolution = "2k"
+
+[models."free-preview"]
+prices = {}
+
+[models."gpt-image-2-r"]
+max_references = 4
+""",
+    )
+    book = settings.price_book()
+    assert [book.price("house-style", q) for q in ("low", "medium", "high")] == [
+        6_000,
+        53_000,
+        211_000,
+    ]
+    assert book.price("free-preview", "high") == 0
+    # A built-in model configured without prices keeps its own.
+    assert book.price("gpt-image-2-r", "1k") == 5_000
+
+
+def test_a_custom_model_inherits_the_configured_gpt_image_2_prices(tmp_path: Path) -> None:
+    settings = _priced(
+        tmp_path,
+        """
+[models."gpt-image-2".prices]
+low = "0.01"
+medium = "0.02"
+high = "0.03"
+
+[models."house-style"]
+engine = "offline"
+""",
+    )
+    assert settings.price_book().price("house-style", "medium") == 20_000
+
+
+def test_a_custom_model_billed_otherwise_must_price_itself(tmp_path: Path) -> None:
+    settings = _priced(
+        tmp_path,
+        """
+[models."by-size"]
+billing = "resolution"
+uses_quality = false
+""",
+    )
+    with pytest.raises(ConfigurationError) as caught:
+        settings.price_book()
+    assert caught.value.setting == 'models."by-size".prices'
+    assert "billed by resolution" in caught.value.message
+    assert "1k" in (caught.value.fix or "") and "prices = {}" in (caught.value.fix or "")

@@ -112,13 +112,21 @@ class PriceBook:
 
 
 def build_price_book(
-    currency: str, configured: Mapping[str, Mapping[str, str | Decimal] | None]
+    currency: str,
+    configured: Mapping[str, Mapping[str, str | Decimal] | None],
+    inherited: Mapping[str, str] | None = None,
 ) -> PriceBook:
-    """Built-in prices, replaced per model by configured ones (an empty table: free)."""
+    """Built-in prices, replaced per model by configured ones (an empty table: free).
+    `inherited` maps a model without a table of its own to the model whose prices it
+    takes (after configuration: an operator's gpt-image-2 prices are what a custom model
+    inherits)."""
     merged: dict[str, Mapping[str, str | Decimal]] = dict(DEFAULT_PRICES)
     for model, table in configured.items():
         if table is not None:
             merged[model] = table
+    for model, base in (inherited or {}).items():
+        if model not in merged and base in merged:
+            merged[model] = merged[base]
     prices = {
         model: {
             tier.lower(): parse_amount(amount, what=f"models.{model}.prices.{tier}")

@@ -69,6 +69,10 @@ class ModelSpec:
             )
 
 
+#: A configured model of a new name inherits every field it leaves unset from this one,
+#: its prices included (settings.py, billing.py).
+BASE_MODEL = "gpt-image-2"
+
 # The two variants the vendor page describes (its "Models" table).
 DEFAULT_MODELS: Mapping[str, ModelSpec] = MappingProxyType(
     {

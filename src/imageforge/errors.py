@@ -69,9 +69,20 @@ class ServiceUnavailable(ImageforgeError):
 
 
 class ConfigurationError(ImageforgeError):
-    """Settings that cannot work; raised at start-up, never for a request."""
+    """Settings that cannot work; raised at start-up, never for a request.
+
+    The command line prints it as one line, `imageforge: <setting>: <message>; <fix>`:
+    `setting` is the key that is wrong, as the settings spell it (`relay_base_url`,
+    `models."house".prices`) or an environment variable's own name (`OPENAI_API_KEY`);
+    `fix` says what to do about it.
+    """
 
     code = "configuration_error"
+
+    def __init__(self, message: str, *, setting: str | None = None, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.fix = fix
 
 
 class IdempotencyConflict(ImageforgeError):

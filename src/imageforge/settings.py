@@ -22,10 +22,11 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from imageforge.billing import PriceBook, build_price_book
-from imageforge.catalog import DEFAULT_MODELS, ModelSpec
+from imageforge.billing import DEFAULT_PRICES, PriceBook, build_price_book
+from imageforge.catalog import BASE_MODEL, DEFAULT_MODELS, ModelSpec, billing_tiers
 from imageforge.engines.config import UpstreamConfig, normalize_base_url
 from imageforge.engines.diffusers.config import DiffusersModelConfig
+from imageforge.errors import ConfigurationError
 
 DEFAULT_CONFIG_FILE = "imageforge.toml"
 
@@ -237,7 +238,7 @@ class Settings(BaseSettings):
             for name, spec in DEFAULT_MODELS.items()
         }
         for name, config in self.models.items():
-            base = specs.get(name) or specs["gpt-image-2"]
+            base = specs.get(name) or specs[BASE_MODEL]
             specs[name] = ModelSpec(
                 name=name,
                 max_resolution=config.max_resolution or base.max_resolution,
@@ -255,6 +256,24 @@ class Settings(BaseSettings):
         return specs
 
     def price_book(self) -> PriceBook:
-        """Prices of every model: built-in defaults, replaced per model by configured ones."""
+        """Prices of every model: built-in defaults, replaced per model by configured ones.
+        A model of a new name without `prices` inherits gpt-image-2's, like its other
+        unset fields; `prices = {}` makes a model free."""
         configured = {name: config.prices for name, config in self.models.items()}
-        return build_price_book(self.currency, configured)
+        specs = self.model_specs()
+        inherited: dict[str, str] = {}
+        for name, table in configured.items():
+            if table is not None or name in DEFAULT_PRICES:
+                continue
+            spec, base = specs[name], specs[BASE_MODEL]
+            if spec.billing != base.billing:
+                raise ConfigurationError(
+                    f"model {name!r} is billed by {spec.billing} but would inherit "
+                    f"{BASE_MODEL}'s prices, which are by {base.billing}",
+                    setting=f'models."{name}".prices',
+                    fix=f"give it a prices table by {spec.billing} ("
+                    + ", ".join(f'{tier} = "…"' for tier in billing_tiers(spec))
+                    + "), or prices = {} to make it free",
+                )
+            inherited[name] = BASE_MODEL
+        return build_price_book(self.currency, configured, inherited)
