@@ -12,6 +12,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from imageforge import __version__
 from imageforge.api.body_limit import BodyLimitMiddleware
+from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
 from imageforge.api.responses import ERROR_RESPONSES
 from imageforge.api.routes import bench, files, health, images, results, usage
@@ -54,6 +55,9 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served from the package instead of a CDN (api/docs.py).
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Here rather than in the server, so the setting holds under any ASGI server; the
@@ -67,6 +71,7 @@ def create_app(
     app.include_router(health.router)
     if settings.bench_endpoints:
         app.include_router(bench.router)
+    install_offline_docs(app)
     _document_validation_as_400(app)
     return app
 
