@@ -100,8 +100,8 @@ def test_several_processes_on_sqlite_are_refused(tmp_path: Path) -> None:
         text=True,
         timeout=60,
     )
-    assert result.returncode == 2
-    assert "--processes needs PostgreSQL" in result.stderr
+    assert result.returncode == 78  # EX_CONFIG
+    assert result.stderr.startswith("imageforge: IMAGEFORGE_DATABASE_URL: --processes needs")
     assert "Traceback" not in result.stderr
 
 

@@ -96,7 +96,9 @@ class PriceBook:
             return table[tier]
         except KeyError:
             # Validated at start-up (`check_covers`); reaching this is a configuration bug.
-            raise ConfigurationError(f"no price for model {model!r} tier {tier!r}") from None
+            raise ConfigurationError(
+                f"no price for tier {tier!r}", setting=f'models."{model}".prices'
+            ) from None
 
     def check_covers(self, model: str, tiers: tuple[str, ...]) -> None:
         """A priced model must price every tier it can be asked for."""
@@ -106,8 +108,9 @@ class PriceBook:
         missing = [tier for tier in tiers if tier not in table]
         if missing:
             raise ConfigurationError(
-                f"model {model!r} has prices but none for {', '.join(missing)}; "
-                "price every tier or none (free)"
+                f"model {model!r} has prices but none for {', '.join(missing)}",
+                setting=f'models."{model}".prices',
+                fix="price every tier it can be asked for, or none (prices = {} is free)",
             )
 
 
@@ -129,12 +132,23 @@ def build_price_book(
             merged[model] = merged[base]
     prices = {
         model: {
-            tier.lower(): parse_amount(amount, what=f"models.{model}.prices.{tier}")
-            for tier, amount in table.items()
+            tier.lower(): _configured_price(model, tier, amount) for tier, amount in table.items()
         }
         for model, table in merged.items()
     }
     return PriceBook(currency=currency, prices=prices)
+
+
+def _configured_price(model: str, tier: str, amount: str | Decimal) -> int:
+    setting = f'models."{model}".prices.{tier}'
+    try:
+        return parse_amount(amount, what=setting)
+    except ValueError as exc:
+        raise ConfigurationError(
+            str(exc).removeprefix(f"{setting}: "),
+            setting=setting,
+            fix='write the price in currency units as a string, e.g. "0.053"',
+        ) from None
 
 
 def charge(balance: int | None, price: int) -> int | None:

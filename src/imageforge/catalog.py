@@ -47,25 +47,33 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         # Models come from a config file, so a bad entry must fail at start-up, not per request.
+        table = f'models."{self.name}"'
         if not self.name or self.name != self.name.strip():
-            raise ConfigurationError(f"model name {self.name!r} must be non-empty and trimmed")
+            raise ConfigurationError(
+                f"model name {self.name!r} must be non-empty and trimmed",
+                setting=table,
+                fix="name the model without surrounding spaces",
+            )
         if self.max_resolution not in RESOLUTIONS:
             raise ConfigurationError(
-                f"model {self.name}: max_resolution must be one of {', '.join(RESOLUTIONS)} "
-                f"(got {self.max_resolution!r})"
+                f"must be one of {', '.join(RESOLUTIONS)} (got {self.max_resolution!r})",
+                setting=f"{table}.max_resolution",
             )
         if self.max_references < 0:
             raise ConfigurationError(
-                f"model {self.name}: max_references must be >= 0 (got {self.max_references})"
+                f"must be 0 or more (got {self.max_references})",
+                setting=f"{table}.max_references",
             )
         if self.billing not in BILLINGS:
             raise ConfigurationError(
-                f"model {self.name}: billing must be one of {', '.join(BILLINGS)} "
-                f"(got {self.billing!r})"
+                f"must be one of {', '.join(BILLINGS)} (got {self.billing!r})",
+                setting=f"{table}.billing",
             )
         if self.billing == "quality" and not self.uses_quality:
             raise ConfigurationError(
-                f"model {self.name}: billing by quality needs uses_quality = true"
+                "billing by quality needs a model that uses quality",
+                setting=f"{table}.billing",
+                fix='set uses_quality = true, or billing = "resolution"',
             )
 
 
@@ -311,7 +319,9 @@ def price_key(spec: ModelSpec, resolved: ResolvedRequest) -> str:
     if resolved.quality is None:
         # ModelSpec refuses billing by quality without uses_quality, so this is a mismatch
         # between the spec and the request it is asked to price.
-        raise ConfigurationError(f"model {spec.name}: billed by quality but quality is unset")
+        raise ConfigurationError(
+            "billed by quality but quality is unset", setting=f'models."{spec.name}".billing'
+        )
     return resolved.quality
 
 
