@@ -37,20 +37,21 @@ def install_offline_docs(app: FastAPI) -> None:
     `redoc_url=None`, so FastAPI's CDN pages are not mounted too."""
     app.mount(ASSETS_PATH, StaticFiles(directory=_assets_directory()), name="docs-assets")
 
-    def base(request: Request) -> str:
+    title = f"{app.title} - API reference"
+
+    def url(request: Request, path: str) -> str:
         # Behind a proxy that mounts the app under a prefix, links must carry it.
-        return str(request.scope.get("root_path", "")).rstrip("/")
+        return str(request.scope.get("root_path", "")).rstrip("/") + path
 
     @app.get(DOCS_PATH, include_in_schema=False)
     async def swagger_ui(request: Request) -> HTMLResponse:
-        root = base(request)
         return get_swagger_ui_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - API reference",
-            swagger_js_url=f"{root}{ASSETS_PATH}/swagger-ui-bundle.js",
-            swagger_css_url=f"{root}{ASSETS_PATH}/swagger-ui.css",
-            swagger_favicon_url=f"{root}{ASSETS_PATH}/favicon.png",
-            oauth2_redirect_url=f"{root}{OAUTH2_REDIRECT_PATH}",
+            openapi_url=url(request, str(app.openapi_url)),
+            title=title,
+            swagger_js_url=url(request, f"{ASSETS_PATH}/swagger-ui-bundle.js"),
+            swagger_css_url=url(request, f"{ASSETS_PATH}/swagger-ui.css"),
+            swagger_favicon_url=url(request, f"{ASSETS_PATH}/favicon.png"),
+            oauth2_redirect_url=url(request, OAUTH2_REDIRECT_PATH),
             swagger_ui_parameters={**(app.swagger_ui_parameters or {}), **_SWAGGER_UI_PARAMETERS},
         )
 
@@ -60,11 +61,10 @@ def install_offline_docs(app: FastAPI) -> None:
 
     @app.get(REDOC_PATH, include_in_schema=False)
     async def redoc(request: Request) -> HTMLResponse:
-        root = base(request)
         return get_redoc_html(
-            openapi_url=f"{root}{app.openapi_url}",
-            title=f"{app.title} - API reference",
-            redoc_js_url=f"{root}{ASSETS_PATH}/redoc.standalone.js",
-            redoc_favicon_url=f"{root}{ASSETS_PATH}/favicon.png",
+            openapi_url=url(request, str(app.openapi_url)),
+            title=title,
+            redoc_js_url=url(request, f"{ASSETS_PATH}/redoc.standalone.js"),
+            redoc_favicon_url=url(request, f"{ASSETS_PATH}/favicon.png"),
             with_google_fonts=False,
         )
