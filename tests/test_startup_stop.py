@@ -33,8 +33,9 @@ READY = {
     "worker": (re.compile(r"worker \S+ started"), 1),
     "worker --processes 2": (re.compile(r"worker \S+ started"), 2),
 }
-#: Stops per run, spread over the start-up as measured: one in each third of it.
-THIRDS = ((0.0, 1 / 3), (1 / 3, 2 / 3), (2 / 3, 1.0))
+#: Stops at random moments of the start-up as measured (one in each half of it), after
+#: the measuring run, which is stopped once ready.
+HALVES = ((0.0, 0.5), (0.5, 1.0))
 
 
 def _catches_sigterm(pid: int) -> bool:
@@ -105,7 +106,7 @@ def _stops_across_start_up(
         tmp_path / "ready", command, args, delay=None, **env_for_run()
     )
     rng = random.Random(f"{SEED}:{command}:{database}")
-    delays = [round(rng.uniform(low, high) * start_up, 3) for low, high in THIRDS]
+    delays = [round(rng.uniform(low, high) * start_up, 3) for low, high in HALVES]
     print(
         f"\n{command} ({database}): handler after {unarmed:.2f}s, then {start_up:.2f}s to "
         f"ready; SIGTERM at +{delays} s"

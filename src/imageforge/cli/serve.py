@@ -177,15 +177,16 @@ def worker(
             help="Worker processes to run, each on one core (PostgreSQL only).",
         ),
     ] = 1,
-    exit_with_parent: Annotated[
-        bool, typer.Option("--exit-with-parent", hidden=True, help="Set by the supervisor.")
-    ] = False,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option("--parent-pid", hidden=True, help="Set by the supervisor: its pid."),
+    ] = None,
 ) -> None:
     """Run a worker without the API: claim and generate queued tasks until SIGTERM."""
-    if exit_with_parent:
+    if parent_pid is not None:
         # Started by `worker --processes N`: a supervisor killed outright takes its
         # workers with it, each draining as on SIGTERM.
-        lifeline.exit_with_parent(os.getppid(), signal.SIGTERM)
+        lifeline.exit_with_parent(parent_pid, signal.SIGTERM)
     settings = load_settings(config)
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
@@ -203,7 +204,7 @@ def worker(
     if processes > 1:
         from imageforge.supervisor import Supervisor
 
-        command = [sys.executable, "-m", "imageforge", "worker", "--exit-with-parent"]
+        command = [sys.executable, "-m", "imageforge", "worker", "--parent-pid", str(os.getpid())]
         if concurrency is not None:
             command += ["--concurrency", str(concurrency)]
         if config is not None:
