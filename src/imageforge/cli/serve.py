@@ -61,6 +61,8 @@ def serve(
         if not finished:
             return
         announce(settings, host, port, secret=None, distributed_without_keys=not keys)
+    if STOP.requested:
+        return
     uvicorn_config = uvicorn.Config(
         # The one place the garbage collector is tuned: this process serves and nothing else.
         create_app(settings, run_worker=not no_worker, tune_gc=True),
