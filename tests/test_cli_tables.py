@@ -12,13 +12,14 @@ from imageforge.testing.processes import ServerProcess, create_key, run_cli
 
 LONG_MODEL = "gpt-image-2-house-style-preview"
 MODELS = json.dumps({LONG_MODEL: {"engine": "offline"}})
+TEAM = "the image team's key for the nightly catalogue renders"
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
     """Two keys, one with a long name, and tasks of a model with a long name."""
     data = tmp_path_factory.mktemp("tables") / "data"
-    team = create_key(data, "the image team's key for the nightly catalogue renders")
+    team = create_key(data, TEAM)
     other = create_key(data, "ci")
     env = {"IMAGEFORGE_MODELS": MODELS}
     with ServerProcess(data, "--no-worker", **env) as server, server.client(team["key"]) as client:
@@ -37,7 +38,8 @@ def test_keys_list_shows_every_id_whole(data: tuple[Path, list[str]], columns: s
     lines = result.stdout.splitlines()
     for key_id in ids:
         assert any(key_id in line for line in lines), result.stdout
-    assert "the image team's" in result.stdout  # wrapped or folded, but there
+    # The long name is wrapped between its words, none of them lost.
+    assert all(word in result.stdout.split() for word in TEAM.split()), result.stdout
     # The layout keeps to the terminal where it can: no line longer than it but the ids'.
     assert all(len(line) <= int(columns) for line in lines if not line.startswith("key_"))
     print(f"\nCOLUMNS={columns}:\n{result.stdout}")

@@ -46,8 +46,8 @@ def _balance_text(balance: int | None, currency: str) -> str:
     return "unlimited" if balance is None else format_amount(balance, currency)
 
 
-#: Between two columns of a table: padding on each side and the (blank) divider.
-_COLUMN_GAP = 3
+#: Between two columns of a table: the (blank) divider and one space of padding.
+_COLUMN_GAP = 2
 
 
 def _print_rows(
@@ -92,7 +92,7 @@ def _print_rows(
         grow = min(spare, width - widths[index])
         widths[index] += grow
         spare -= grow
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
     for header, width in zip(headers, widths, strict=True):
         table.add_column(header, width=width, no_wrap=header in whole, overflow="fold")
     for row in rows:
