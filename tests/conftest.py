@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -14,12 +17,35 @@ from imageforge.api.app import create_app
 from imageforge.keyring import create_api_key
 from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
+from imageforge.testing.leftovers import leftovers, mark_session
 from imageforge.testing.s3 import MotoServer
 from tests.storages import BACKENDS, Backend, make_backend
 from tests.tiny_diffusers import tiny_folders  # noqa: F401  (a session fixture, shared)
 
 # PostgreSQL fixtures for every module that asks for them (skipped without a server).
 pytest_plugins = ["tests.pg"]
+
+#: Every process this session starts inherits the mark (see `no_process_left_behind`).
+SESSION_MARK = mark_session()
+#: How long processes may take to finish exiting once the last test is done.
+LEFTOVER_GRACE_SECONDS = 10.0
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """The suite leaves no process behind: at its end, none of the processes it started
+    (descendants of this one, or orphans that carry its mark) may still run. Those found
+    are killed, so that a failure here does not leave them behind either."""
+    yield
+    deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+    while (found := leftovers(SESSION_MARK)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    for leftover in found:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(leftover.pid, signal.SIGKILL)
+    if found:
+        listed = "\n".join(f"  {p.pid} (parent {p.parent}): {p.command[:200]}" for p in found)
+        pytest.fail(f"the test session left {len(found)} processes running:\n{listed}")
 
 
 CREATE = "/v1/image2/images"

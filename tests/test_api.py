@@ -30,8 +30,18 @@ async def test_create_answers_at_once_with_the_contract_shape(api: ApiHarness, k
     response = await api.create(key, prompt="A serene mountain lake at sunset")
     assert response.status_code == 200
     body = response.json()
-    assert set(body) == {"id", "object", "created", "model", "status", "error", "amount"}
+    assert set(body) == {
+        "id",
+        "object",
+        "created",
+        "model",
+        "status",
+        "error",
+        "amount",
+        "refunded",
+    }
     assert body["amount"] == 0.006  # gpt-image-2, low quality
+    assert body["refunded"] is False
     assert UUID_ID.match(body["id"])
     assert body["object"] == "image"
     assert body["model"] == "gpt-image-2"
@@ -55,9 +65,10 @@ async def test_task_completes_with_a_signed_image_of_the_requested_size(
         "error",
         "amount",
         "expired",
+        "refunded",
     }
     assert result["expired"] is False
-    assert result["amount"] == 0.053
+    assert result["amount"] == 0.053 and result["refunded"] is False
     assert result["object"] == "image.generation"
     assert result["status"] == "completed"
     assert result["error"] is None

@@ -126,3 +126,14 @@ def test_adding_to_an_unlimited_key_is_refused() -> None:
         plan_balance_change(None, -5, 10, None)
     with pytest.raises(InvalidRequest, match="below zero"):
         plan_balance_change(5, 5, -6, None)
+
+
+def test_a_model_without_prices_inherits_from_the_one_named() -> None:
+    book = build_price_book(
+        "USD",
+        {"gpt-image-2": {"low": "0.01"}, "house": None, "free": {}},
+        {"house": "gpt-image-2", "free": "gpt-image-2"},
+    )
+    # The operator's gpt-image-2 prices are what is inherited; an empty table stays free.
+    assert book.price("house", "low") == 10_000
+    assert book.price("free", "low") == 0

@@ -346,8 +346,10 @@ def test_a_bad_resolution_is_refused(sent: object) -> None:
     assert message == f"resolution: must be one of 1k, 2k, 4k (got {sent!r})"
 
 
-@pytest.mark.parametrize("model", MODELS)
-@pytest.mark.parametrize("resolution", ["1k", "2K", "4k"])
+@pytest.mark.parametrize(
+    ("model", "resolution"),
+    [("gpt-image-2", "1k"), ("gpt-image-2", "2K"), ("gpt-image-2", "4k"), ("gpt-image-2-r", "1k")],
+)
 def test_resolution_without_ratio_is_refused(model: str, resolution: str) -> None:
     message = rejected(model=model, resolution=resolution, param="ratio", code="missing_ratio")
     assert message == "ratio: required when resolution is sent"
@@ -355,6 +357,22 @@ def test_resolution_without_ratio_is_refused(model: str, resolution: str) -> Non
 
 def test_a_bad_resolution_value_is_reported_before_the_missing_ratio() -> None:
     rejected(resolution="8k", param="resolution", code="invalid_resolution")
+
+
+@pytest.mark.parametrize("resolution", ["2k", "4K"])
+def test_the_models_resolution_cap_is_reported_before_the_missing_ratio(resolution: str) -> None:
+    # No ratio would make 4K acceptable for gpt-image-2-r: its own rule is the one to fix.
+    message = rejected(
+        model="gpt-image-2-r", resolution=resolution, param="resolution", code="invalid_resolution"
+    )
+    assert message == f"resolution: gpt-image-2-r supports 1k only (got {resolution.lower()})"
+
+
+def test_the_missing_ratio_is_reported_before_the_ratios_4k_is_offered_in() -> None:
+    # Without a ratio the default 1:1 is not assumed and then refused at 4K.
+    rejected(resolution="4k", param="ratio", code="missing_ratio")
+    message = rejected(ratio="1:1", resolution="4k", param="resolution", code="invalid_resolution")
+    assert "only available with ratios" in message
 
 
 # --- size -----------------------------------------------------------------------------------

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import shutil
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,6 +18,22 @@ from PIL import Image
 from imageforge.testing.processes import ServerProcess, create_key, run_cli, wait_terminal
 
 KEY_PATTERN = re.compile(r"ifk_[0-9A-Za-z]{38}")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def assert_runnable(output: str, arguments: str, cwd: Path | None = None) -> str:
+    """The command a banner prints before `arguments` can be run as printed, from the
+    server's working directory: a path that exists, or a name on PATH."""
+    found = re.search(rf"(\S+(?: -m imageforge)?) {re.escape(arguments)}", output)
+    assert found, output
+    program = found[1].split(" -m ")[0]
+    where = (cwd or Path.cwd()) / program
+    assert (where.is_file() and os.access(where, os.X_OK)) or (
+        "/" not in program and shutil.which(program)
+    ), f"{found[0]!r} cannot be run as printed"
+    return found[1]
+
+
 #: `serve` processes started at once on one data dir.
 RACING_SERVERS = 4
 
@@ -146,7 +165,8 @@ def test_serve_on_postgresql_creates_no_key_and_says_what_to_run(
     with ServerProcess(data, "--no-worker", IMAGEFORGE_DATABASE_URL=fresh_pg_url) as server:
         output = server.output()
         assert not KEY_PATTERN.findall(output), output
-        assert "imageforge keys create --name NAME" in output and "distributed" in output
+        assert "distributed" in output
+        assert_runnable(output, "keys create --name NAME")
         env = {"IMAGEFORGE_DATABASE_URL": fresh_pg_url}
         assert json.loads(run_cli(data, "keys", "list", "--json", **env).stdout) == []
         created = create_key(data, "ops", IMAGEFORGE_DATABASE_URL=fresh_pg_url)
@@ -160,3 +180,18 @@ def test_serve_on_postgresql_creates_no_key_and_says_what_to_run(
     # With a key, a later start says nothing about creating one.
     with ServerProcess(data, "--no-worker", IMAGEFORGE_DATABASE_URL=fresh_pg_url) as server:
         assert "distributed" not in server.output()
+
+
+def test_banners_print_commands_as_they_can_be_run(tmp_path: Path) -> None:
+    """After `make serve` the program is `.venv/bin/imageforge`, not on PATH: the banner
+    says so, instead of a bare `imageforge` the shell cannot find."""
+    data = tmp_path / "data"
+    create_key(data)
+    venv_bin = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != venv_bin)
+    script = Path(sys.executable).with_name("imageforge")
+    program = os.path.relpath(script, REPO_ROOT)
+    with ServerProcess(data, program=[program], cwd=REPO_ROOT, PATH=path) as server:
+        printed = assert_runnable(server.output(), "keys create --name NAME", cwd=REPO_ROOT)
+        assert printed == program, server.output()
+        assert server.terminate() == 0

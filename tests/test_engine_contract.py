@@ -264,7 +264,7 @@ async def test_plugins_keep_the_settings_constructor_and_get_the_contracts_defau
         ("tests.test_engine_contract:NotAnEngine", r"has no aclose\(\) method"),
         ("tests.test_engine_contract:Missing", "cannot load engine plugin"),
         ("tests.no_such_module:Engine", "cannot load engine plugin"),
-        ("diffusion", "unknown engine 'diffusion'; available engines: offline, openai, relay"),
+        ("diffusion", "unknown engine 'diffusion'; use one of offline, openai, relay"),
     ],
 )
 def test_engines_that_cannot_be_built_stop_the_start(path: str, match: str) -> None:

@@ -78,19 +78,27 @@ async def test_a_failed_task_is_refunded_exactly_once(tmp_path: Path) -> None:
         response = await api.create(
             secret, quality="high", image_urls=["http://127.0.0.2:9/never.png"]
         )
-        assert response.status_code == 200 and response.json()["amount"] == 0.211
-        result = await api.wait_terminal(secret, response.json()["id"])
-        assert result["status"] == "failed"
+        created = response.json()
+        assert response.status_code == 200
+        assert (created["amount"], created["refunded"]) == (0.211, False)
+        result = await api.wait_terminal(secret, created["id"])
+        # What the task costs the key once refunded: nothing, and the poll says why.
+        assert (result["status"], result["amount"], result["refunded"]) == ("failed", 0, True)
         assert await balance_of(api.runtime.store, key_id) == 1_000_000
+        completed = await api.create(secret, quality="high")
+        done = await api.wait_terminal(secret, completed.json()["id"])
+        assert (done["status"], done["amount"], done["refunded"]) == ("completed", 0.211, False)
         kinds = [
             e.kind for e in await ledger_entries(api.runtime.settings.resolved_database_url, key_id)
         ]
-        assert kinds == ["credit", "charge", "refund"]
+        assert kinds == ["credit", "charge", "refund", "charge"]
         usage = (
             await api.client.get("/v1/usage", headers={"Authorization": f"Bearer {secret}"})
         ).json()
-        assert usage["spend"] == 0 and usage["balance"] == 1
-        assert usage["days"][0]["failed"] == 1
+        # Usage agrees with the polls: spend is the sum of the tasks' amounts.
+        assert usage["spend"] == result["amount"] + done["amount"] == 0.211
+        assert usage["balance"] == 1 - 0.211
+        assert usage["days"][0]["failed"] == 1 and usage["days"][0]["completed"] == 1
     finally:
         await api.client.aclose()
         await lifespan.__aexit__(None, None, None)

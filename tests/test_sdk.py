@@ -74,7 +74,7 @@ def test_generate_waits_and_saves_an_image_of_the_asked_size(
 
     again = client.results.get(image.id)
     assert again.status == "completed" and again.image_url and again.error is None
-    assert again.amount == Decimal("0.006")
+    assert again.amount == Decimal("0.006") and again.refunded is False
 
 
 async def test_async_generate_saves_into_a_directory(
@@ -88,7 +88,7 @@ async def test_async_generate_saves_into_a_directory(
     async with AsyncClient(api_key, base_url=server.base_url, polling=FAST) as client:
         created = await client.images.create("a lighthouse", ratio="16:9", quality="medium")
         assert created.status in ("queued", "processing") and created.model == "gpt-image-2"
-        assert created.amount == Decimal("0.053")
+        assert created.amount == Decimal("0.053") and created.refunded is False
         image = await client.results.wait(created.id, timeout=60, on_progress=note)
         saved = await image.save(tmp_path)
         assert saved == tmp_path / f"{created.id}.png"

@@ -110,6 +110,31 @@ def test_task_result_of_an_image_past_retention(status: TaskStatus) -> None:
     assert body["image_url"] is None
 
 
+@pytest.mark.parametrize(
+    ("status", "price", "amount", "refunded"),
+    [
+        (TaskStatus.QUEUED, 211_000, 0.211, False),
+        (TaskStatus.PROCESSING, 211_000, 0.211, False),
+        (TaskStatus.COMPLETED, 211_000, 0.211, False),
+        (TaskStatus.FAILED, 211_000, 0, True),
+        # A free task has nothing to give back.
+        (TaskStatus.FAILED, 0, 0, False),
+    ],
+)
+def test_amount_is_what_the_task_costs_the_key(
+    status: TaskStatus, price: int, amount: float, refunded: bool
+) -> None:
+    body = task_result_body(
+        make_task(status=status, price_micros=price), image_url=None, expired=False
+    )
+    assert (body["amount"], body["refunded"]) == (amount, refunded)
+
+
+def test_a_create_is_never_refunded_yet() -> None:
+    body = task_created_body(make_task(price_micros=53_000), replayed=False)
+    assert (body["amount"], body["refunded"]) == (0.053, False)
+
+
 def test_task_result_shows_a_link_or_an_error_only_in_their_state() -> None:
     # A retry left an error on a queued task; a link is never shown before completion.
     task = make_task(status=TaskStatus.QUEUED, error="upstream busy")

@@ -96,7 +96,9 @@ class PriceBook:
             return table[tier]
         except KeyError:
             # Validated at start-up (`check_covers`); reaching this is a configuration bug.
-            raise ConfigurationError(f"no price for model {model!r} tier {tier!r}") from None
+            raise ConfigurationError(
+                f"no price for tier {tier!r}", setting=f'models."{model}".prices'
+            ) from None
 
     def check_covers(self, model: str, tiers: tuple[str, ...]) -> None:
         """A priced model must price every tier it can be asked for."""
@@ -106,27 +108,47 @@ class PriceBook:
         missing = [tier for tier in tiers if tier not in table]
         if missing:
             raise ConfigurationError(
-                f"model {model!r} has prices but none for {', '.join(missing)}; "
-                "price every tier or none (free)"
+                f"model {model!r} has prices but none for {', '.join(missing)}",
+                setting=f'models."{model}".prices',
+                fix="price every tier it can be asked for, or none (prices = {} is free)",
             )
 
 
 def build_price_book(
-    currency: str, configured: Mapping[str, Mapping[str, str | Decimal] | None]
+    currency: str,
+    configured: Mapping[str, Mapping[str, str | Decimal] | None],
+    inherited: Mapping[str, str] | None = None,
 ) -> PriceBook:
-    """Built-in prices, replaced per model by configured ones (an empty table: free)."""
+    """Built-in prices, replaced per model by configured ones (an empty table: free).
+    `inherited` maps a model without a table of its own to the model whose prices it
+    takes (after configuration: an operator's gpt-image-2 prices are what a custom model
+    inherits)."""
     merged: dict[str, Mapping[str, str | Decimal]] = dict(DEFAULT_PRICES)
     for model, table in configured.items():
         if table is not None:
             merged[model] = table
+    for model, base in (inherited or {}).items():
+        if model not in merged and base in merged:
+            merged[model] = merged[base]
     prices = {
         model: {
-            tier.lower(): parse_amount(amount, what=f"models.{model}.prices.{tier}")
-            for tier, amount in table.items()
+            tier.lower(): _configured_price(model, tier, amount) for tier, amount in table.items()
         }
         for model, table in merged.items()
     }
     return PriceBook(currency=currency, prices=prices)
+
+
+def _configured_price(model: str, tier: str, amount: str | Decimal) -> int:
+    setting = f'models."{model}".prices.{tier}'
+    try:
+        return parse_amount(amount, what=setting)
+    except ValueError as exc:
+        raise ConfigurationError(
+            str(exc).removeprefix(f"{setting}: "),
+            setting=setting,
+            fix='write the price in currency units as a string, e.g. "0.053"',
+        ) from None
 
 
 def charge(balance: int | None, price: int) -> int | None:

@@ -53,27 +53,39 @@ class ModelSpec:
 
     def __post_init__(self) -> None:
         # Models come from a config file, so a bad entry must fail at start-up, not per request.
+        table = f'models."{self.name}"'
         if not self.name or self.name != self.name.strip():
-            raise ConfigurationError(f"model name {self.name!r} must be non-empty and trimmed")
+            raise ConfigurationError(
+                f"model name {self.name!r} must be non-empty and trimmed",
+                setting=table,
+                fix="name the model without surrounding spaces",
+            )
         if self.max_resolution not in RESOLUTIONS:
             raise ConfigurationError(
-                f"model {self.name}: max_resolution must be one of {', '.join(RESOLUTIONS)} "
-                f"(got {self.max_resolution!r})"
+                f"must be one of {', '.join(RESOLUTIONS)} (got {self.max_resolution!r})",
+                setting=f"{table}.max_resolution",
             )
         if self.max_references < 0:
             raise ConfigurationError(
-                f"model {self.name}: max_references must be >= 0 (got {self.max_references})"
+                f"must be 0 or more (got {self.max_references})",
+                setting=f"{table}.max_references",
             )
         if self.billing not in BILLINGS:
             raise ConfigurationError(
-                f"model {self.name}: billing must be one of {', '.join(BILLINGS)} "
-                f"(got {self.billing!r})"
+                f"must be one of {', '.join(BILLINGS)} (got {self.billing!r})",
+                setting=f"{table}.billing",
             )
         if self.billing == "quality" and not self.uses_quality:
             raise ConfigurationError(
-                f"model {self.name}: billing by quality needs uses_quality = true"
+                "billing by quality needs a model that uses quality",
+                setting=f"{table}.billing",
+                fix='set uses_quality = true, or billing = "resolution"',
             )
 
+
+#: A configured model of a new name inherits every field it leaves unset from this one,
+#: its prices included (settings.py, billing.py).
+BASE_MODEL = "gpt-image-2"
 
 # The two variants the vendor page describes (its "Models" table).
 DEFAULT_MODELS: Mapping[str, ModelSpec] = MappingProxyType(
@@ -257,7 +269,13 @@ def resolve_request(
     models: Mapping[str, ModelSpec] = DEFAULT_MODELS,
 ) -> ResolvedRequest:
     """Apply every create-request rule and default; raise InvalidRequest on the first
-    violation, checking fields in the contract's order."""
+    violation.
+
+    The order (docs/ARCHITECTURE.md, "Contract choices"): each field's own value, in the
+    contract's field order (model, prompt, quality, ratio, resolution); then the rules that
+    combine fields, most specific first: with `size`, its syntax, its four rules and the
+    model's size cap; without it, the model's resolution cap, `ratio` required with
+    `resolution`, and the ratios a resolution is offered in; `image_urls` last."""
     spec = _resolve_model(model, models)
     _check_prompt(prompt)
 
@@ -283,13 +301,15 @@ def resolve_request(
         _check_model_size(spec, width, height)
         used_ratio = sent_ratio
     else:
+        used_resolution = sent_resolution or DEFAULT_RESOLUTION
+        # The most specific rule first: a resolution the model never offers is wrong
+        # whatever ratio comes with it, so it is reported before the missing ratio.
+        _check_model_resolution(spec, used_resolution)
         if sent_resolution is not None and sent_ratio is None:
             raise InvalidRequest(
                 "ratio: required when resolution is sent", param="ratio", code="missing_ratio"
             )
         used_ratio = sent_ratio or DEFAULT_RATIO
-        used_resolution = sent_resolution or DEFAULT_RESOLUTION
-        _check_model_resolution(spec, used_resolution)
         width, height = size_for(used_ratio, used_resolution)
 
     return ResolvedRequest(
@@ -311,7 +331,9 @@ def price_key(spec: ModelSpec, resolved: ResolvedRequest) -> str:
     if resolved.quality is None:
         # ModelSpec refuses billing by quality without uses_quality, so this is a mismatch
         # between the spec and the request it is asked to price.
-        raise ConfigurationError(f"model {spec.name}: billed by quality but quality is unset")
+        raise ConfigurationError(
+            "billed by quality but quality is unset", setting=f'models."{spec.name}".billing'
+        )
     return resolved.quality
 
 

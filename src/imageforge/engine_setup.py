@@ -29,10 +29,16 @@ from imageforge.engines.breaker import CircuitBreaker
 from imageforge.engines.config import UpstreamConfig, UpstreamKind
 from imageforge.engines.diffusers.config import DiffusersModelConfig
 from imageforge.engines.upstreams import Route, Router, Upstream
-from imageforge.errors import ConfigurationError
+from imageforge.errors import ConfigurationError, configuring
 from imageforge.settings import Settings
 
-__all__ = ["OPENAI_DEFAULT_BASE_URL", "build_engine", "build_engines", "build_router"]
+__all__ = [
+    "OPENAI_DEFAULT_BASE_URL",
+    "build_engine",
+    "build_engines",
+    "build_router",
+    "check_engines",
+]
 
 OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 
@@ -51,28 +57,67 @@ def build_engine(
 ) -> Engine:
     env = os.environ if environ is None else environ
     builder = _BUILDERS.get(name)
-    if builder is not None:
-        return builder(settings, env)
-    if ":" in name:
-        return _load_plugin(name, settings)
-    raise ConfigurationError(
-        f"unknown engine {name!r}; available engines: {', '.join(_BUILDERS)}, "
-        "or a plugin as 'package.module:ClassName'"
+    with configuring(engine_setting(name, settings)):
+        if builder is not None:
+            return builder(settings, env)
+        if ":" in name:
+            return _load_plugin(name, settings)
+    raise _unknown_engine(name, settings)
+
+
+def check_engines(
+    names: Iterable[str], settings: Settings, *, environ: Mapping[str, str] | None = None
+) -> None:
+    """What `build_engines` would refuse, found without starting anything: no render
+    process, no connection, no model loaded, no plugin constructed (its class is checked)."""
+    env = os.environ if environ is None else environ
+    for name in sorted(set(names)):
+        check = _CHECKS.get(name)
+        with configuring(engine_setting(name, settings)):
+            if check is not None:
+                check(settings, env)
+            elif ":" in name:
+                _check_plugin(_plugin_class(name, settings), name, settings)
+            else:
+                raise _unknown_engine(name, settings)
+
+
+def _unknown_engine(name: str, settings: Settings) -> ConfigurationError:
+    return ConfigurationError(
+        f"unknown engine {name!r}",
+        setting=engine_setting(name, settings),
+        fix=f"use one of {', '.join(_BUILDERS)}, or a plugin as 'package.module:ClassName'",
     )
 
 
-def _offline(settings: Settings, environ: Mapping[str, str]) -> Engine:
-    from imageforge.engines.offline import OfflineEngine, RenderOptions
+def engine_setting(name: str, settings: Settings) -> str:
+    """Where the configuration names engine `name`: the global `engine`, or a model's."""
+    for model, config in settings.models.items():
+        if config.engine == name:
+            return f'models."{model}".engine'
+    return "engine"
+
+
+def _offline_options(settings: Settings) -> Any:
+    from imageforge.engines.offline import RenderOptions
     from imageforge.engines.offline.fonts import check_font_files
 
     try:
         check_font_files(settings.offline_font_files)
     except ValueError as exc:
-        raise ConfigurationError(f"offline_font_files: {exc}") from None
-    return OfflineEngine(
-        max_workers=settings.render_processes,
-        options=RenderOptions(font_files=tuple(settings.offline_font_files)),
-    )
+        raise ConfigurationError(
+            str(exc),
+            setting="offline_font_files",
+            fix="name TrueType/OpenType files that exist, or leave it empty for the "
+            "machine's fonts",
+        ) from None
+    return RenderOptions(font_files=tuple(settings.offline_font_files))
+
+
+def _offline(settings: Settings, environ: Mapping[str, str]) -> Engine:
+    from imageforge.engines.offline import OfflineEngine
+
+    return OfflineEngine(max_workers=settings.render_processes, options=_offline_options(settings))
 
 
 def _openai(settings: Settings, environ: Mapping[str, str]) -> Engine:
@@ -88,10 +133,35 @@ def _relay(settings: Settings, environ: Mapping[str, str]) -> Engine:
     return RelayEngine(build_router(settings, "relay", environ=environ))
 
 
+def _check_upstream_engine(kind: UpstreamKind) -> Callable[[Settings, Mapping[str, str]], None]:
+    def check(settings: Settings, environ: Mapping[str, str]) -> None:
+        # The engine's module first, as its builder imports it: a missing extra comes first.
+        importlib.import_module(f"imageforge.engines.{kind}")
+        from imageforge.engines.upstream_http import download_policy
+
+        for upstream in build_router(settings, kind, environ=environ).upstreams.values():
+            download_policy(upstream)
+
+    return check
+
+
 def _diffusers(settings: Settings, environ: Mapping[str, str]) -> Engine:
     from imageforge.engines.diffusers.engine import DiffusersEngine
 
     return DiffusersEngine(_diffusers_models(settings))
+
+
+def _check_diffusers(settings: Settings, environ: Mapping[str, str]) -> None:
+    from imageforge.engines.diffusers.engine import DiffusersEngine
+
+    # One model at a time, so that an error names the table it comes from.
+    for name, config in _diffusers_models(settings).items():
+        try:
+            DiffusersEngine({name: config}, preload=False)
+        except ConfigurationError as exc:
+            if exc.setting is None:
+                exc.setting = f'models."{name}".diffusers'
+            raise
 
 
 def _diffusers_models(settings: Settings) -> dict[str, DiffusersModelConfig]:
@@ -103,7 +173,9 @@ def _diffusers_models(settings: Settings) -> dict[str, DiffusersModelConfig]:
         if config is None or config.diffusers is None:
             raise ConfigurationError(
                 f"model {name!r} is routed to the diffusers engine but has no "
-                f'[models."{name}".diffusers] table (path = its model folder)'
+                f'[models."{name}".diffusers] table',
+                setting=f'models."{name}".diffusers',
+                fix=f'add [models."{name}".diffusers] with path = its model folder',
             )
         models[name] = config.diffusers
     return models
@@ -114,6 +186,13 @@ _BUILDERS: dict[str, EngineBuilder] = {
     "openai": _openai,
     "relay": _relay,
     "diffusers": _diffusers,
+}
+#: Each builder's refusals without its side effects (processes, sessions, loaded models).
+_CHECKS: dict[str, Callable[[Settings, Mapping[str, str]], None]] = {
+    "offline": lambda settings, environ: _offline_options(settings),
+    "openai": _check_upstream_engine("openai"),
+    "relay": _check_upstream_engine("relay"),
+    "diffusers": _check_diffusers,
 }
 
 
@@ -137,7 +216,9 @@ def build_router(
         if config.kind != kind and name == kind:
             raise ConfigurationError(
                 f"upstream '{name}' has kind '{config.kind}', but that name is reserved "
-                f"for the implicit {kind} upstream"
+                f"for the implicit {kind} upstream",
+                setting=f"upstreams.{name}",
+                fix=f"give the upstream another name, or kind = '{kind}'",
             )
     built: dict[str, Upstream] = {}
 
@@ -150,7 +231,10 @@ def build_router(
                 other = settings.upstreams.get(name)
                 raise ConfigurationError(
                     f"model '{model}' uses upstream '{name}', which is "
-                    + (f"a {other.kind} upstream, not {kind}" if other else "not configured")
+                    + (f"a {other.kind} upstream, not {kind}" if other else "not configured"),
+                    setting=f'models."{model}".upstreams',
+                    fix=f"name {kind} upstreams defined as [upstreams.NAME] "
+                    f"(defined: {', '.join(configured) or 'none'})",
                 )
             config = UpstreamConfig(kind=kind)
         built[name] = _build_upstream(name, config, settings, env, clock)
@@ -165,18 +249,27 @@ def build_router(
         model_config = settings.models.get(model)
         names = (model_config.upstreams if model_config else None) or default_names
         if len(set(names)) != len(names):
-            raise ConfigurationError(f"model '{model}' lists an upstream twice")
+            raise ConfigurationError(
+                f"model '{model}' lists an upstream twice",
+                setting=f'models."{model}".upstreams',
+                fix="list each upstream once, in failover order",
+            )
         weights: tuple[float, ...] | None = None
         if model_config is not None and model_config.routing == "weighted":
             unknown = set(model_config.upstream_weights) - set(names)
             if unknown:
                 raise ConfigurationError(
-                    f"model '{model}': upstream_weights names {sorted(unknown)}, "
-                    "which are not in its upstreams"
+                    f"names {sorted(unknown)}, which are not in the model's upstreams",
+                    setting=f'models."{model}".upstream_weights',
+                    fix=f"weigh only the upstreams it lists ({', '.join(names)})",
                 )
             weights = tuple(float(model_config.upstream_weights.get(n, 1.0)) for n in names)
             if any(weight <= 0 for weight in weights):
-                raise ConfigurationError(f"model '{model}': upstream weights must be > 0")
+                raise ConfigurationError(
+                    "every weight must be greater than 0",
+                    setting=f'models."{model}".upstream_weights',
+                    fix="give each upstream a positive weight, or leave it out (weight 1)",
+                )
         routes[model] = Route(
             model=model,
             upstreams=tuple(upstream(name, model) for name in names),
@@ -200,8 +293,14 @@ def _build_upstream(
     elif implicit_relay:
         base_url = settings.relay_base_url
     if not base_url:
-        setting = "IMAGEFORGE_RELAY_BASE_URL" if implicit_relay else f"upstreams.{name}.base_url"
-        raise ConfigurationError(f"relay upstream '{name}' needs a base URL: set {setting}")
+        setting = "relay_base_url" if implicit_relay else f"upstreams.{name}.base_url"
+        raise ConfigurationError(
+            "the relay engine needs the address of the GPT Image 2 task API to relay to"
+            if implicit_relay
+            else f"relay upstream '{name}' has no base URL",
+            setting=setting,
+            fix="set it to that API's origin, e.g. https://relay.example.com",
+        )
 
     key = env.get(config.key_env, "")
     if config.kind == "relay" and config.api_key_env is None and settings.relay_api_key:
@@ -209,7 +308,15 @@ def _build_upstream(
         key = settings.relay_api_key.get_secret_value()
     if not key.strip():
         raise ConfigurationError(
-            f"upstream '{name}' needs an API key: set the environment variable {config.key_env}"
+            f"upstream '{name}' needs an API key, read from this environment variable, "
+            "which is not set",
+            setting=config.key_env,
+            fix=f"export {config.key_env}=… in the environment of the worker"
+            + (
+                ""
+                if config.api_key_env is not None
+                else f", or name another variable in upstreams.{name}.api_key_env"
+            ),
         )
     limit = config.max_concurrency or settings.worker_concurrency
     return Upstream(
@@ -230,20 +337,34 @@ def _build_upstream(
 # Plugins ------------------------------------------------------------------------------------
 
 
-def _load_plugin(path: str, settings: Settings) -> Engine:
+def _plugin_class(path: str, settings: Settings) -> Any:
     module_name, _, class_name = path.partition(":")
     try:
         module = importlib.import_module(module_name)
-        engine_class = getattr(module, class_name)
+        return getattr(module, class_name)
     except (ImportError, AttributeError) as exc:
-        raise ConfigurationError(f"cannot load engine plugin {path!r}: {exc}") from exc
-    plugin = engine_class(settings=settings)
+        raise ConfigurationError(
+            f"cannot load engine plugin {path!r} ({exc})",
+            setting=engine_setting(path, settings),
+            fix="name an importable class as 'package.module:ClassName' (is its package "
+            "installed, or on PYTHONPATH?)",
+        ) from exc
+
+
+def _check_plugin(plugin: Any, path: str, settings: Settings) -> None:
+    """`plugin` is the class or an instance; both must offer the engine's methods."""
     for method in ("generate", "aclose"):
         if not callable(getattr(plugin, method, None)):
             raise ConfigurationError(
-                f"engine plugin {path!r} has no {method}() method; an engine needs "
-                "generate(request) and aclose()"
+                f"engine plugin {path!r} has no {method}() method",
+                setting=engine_setting(path, settings),
+                fix="an engine needs async generate(request) and async aclose()",
             )
+
+
+def _load_plugin(path: str, settings: Settings) -> Engine:
+    plugin = _plugin_class(path, settings)(settings=settings)
+    _check_plugin(plugin, path, settings)
     return _Plugin(plugin, path)
 
 

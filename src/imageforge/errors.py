@@ -3,6 +3,9 @@ so the API maps every failure to a response in one place."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class ImageforgeError(Exception):
     """Base of every error the project raises on purpose."""
@@ -69,9 +72,37 @@ class ServiceUnavailable(ImageforgeError):
 
 
 class ConfigurationError(ImageforgeError):
-    """Settings that cannot work; raised at start-up, never for a request."""
+    """Settings that cannot work; raised at start-up, never for a request.
+
+    The command line prints it as one line, `imageforge: <setting>: <message>; <fix>`:
+    `setting` is the key that is wrong, as the settings spell it (`relay_base_url`,
+    `models."house".prices`) or an environment variable's own name (`OPENAI_API_KEY`);
+    `fix` says what to do about it.
+    """
 
     code = "configuration_error"
+
+    def __init__(self, message: str, *, setting: str | None = None, fix: str | None = None) -> None:
+        super().__init__(message)
+        self.setting = setting
+        self.fix = fix
+
+    def __str__(self) -> str:
+        text = f"{self.setting}: {self.message}" if self.setting else self.message
+        return f"{text}; {self.fix}" if self.fix else text
+
+
+@contextmanager
+def configuring(setting: str, *, fix: str | None = None) -> Iterator[None]:
+    """A ConfigurationError raised inside that names no setting is about `setting` (and,
+    when it says no fix, `fix` is what to do)."""
+    try:
+        yield
+    except ConfigurationError as exc:
+        if exc.setting is None:
+            exc.setting = setting
+            exc.fix = exc.fix or fix
+        raise
 
 
 class IdempotencyConflict(ImageforgeError):

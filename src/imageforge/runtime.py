@@ -9,15 +9,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import importlib.util
 import logging
-from collections.abc import Callable, Coroutine
+import tempfile
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from imageforge.catalog import billing_tiers
-from imageforge.engine_setup import build_engines
+from imageforge.billing import PriceBook
+from imageforge.catalog import ModelSpec, billing_tiers
+from imageforge.engine_setup import build_engines, check_engines
 from imageforge.engines import Engine
-from imageforge.errors import ConfigurationError
+from imageforge.errors import ConfigurationError, configuring
 from imageforge.keyring import KeyRing
 from imageforge.ratelimit import RequestRateLimiter, build_rate_limiter
 from imageforge.references import AddressPolicy, FetchLimits, OutboundClient, ReferenceFetcher
@@ -63,6 +67,28 @@ def tune_garbage_collector() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
+def _catalog(settings: Settings) -> tuple[Mapping[str, ModelSpec], PriceBook]:
+    """The public models and their prices; a priced model must price every tier."""
+    models = settings.model_specs()
+    prices = settings.price_book()
+    for spec in models.values():
+        prices.check_covers(spec.name, billing_tiers(spec))
+    return models, prices
+
+
+def _check_data_dir(data_dir: Path) -> None:
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=data_dir):
+            pass
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{data_dir} cannot be written to ({exc.strerror or exc})",
+            setting="data_dir",
+            fix="point it at a directory this user may create files in",
+        ) from None
+
+
 def local_storage(settings: Settings) -> StorageFactory:
     """The default storage: files under `<data_dir>/images`."""
     return lambda signer: LocalStorage(
@@ -95,7 +121,9 @@ def configured_storage(settings: Settings) -> tuple[StorageFactory, str]:
         from imageforge.storage.s3 import S3Storage
     except ImportError as exc:
         raise ConfigurationError(
-            f"storage = s3 needs the s3 extra ({exc.name} is missing): pip install 'imageforge[s3]'"
+            f"storage = s3 needs the s3 extra ({exc.name} is missing)",
+            setting="storage",
+            fix="pip install 'imageforge[s3]'",
         ) from None
     options = s3_options(settings)
 
@@ -134,6 +162,41 @@ class Runtime:
     fetcher: ReferenceFetcher | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
+    @staticmethod
+    def check(
+        settings: Settings,
+        *,
+        run_worker: bool = True,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        """Raise the ConfigurationError `start` would raise, without connecting to
+        anything or starting anything: the database URL and its driver, the data dir,
+        models and prices, the reference allow-list, the rate limiter's Redis, and (for a
+        worker) every engine in use with its upstreams, keys and files."""
+        with configuring("database_url", fix="or unset it for a SQLite file in the data dir"):
+            backend = database_backend(settings.resolved_database_url)
+        if backend == "postgresql" and importlib.util.find_spec("asyncpg") is None:
+            raise ConfigurationError(
+                "PostgreSQL needs the asyncpg driver, which is not installed",
+                setting="database_url",
+                fix="pip install 'imageforge[postgres]'",
+            )
+        _check_data_dir(settings.data_dir)
+        _catalog(settings)
+        with configuring("storage", fix="see the README's image storage section"):
+            configured_storage(settings)
+        with configuring("reference_allowlist", fix="list host names, IP addresses or CIDRs"):
+            AddressPolicy(settings.reference_allowlist)
+        if settings.redis_url and importlib.util.find_spec("redis") is None:
+            raise ConfigurationError(
+                "sharing rate-limit counters needs the redis package, which is not installed",
+                setting="redis_url",
+                fix="pip install 'imageforge[redis]', or unset it",
+            )
+        if run_worker:
+            models = settings.model_specs()
+            check_engines({spec.engine for spec in models.values()}, settings, environ=environ)
+
     @classmethod
     async def start(
         cls,
@@ -145,7 +208,11 @@ class Runtime:
         tune_gc: bool = False,
     ) -> Runtime:
         """Everything the process runs, started. `storage` replaces the local-disk
-        default; `tune_gc` is for the command line only (see `tune_garbage_collector`)."""
+        default; `tune_gc` is for the command line only (see `tune_garbage_collector`).
+
+        Safe to cancel (a SIGTERM during start-up): whatever was opened is closed again,
+        and a worker that had begun claiming drains as `stop` does."""
+        models, prices = _catalog(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
         store = await open_store(
@@ -167,10 +234,6 @@ class Runtime:
             await images.aclose()
             await store.close()
             raise
-        models = settings.model_specs()
-        prices = settings.price_book()
-        for spec in models.values():
-            prices.check_covers(spec.name, billing_tiers(spec))
         keyring = KeyRing(store)
         retention = Retention(
             image_seconds=settings.image_retention_seconds,
@@ -194,6 +257,15 @@ class Runtime:
             service=service,
             retention=retention,
         )
+        try:
+            await runtime._begin(run_api=run_api, run_worker=run_worker, tune_gc=tune_gc)
+        except BaseException:
+            await runtime.stop()
+            raise
+        return runtime
+
+    async def _begin(self, *, run_api: bool, run_worker: bool, tune_gc: bool) -> None:
+        runtime, settings, store = self, self.settings, self.store
         if settings.rate_limit_per_minute is not None:
             runtime.rate_limiter = build_rate_limiter(
                 settings.rate_limit_per_minute,
@@ -203,15 +275,14 @@ class Runtime:
                 redis_url=settings.redis_url,
             )
         if run_api:
-            await keyring.refresh()
-            runtime._spawn(keyring.watch(), "key watcher")
+            await runtime.keyring.refresh()
+            runtime._spawn(runtime.keyring.watch(), "key watcher")
         if run_worker:
-            runtime._start_worker({spec.engine for spec in models.values()})
+            runtime._start_worker({spec.engine for spec in runtime.service.models.values()})
         if tune_gc:
             # After start-up's allocations: the tasks spawned above have not run yet, so
             # nothing short-lived is frozen.
             tune_garbage_collector()
-        return runtime
 
     def _start_worker(self, engine_names: set[str]) -> None:
         settings = self.settings

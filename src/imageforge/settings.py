@@ -6,27 +6,41 @@ then the TOML file (`IMAGEFORGE_CONFIG`, default `./imageforge.toml` when it exi
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
+import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
+    SettingsError,
     TomlConfigSettingsSource,
 )
 
-from imageforge.billing import PriceBook, build_price_book
-from imageforge.catalog import DEFAULT_MODELS, ModelSpec
+from imageforge.billing import DEFAULT_PRICES, PriceBook, build_price_book
+from imageforge.catalog import BASE_MODEL, DEFAULT_MODELS, ModelSpec, billing_tiers
+from imageforge.config_errors import from_validation_error
 from imageforge.engines.config import UpstreamConfig, normalize_base_url
 from imageforge.engines.diffusers.config import DiffusersModelConfig
+from imageforge.errors import ConfigurationError
 
 DEFAULT_CONFIG_FILE = "imageforge.toml"
 #: S3 refuses presigned links that live longer than 7 days.
@@ -38,6 +52,9 @@ _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 class ModelConfig(BaseModel):
     """Routing and limits of one public model name. Unset fields inherit the built-in
     definition of that name, or of `gpt-image-2` for a new name."""
+
+    # A misspelt key (`engnie = "relay"`) would otherwise leave the model on its default.
+    model_config = ConfigDict(extra="forbid")
 
     engine: str | None = Field(None, description="Engine that serves this model.")
     max_resolution: Literal["1k", "2k", "4k"] | None = None
@@ -283,11 +300,13 @@ class Settings(BaseSettings):
             )
         return value.strip()
 
-    @model_validator(mode="after")
-    def _check_timings(self) -> Settings:
-        if self.heartbeat_seconds >= self.lease_seconds:
-            raise ValueError("heartbeat_seconds must be shorter than lease_seconds")
-        return self
+    @field_validator("heartbeat_seconds")
+    @classmethod
+    def _check_heartbeat(cls, value: float, info: ValidationInfo) -> float:
+        lease = info.data.get("lease_seconds")
+        if lease is not None and value >= lease:
+            raise ValueError(f"must be shorter than lease_seconds ({lease})")
+        return value
 
     @model_validator(mode="after")
     def _check_storage(self) -> Settings:
@@ -334,22 +353,35 @@ class Settings(BaseSettings):
 
     @classmethod
     def load(cls, config_file: str | Path | None = None, **overrides: Any) -> Settings:
-        """Settings from the environment and the TOML file, if there is one."""
-        named = config_file or os.environ.get("IMAGEFORGE_CONFIG")
-        if named is None and Path(DEFAULT_CONFIG_FILE).is_file():
-            named = DEFAULT_CONFIG_FILE
-        if named is None:
-            return cls(**overrides)
-        path = Path(named)
-        if not path.is_file():
-            raise FileNotFoundError(f"configuration file not found: {path}")
+        """Settings from the environment and the TOML file, if there is one. Anything
+        wrong with them is a ConfigurationError naming the setting (config_errors.py)."""
+        path = config_file_path(config_file)
+        try:
+            if path is None:
+                return cls(**overrides)
+            _check_file_keys(path, known=cls.model_fields)
 
-        class _FromFile(cls):  # type: ignore[valid-type,misc]
-            model_config = SettingsConfigDict(toml_file=path)
+            class _FromFile(cls):  # type: ignore[valid-type,misc]
+                model_config = SettingsConfigDict(toml_file=path)
 
-        return _FromFile(**overrides)
+            return _FromFile(**overrides)
+        except ValidationError as exc:
+            raise from_validation_error(exc, cls, config_file=path, environ=os.environ) from None
+        except SettingsError as exc:
+            # pydantic-settings could not decode a value, e.g. invalid JSON in IMAGEFORGE_MODELS.
+            field = re.search(r'field "(\w+)"', str(exc))
+            raise ConfigurationError(
+                "cannot be read: a table in the environment must be JSON",
+                setting=field[1] if field else None,
+                fix="write it as a JSON object, or move it to the TOML file",
+            ) from None
 
     # Derived values -----------------------------------------------------------
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        """The top-level settings, each also an `IMAGEFORGE_<NAME>` variable."""
+        return list(cls.model_fields)
 
     @property
     def resolved_database_url(self) -> str:
@@ -371,7 +403,7 @@ class Settings(BaseSettings):
             for name, spec in DEFAULT_MODELS.items()
         }
         for name, config in self.models.items():
-            base = specs.get(name) or specs["gpt-image-2"]
+            base = specs.get(name) or specs[BASE_MODEL]
             specs[name] = ModelSpec(
                 name=name,
                 max_resolution=config.max_resolution or base.max_resolution,
@@ -389,6 +421,65 @@ class Settings(BaseSettings):
         return specs
 
     def price_book(self) -> PriceBook:
-        """Prices of every model: built-in defaults, replaced per model by configured ones."""
+        """Prices of every model: built-in defaults, replaced per model by configured ones.
+        A model of a new name without `prices` inherits gpt-image-2's, like its other
+        unset fields; `prices = {}` makes a model free."""
         configured = {name: config.prices for name, config in self.models.items()}
-        return build_price_book(self.currency, configured)
+        specs = self.model_specs()
+        inherited: dict[str, str] = {}
+        for name, table in configured.items():
+            if table is not None or name in DEFAULT_PRICES:
+                continue
+            spec, base = specs[name], specs[BASE_MODEL]
+            if spec.billing != base.billing:
+                raise ConfigurationError(
+                    f"model {name!r} is billed by {spec.billing} but would inherit "
+                    f"{BASE_MODEL}'s prices, which are by {base.billing}",
+                    setting=f'models."{name}".prices',
+                    fix=f"give it a prices table by {spec.billing} ("
+                    + ", ".join(f'{tier} = "…"' for tier in billing_tiers(spec))
+                    + "), or prices = {} to make it free",
+                )
+            inherited[name] = BASE_MODEL
+        return build_price_book(self.currency, configured, inherited)
+
+
+def config_file_path(config_file: str | Path | None = None) -> Path | None:
+    """The TOML file settings are read from: the one named (`--config`), else
+    `IMAGEFORGE_CONFIG`, else `./imageforge.toml` when it exists, else none."""
+    named = config_file or os.environ.get("IMAGEFORGE_CONFIG")
+    if named is None:
+        return Path(DEFAULT_CONFIG_FILE) if Path(DEFAULT_CONFIG_FILE).is_file() else None
+    path = Path(named)
+    if not path.is_file():
+        raise ConfigurationError(
+            f"configuration file {path} does not exist",
+            setting="--config" if config_file else "IMAGEFORGE_CONFIG",
+            fix="name an existing TOML file, or leave it unset to use ./imageforge.toml "
+            "(when present) and the environment",
+        )
+    return path
+
+
+def _check_file_keys(path: Path, *, known: Mapping[str, object]) -> None:
+    """The file must be TOML, and its top-level keys settings: a misspelt key would
+    otherwise be ignored without a word (the environment may hold other variables)."""
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigurationError(
+            f"cannot be read ({exc})", setting=str(path), fix="check the file and its permissions"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(
+            f"is not valid TOML ({exc})", setting=str(path), fix="correct the file's syntax"
+        ) from None
+    for key in document:
+        if key not in known:
+            near = difflib.get_close_matches(key, list(known), n=1)
+            raise ConfigurationError(
+                "is not a setting" + (f" (did you mean {near[0]}?)" if near else ""),
+                setting=key,
+                fix="remove it or correct its spelling (the README's Configuration section "
+                "lists every setting)",
+            )

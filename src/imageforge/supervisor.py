@@ -14,9 +14,8 @@ import logging
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from types import FrameType
 
 log = logging.getLogger(__name__)
 
@@ -37,23 +36,29 @@ class _Slot:
     delay: float = RESTART_DELAY_SECONDS
 
 
+#: The signals a child must not receive before it can handle them (see `_start`).
+_STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
 class Supervisor:
-    def __init__(self, command: Sequence[str], processes: int) -> None:
+    """`command` is the worker's command line; `stop_requested` says when to drain (the
+    command line's SIGTERM/SIGINT handler, installed before the supervisor starts)."""
+
+    def __init__(
+        self, command: Sequence[str], processes: int, *, stop_requested: Callable[[], bool]
+    ) -> None:
         self._command = list(command)
         self._slots = [_Slot() for _ in range(processes)]
-        self._stopping = False
-
-    def _stop(self, signum: int, frame: FrameType | None) -> None:
-        self._stopping = True
+        self._stop_requested = stop_requested
 
     def run(self) -> int:
-        """Until SIGTERM or SIGINT; then drain every process. 0 when all of them exited
+        """Until a stop is requested; then drain every process. 0 when all of them exited
         cleanly, 1 otherwise."""
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, self._stop)
         for index, slot in enumerate(self._slots):
+            if self._stop_requested():
+                break
             self._start(index, slot)
-        while not self._stopping:
+        while not self._stop_requested():
             now = time.monotonic()
             for index, slot in enumerate(self._slots):
                 if slot.process is None:
@@ -79,7 +84,15 @@ class Supervisor:
         return self._drain()
 
     def _start(self, index: int, slot: _Slot) -> None:
-        slot.process = subprocess.Popen(self._command)
+        # The child inherits the signal mask: with SIGTERM blocked, a drain that begins while
+        # its interpreter is still starting leaves the signal pending until the child's
+        # handler is in place (it unblocks them then), instead of killing it with status
+        # -15. Our own stop waits here meanwhile, and is delivered as the mask is restored.
+        previous = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            slot.process = subprocess.Popen(self._command)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         slot.started_at = time.monotonic()
         log.info(
             "started worker process %d (%d of %d)", slot.process.pid, index + 1, len(self._slots)

@@ -73,6 +73,17 @@ class Task:
     finished_at: float | None
 
     @property
+    def refunded(self) -> bool:
+        """Whether the key got the charge back: the store refunds a priced task in the
+        same transaction that fails it, so failed and refunded never disagree."""
+        return self.status is TaskStatus.FAILED and self.price_micros > 0
+
+    @property
+    def cost_micros(self) -> int:
+        """What the task costs its key: the price, or nothing once refunded."""
+        return 0 if self.refunded else self.price_micros
+
+    @property
     def created(self) -> int:
         """Unix seconds, as the contract's `created` field."""
         return int(self.created_at)

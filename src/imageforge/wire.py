@@ -133,9 +133,13 @@ class TaskCreated(BaseModel):
     status: TaskStatusName = Field(description="`queued` or `processing`.", examples=["queued"])
     error: str | None = Field(None, description="Always null on a successful create.")
     amount: float = Field(
-        description="What the task costs, in currency units (charged now, refunded if the "
-        "task fails).",
+        description="What the task costs the key, in currency units: charged now, and "
+        "given back if the task fails (its poll then shows 0 and `refunded: true`).",
         examples=[0.053],
+    )
+    refunded: bool = Field(
+        description="Always false here: a task is refunded only once it has failed.",
+        examples=[False],
     )
 
 
@@ -166,13 +170,19 @@ class TaskResult(BaseModel):
         None, description="Why the task failed, only when `failed`.", examples=[None]
     )
     amount: float = Field(
-        description="The task's price in currency units (refunded when it failed).",
+        description="What the task costs the key, in currency units: its price, or 0 once "
+        "it failed and the charge was given back.",
         examples=[0.053],
     )
     expired: bool = Field(
         False,
         description="True when the task is `completed` but its image is past the server's "
         "image retention and deleted: `image_url` is then null. Always present.",
+        examples=[False],
+    )
+    refunded: bool = Field(
+        description="True once the task failed and its charge went back to the key (a "
+        "free task has nothing to refund); false otherwise.",
         examples=[False],
     )
 
@@ -204,7 +214,9 @@ class UsageDay(BaseModel):
     completed: int = Field(description="Of those, completed.")
     failed: int = Field(description="Of those, failed (and refunded).")
     unfinished: int = Field(description="Still queued or processing.")
-    spend: float = Field(description="Charges minus refunds, in currency units.")
+    spend: float = Field(
+        description="Charges minus refunds, in currency units: the sum of these tasks' `amount`."
+    )
 
 
 class UsageResponse(BaseModel):
@@ -275,10 +287,11 @@ def task_created_body(task: Task, *, replayed: bool) -> dict[str, Any]:
         "object": "image",
         "created": task.created,
         "model": task.model,
-        # A replay answers exactly what the first request was told.
+        # A replay answers exactly what the first request was told (the poll tells the rest).
         "status": "queued" if replayed else task.status.value,
         "error": None,
         "amount": to_json_number(task.price_micros),
+        "refunded": False,
     }
 
 
@@ -295,7 +308,8 @@ def task_result_body(task: Task, *, image_url: str | None, expired: bool) -> dic
         "status": status.value,
         "image_url": image_url if completed and not expired else None,
         "error": task.error if status is TaskStatus.FAILED else None,
-        "amount": to_json_number(task.price_micros),
+        "amount": to_json_number(task.cost_micros),
+        "refunded": task.refunded,
         "expired": completed and expired,
     }
 

@@ -10,6 +10,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from imageforge import __version__
 from imageforge.api.body_guard import BodyGuardMiddleware
+from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
 from imageforge.api.openapi import install_openapi
 from imageforge.api.routes import bench, files, health, images, results, usage
@@ -52,6 +53,9 @@ def create_app(
         version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
+        # Served from the package instead of a CDN (api/docs.py).
+        docs_url=None,
+        redoc_url=None,
     )
     app.add_middleware(
         BodyGuardMiddleware,
@@ -69,5 +73,6 @@ def create_app(
     app.include_router(health.router)
     if settings.bench_endpoints:
         app.include_router(bench.router)
+    install_offline_docs(app)
     install_openapi(app, models=settings.model_specs())
     return app

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
+from imageforge.api.json_errors import invalid_json_message, line_and_column
 from imageforge.errors import ImageforgeError
 from imageforge.wire import error_body
 
@@ -52,16 +53,18 @@ def _field_name(location: tuple[Any, ...]) -> str:
     return name
 
 
-def describe_validation_error(error: dict[str, Any]) -> tuple[str, str]:
-    """(param, message) for the first problem pydantic found in a request."""
+def describe_validation_error(error: dict[str, Any], document: Any = None) -> tuple[str, str]:
+    """(param, message) for the first problem pydantic found in a request; `document` is
+    the body FastAPI failed to parse, if that was the problem."""
     location = tuple(error.get("loc", ()))
     field = _field_name(location)
     kind = error.get("type", "")
     if kind == "json_invalid":
-        return (
-            "body",
-            f"body: must be valid JSON ({error.get('ctx', {}).get('error', 'parse error')})",
+        position = location[-1] if location and isinstance(location[-1], int) else 0
+        line, column = line_and_column(
+            document if isinstance(document, str | bytes) else "", position
         )
+        return "body", invalid_json_message(error.get("ctx", {}).get("error", ""), line, column)
     if kind == "missing" and field == "body":
         return "body", "body: a JSON object is required"
     if kind == "missing":
@@ -91,7 +94,7 @@ def install_error_handlers(app: FastAPI, *, unavailable_retry_after: int) -> Non
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
         errors = exc.errors()
-        param, message = describe_validation_error(errors[0] if errors else {})
+        param, message = describe_validation_error(errors[0] if errors else {}, exc.body)
         return error_response(
             400, message, error_type="invalid_request_error", code="invalid_request", param=param
         )

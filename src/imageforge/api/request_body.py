@@ -18,6 +18,7 @@ from pydantic import BaseModel, ValidationError
 from pydantic.json_schema import models_json_schema
 
 from imageforge.api.errors import describe_validation_error
+from imageforge.api.json_errors import invalid_json_message
 from imageforge.errors import InvalidRequest
 
 Model = TypeVar("Model", bound=BaseModel)
@@ -33,7 +34,8 @@ async def parse_json_body(request: Request, model: type[Model]) -> Model:
     try:
         data: Any = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequest(f"body: must be valid JSON ({exc})", param="body") from None
+        message = invalid_json_message(exc.msg, exc.lineno, exc.colno)
+        raise InvalidRequest(message, param="body") from None
     if not isinstance(data, dict):
         raise InvalidRequest("body: must be a JSON object", param="body")
     try:

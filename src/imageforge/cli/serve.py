@@ -5,20 +5,25 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import logging
+import os
 import signal
 import sys
 from typing import Annotated
 
 import typer
 
+from imageforge import lifeline
 from imageforge.cli.common import (
     ConfigOption,
+    command_name,
     configure_logging,
-    err_console,
     load_settings,
     with_store,
 )
+from imageforge.cli.stopping import STOP, run_unless_stopped
+from imageforge.errors import ConfigurationError
 from imageforge.keyring import create_api_key
+from imageforge.runtime import Runtime
 from imageforge.settings import Settings
 from imageforge.store import Store
 from imageforge.store.urls import database_backend
@@ -43,11 +48,22 @@ def serve(
 
     settings = load_settings(config)
     configure_logging(settings.log_level)
+    # Everything the configuration gets wrong is said before anything is announced.
+    Runtime.check(settings, run_worker=not no_worker)
+    if STOP.requested:
+        return
     if database_backend(settings.resolved_database_url) == "sqlite":
+        # Not cancelled by a stop: a key created must also be shown, or it is lost.
         announce(settings, host, port, secret=first_key_secret(settings))
     else:
-        keys = asyncio.run(with_store(settings, lambda store: store.list_keys()))
+        finished, keys = run_unless_stopped(
+            lambda: with_store(settings, lambda store: store.list_keys())
+        )
+        if not finished:
+            return
         announce(settings, host, port, secret=None, distributed_without_keys=not keys)
+    if STOP.requested:
+        return
     uvicorn_config = uvicorn.Config(
         # The one place the garbage collector is tuned: this process serves and nothing else.
         create_app(settings, run_worker=not no_worker, tune_gc=True),
@@ -64,12 +80,16 @@ def serve(
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 5,
     )
     server = uvicorn.Server(uvicorn_config)
-    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal to the handler it
-    # found installed. A no-op handler here turns a completed drain into exit 0.
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: None)
-    server.run()
-    if not server.started:
+    # While uvicorn runs it handles SIGTERM/SIGINT itself: it finishes starting (the
+    # lifespan: migrations, engines), drains, and re-raises the signal to the handler it
+    # found, ours, which only takes note: exit 0. A stop that comes before uvicorn has
+    # installed its handlers reaches it through this callback.
+    unsubscribe = STOP.on_stop(lambda: setattr(server, "should_exit", True))
+    try:
+        server.run()
+    finally:
+        unsubscribe()
+    if not server.started and not STOP.requested:
         raise typer.Exit(1)
 
 
@@ -108,18 +128,19 @@ def announce(
     base = f"http://{shown_host}:{port}"
     # Plain prints, not rich: rich wraps long lines, and commands here are meant to be
     # copied and pasted whole.
+    create_key = f"{command_name()} keys create --name NAME"
     if distributed_without_keys:
         print(
             f"imageforge: serving on {base}. There is no API key yet, and in distributed "
             "mode (PostgreSQL) serve does not create one. Create one, once, against this "
-            "database:\n\n  imageforge keys create --name NAME\n",
+            f"database:\n\n  {create_key}\n",
             flush=True,
         )
         return
     if secret is None:
         print(
             f"imageforge: serving on {base} (data in {settings.data_dir}); "
-            "create an API key with: imageforge keys create --name NAME",
+            f"create an API key with: {create_key}",
             flush=True,
         )
         return
@@ -160,46 +181,57 @@ def worker(
             help="Worker processes to run, each on one core (PostgreSQL only).",
         ),
     ] = 1,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option("--parent-pid", hidden=True, help="Set by the supervisor: its pid."),
+    ] = None,
 ) -> None:
     """Run a worker without the API: claim and generate queued tasks until SIGTERM."""
-    from imageforge.runtime import Runtime
-
+    if parent_pid is not None:
+        # Started by `worker --processes N`: a supervisor killed outright takes its
+        # workers with it, each draining as on SIGTERM.
+        lifeline.exit_with_parent(parent_pid, signal.SIGTERM)
     settings = load_settings(config)
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
     configure_logging(settings.log_level)
+    if processes > 1 and database_backend(settings.resolved_database_url) == "sqlite":
+        raise ConfigurationError(
+            "--processes needs PostgreSQL: SQLite has a single writer, and a worker waiting "
+            "for the write lock stalls its event loop",
+            setting="database_url",
+            fix="set it to a PostgreSQL database, or run one process",
+        )
+    Runtime.check(settings, run_worker=True)
+    if STOP.requested:
+        return
     if processes > 1:
-        if settings.resolved_database_url.startswith("sqlite"):
-            err_console.print(
-                "[red]--processes needs PostgreSQL:[/red] SQLite has a single writer, and a "
-                "worker waiting for the write lock stalls its event loop. Set "
-                "IMAGEFORGE_DATABASE_URL to a PostgreSQL database, or run one process."
-            )
-            raise typer.Exit(2)
         from imageforge.supervisor import Supervisor
 
-        command = [sys.executable, "-m", "imageforge", "worker"]
+        command = [sys.executable, "-m", "imageforge", "worker", "--parent-pid", str(os.getpid())]
         if concurrency is not None:
             command += ["--concurrency", str(concurrency)]
         if config is not None:
             command += ["--config", str(config)]
-        raise typer.Exit(Supervisor(command, processes).run())
-
-    async def run() -> None:
-        import uvloop  # noqa: F401  (imported to fail early if missing)
-
-        runtime = await Runtime.start(settings, run_api=False, run_worker=True, tune_gc=True)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        logging.getLogger("imageforge").info(
-            "worker %s started", runtime.runner and runtime.runner.worker_id
-        )
-        await stop.wait()
-        logging.getLogger("imageforge").info("draining")
-        await runtime.stop()
+        supervisor = Supervisor(command, processes, stop_requested=lambda: STOP.requested)
+        raise typer.Exit(supervisor.run())
 
     import uvloop
 
-    uvloop.run(run())
+    uvloop.run(_run_worker(settings))
+
+
+async def _run_worker(settings: Settings) -> None:
+    """Start, serve until a stop, drain. A stop during start-up cancels the start (which
+    closes what it opened) and is as clean an exit as a drain."""
+    log = logging.getLogger("imageforge")
+    started, runtime = await STOP.unless_stopped(
+        Runtime.start(settings, run_api=False, run_worker=True, tune_gc=True)
+    )
+    if not started or runtime is None:
+        log.info("stopped during start-up")
+        return
+    log.info("worker %s started", runtime.runner and runtime.runner.worker_id)
+    await STOP.wait()
+    log.info("draining")
+    await runtime.stop()

@@ -116,5 +116,6 @@ class Engine(Protocol):
 def missing_extra(engine: str, needs: str) -> ConfigurationError:
     """The start-up error of an engine whose optional dependencies are not installed."""
     return ConfigurationError(
-        f"the {engine} engine needs {needs}: pip install 'imageforge[{engine}]'"
+        f"the {engine} engine needs {needs}",
+        fix=f"install it with pip install 'imageforge[{engine}]'",
     )

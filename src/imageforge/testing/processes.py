@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,16 @@ class ServerProcess:
     """`imageforge serve` on a free port of 127.0.0.1, ready (/healthz 200) once built;
     its output goes to a log file beside the data dir."""
 
-    def __init__(self, data_dir: Path, *args: str, **env: str) -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        *args: str,
+        program: Sequence[str] = (sys.executable, "-m", "imageforge"),
+        cwd: Path | None = None,
+        **env: str,
+    ) -> None:
+        """`program` is how `imageforge` is started (e.g. its console script); `cwd` the
+        working directory (default: the caller's)."""
         self.data_dir = data_dir
         self.port = free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
@@ -67,9 +77,7 @@ class ServerProcess:
         self._log = self.log_path.open("w")
         self.process = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "imageforge",
+                *program,
                 "serve",
                 "--host",
                 "127.0.0.1",
@@ -81,6 +89,7 @@ class ServerProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             text=True,
+            cwd=cwd,
             # Its own process group, so that `kill` takes the render processes with it.
             start_new_session=True,
         )
@@ -127,6 +136,8 @@ class ServerProcess:
     def __exit__(self, *exc: object) -> None:
         if self.process.poll() is None:
             self.kill()
+        elif not self._log.closed:
+            self._log.close()
 
 
 def wait_terminal(client: httpx.Client, task_id: str, timeout: float = 60.0) -> dict[str, Any]:

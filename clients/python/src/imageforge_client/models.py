@@ -29,8 +29,10 @@ class TaskCreated(_ApiObject):
     #: `queued` or `processing`.
     status: str
     error: str | None = None
-    #: What the task costs (imageforge; charged now, refunded if it fails).
+    #: What the task costs the key (imageforge; charged now, given back if it fails).
     amount: Decimal | None = None
+    #: Whether the charge went back to the key (imageforge; false on create).
+    refunded: bool | None = None
 
 
 class TaskResult(_ApiObject):
@@ -46,7 +48,11 @@ class TaskResult(_ApiObject):
     image_url: str | None = None
     #: Why the task failed, only when `failed`.
     error: str | None = None
+    #: What the task costs the key (imageforge): its price, or 0 once it failed and was
+    #: refunded.
     amount: Decimal | None = None
+    #: True once the task failed and its charge went back to the key (imageforge).
+    refunded: bool | None = None
     #: 0-100 where the server reports progress (an imageforge extension).
     progress: float | None = None
 
@@ -65,6 +71,7 @@ class TaskResult(_ApiObject):
             status=created.status,
             error=created.error,
             amount=created.amount,
+            refunded=created.refunded,
         )
 
 

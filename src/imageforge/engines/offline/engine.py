@@ -7,6 +7,7 @@ import contextlib
 import io
 import multiprocessing
 import os
+import signal
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ from imageforge.engines.offline.thumbnails import (
     layout_thumbnails,
     paint_thumbnails,
 )
+from imageforge.lifeline import exit_with_parent
 from imageforge.sizes import resolution_tier
 
 # --------------------------------------------------------------------------------------------
@@ -110,7 +112,8 @@ class OfflineEngine:
             self._pool = ProcessPoolExecutor(
                 max_workers=self._max_workers,
                 mp_context=_process_context(),
-                initializer=_lower_priority,
+                initializer=_prepare_render_process,
+                initargs=(os.getpid(),),
             )
         return self._pool
 
@@ -145,7 +148,15 @@ class OfflineEngine:
             await asyncio.to_thread(pool.shutdown, wait=True, cancel_futures=True)
 
 
-def _lower_priority() -> None:
+def _prepare_render_process(parent_pid: int) -> None:
+    """Run first in every render process."""
+    # A render process is only any use to the process that started it: when that one is
+    # killed outright, this one goes too (and with the last of them, the resource tracker
+    # whose pipe they hold), instead of waiting for work forever.
+    exit_with_parent(parent_pid, signal.SIGKILL)
+    # Ctrl-C reaches the whole terminal's process group; stopping is the parent's business
+    # (it shuts the pool down), and a KeyboardInterrupt here only prints a traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     # Renders are batch work; the API process sharing these cores answers polls. A lower
     # scheduling priority keeps poll latency flat while a 4K image renders.
     with contextlib.suppress(OSError):
