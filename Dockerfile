@@ -22,7 +22,7 @@ ENV IMAGEFORGE_DATA_DIR=/var/lib/imageforge/data \
     PYTHONUNBUFFERED=1
 EXPOSE 8000
 # No HEALTHCHECK here: workers serve no HTTP. The API's is `deploy/healthcheck.py`
-# (GET /healthz), wired in deploy/compose.yaml.
+# (GET /readyz), wired in deploy/compose.yaml.
 COPY --chown=imageforge:imageforge deploy/healthcheck.py /usr/local/bin/imageforge-healthcheck
 ENTRYPOINT ["imageforge"]
 CMD ["serve", "--host", "0.0.0.0", "--port", "8000"]

@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml clients/python/pyproject.toml
 	@# pip never fetches a multi-gigabyte CUDA build.
 	$(BIN)/python -m pip install --quiet torch==$(TORCH_VERSION)
 	$(BIN)/python -m pip install --quiet -e clients/python
-	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,openai,relay,redis,local,s3]'
+	$(BIN)/python -m pip install --quiet -e '.[dev,postgres,openai,relay,redis,local,s3,tracing]'
 	@touch $(STAMP)
 
 serve: install

@@ -181,7 +181,7 @@ class Server:
         return self.proc.pid
 
     def start(self) -> float:
-        """Start the server and wait until /healthz answers 200; return how long that took."""
+        """Start the server and wait until /readyz answers 200; return how long that took."""
         command = [_imageforge_command(), "serve", "--host", HOST, "--port", str(self.port)]
         if not self.worker:
             command.append("--no-worker")
@@ -207,14 +207,14 @@ class Server:
                 return time.perf_counter() - started
             time.sleep(0.05)
         raise BenchError(
-            f"the server did not answer /healthz within {SERVER_START_TIMEOUT_S:.0f} s; "
+            f"the server did not answer /readyz within {SERVER_START_TIMEOUT_S:.0f} s; "
             f"log:\n{_tail(self.log_path)}"
         )
 
     def _healthy(self) -> bool:
         conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
         try:
-            conn.request("GET", "/healthz")
+            conn.request("GET", "/readyz")
             return conn.getresponse().status == 200
         except (OSError, http.client.HTTPException):
             return False

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
-"""Exit 0 when the API answers GET /healthz with 200 (ready, database reachable), else 1.
+"""Exit 0 when the API answers GET /readyz with 200 (database reachable, schema current,
+storage writable), else 1.
 
 The container health check of an API node: `imageforge-healthcheck [URL]` (default
-http://127.0.0.1:8000/healthz). The standard library only, so it needs nothing the
+http://127.0.0.1:8000/readyz). The standard library only, so it needs nothing the
 slim image lacks.
 """
 
@@ -12,7 +13,7 @@ import sys
 import urllib.error
 import urllib.request
 
-DEFAULT_URL = "http://127.0.0.1:8000/healthz"
+DEFAULT_URL = "http://127.0.0.1:8000/readyz"
 
 
 def main(argv: list[str]) -> int:

@@ -363,7 +363,9 @@ async def test_public_base_url_builds_links(tmp_path: Path) -> None:
 
 async def test_healthz_and_openapi(api: ApiHarness) -> None:
     health = await api.client.get("/healthz")
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200 and health.json() == {"status": "ok"}
+    ready = await api.client.get("/readyz")
+    assert ready.status_code == 200 and ready.json() == {"status": "ok", "worker": True}
     schema = (await api.client.get("/openapi.json")).json()
     create = schema["paths"]["/v1/image2/images"]["post"]
     assert set(create["responses"]) >= {"200", "400", "401"}

@@ -146,12 +146,17 @@ def test_database_outage_gives_503_then_everything_recovers(
                 while time.monotonic() < ends:
                     create = client.post("/v1/image2/images", json=body)
                     poll = client.get(f"/v1/result/{accepted[-1]}")
-                    health = client.get("/healthz")
+                    health = client.get("/readyz")
+                    # Alive all along: liveness does no I/O, so no one restarts the node.
+                    alive = client.get("/healthz")
+                    assert alive.status_code == 200, alive.text
                     for name, response in (("create", create), ("poll", poll), ("health", health)):
                         seen[f"{name} {response.status_code}"] += 1
                         if response.status_code == 503:
                             assert response.headers["retry-after"] == "5"
                             assert response.json()["error"]["type"]
+                    if health.status_code == 503:
+                        assert "database is unreachable" in health.json()["error"]["message"]
                     time.sleep(0.2)
                 assert not [status for status in seen if status.endswith(" 500")], seen
                 assert seen["create 503"] and seen["health 503"], seen
@@ -164,6 +169,7 @@ def test_database_outage_gives_503_then_everything_recovers(
                     assert time.monotonic() - restored < 5, "API not back within 5 s"
                     time.sleep(0.1)
                 api_recovery = time.monotonic() - restored
+                assert client.get("/readyz").status_code == 200
                 accepted.append(response.json()["id"])
 
                 wait_until(

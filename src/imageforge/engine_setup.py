@@ -30,6 +30,7 @@ from imageforge.engines.config import UpstreamConfig, UpstreamKind
 from imageforge.engines.diffusers.config import DiffusersModelConfig
 from imageforge.engines.upstreams import Route, Router, Upstream
 from imageforge.errors import ConfigurationError, configuring
+from imageforge.observability.metrics import metrics
 from imageforge.settings import Settings
 
 __all__ = [
@@ -276,7 +277,14 @@ def build_router(
             weights=weights,
             upstream_model=model_config.upstream_model if model_config else None,
         )
-    return Router(kind, built, routes, default_route, rng=rng)
+    return Router(
+        kind,
+        built,
+        routes,
+        default_route,
+        rng=rng,
+        metrics=metrics() if settings.metrics_enabled else None,
+    )
 
 
 def _build_upstream(

@@ -23,6 +23,9 @@ from imageforge.engine_setup import build_engines, check_engines
 from imageforge.engines import Engine
 from imageforge.errors import ConfigurationError, configuring
 from imageforge.keyring import KeyRing
+from imageforge.observability.metrics import QueueDepth, metrics
+from imageforge.observability.metrics_server import MetricsServer
+from imageforge.observability.tracing import Tracing, build_tracing, check_tracing
 from imageforge.ratelimit import RequestRateLimiter, build_rate_limiter
 from imageforge.references import AddressPolicy, FetchLimits, OutboundClient, ReferenceFetcher
 from imageforge.retention import Retention
@@ -32,6 +35,7 @@ from imageforge.storage import LocalStorage, Storage, UrlSigner, load_or_create_
 from imageforge.storage.probe import check_storage
 from imageforge.store import Store, open_store, upgrade_database
 from imageforge.store.base import WakesWorkers
+from imageforge.store.migrate import head_revision
 from imageforge.store.urls import database_backend
 from imageforge.worker.janitor import Janitor
 from imageforge.worker.rescuer import rescue_forever
@@ -160,7 +164,19 @@ class Runtime:
     #: The guarded client for URLs clients chose: references (and callbacks, with `post`).
     outbound: OutboundClient | None = None
     fetcher: ReferenceFetcher | None = None
+    #: Where images live, for messages (the readiness check's).
+    storage_location: str = ""
+    #: The migration the schema must be at to serve (`/readyz`).
+    schema_head: str = ""
+    #: Traces, when configured (observability/tracing.py).
+    tracing: Tracing | None = None
+    #: Tasks by status for /metrics, read when scraped.
+    queue_depth: QueueDepth = field(init=False)
+    metrics_server: MetricsServer | None = None
     _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.queue_depth = QueueDepth(self.store)
 
     @staticmethod
     def check(
@@ -193,6 +209,7 @@ class Runtime:
                 setting="redis_url",
                 fix="pip install 'imageforge[redis]', or unset it",
             )
+        check_tracing(settings, environ)
         if run_worker:
             models = settings.model_specs()
             check_engines({spec.engine for spec in models.values()}, settings, environ=environ)
@@ -206,9 +223,13 @@ class Runtime:
         run_worker: bool = True,
         storage: StorageFactory | None = None,
         tune_gc: bool = False,
+        tracing: Tracing | None = None,
+        serve_metrics: bool = True,
     ) -> Runtime:
         """Everything the process runs, started. `storage` replaces the local-disk
-        default; `tune_gc` is for the command line only (see `tune_garbage_collector`).
+        default; `tune_gc` is for the command line only (see `tune_garbage_collector`);
+        `serve_metrics`: serve `metrics_port` when it is set (not in the processes of a
+        supervisor, which serves it for all of them).
 
         Safe to cancel (a SIGTERM during start-up): whatever was opened is closed again,
         and a worker that had begun claiming drains as `stop` does."""
@@ -247,6 +268,7 @@ class Runtime:
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             max_unfinished_tasks=settings.max_unfinished_tasks,
             retention=retention,
+            metrics=metrics() if settings.metrics_enabled else None,
         )
         runtime = cls(
             settings=settings,
@@ -256,9 +278,14 @@ class Runtime:
             keyring=keyring,
             service=service,
             retention=retention,
+            storage_location=location,
+            schema_head=await asyncio.to_thread(head_revision),
         )
         try:
+            runtime.tracing = tracing if tracing is not None else build_tracing(settings)
             await runtime._begin(run_api=run_api, run_worker=run_worker, tune_gc=tune_gc)
+            if serve_metrics and settings.metrics_enabled and settings.metrics_port is not None:
+                runtime._serve_metrics(settings.metrics_port)
         except BaseException:
             await runtime.stop()
             raise
@@ -314,6 +341,8 @@ class Runtime:
                 shutdown_grace_seconds=settings.shutdown_grace_seconds,
                 claim_batch=settings.claim_batch,
             ),
+            metrics=metrics() if settings.metrics_enabled else None,
+            tracing=self.tracing,
         )
         # Tasks created in this process wake this process's worker at once.
         self.service.on_task_queued = self.runner.wake
@@ -326,6 +355,7 @@ class Runtime:
             rescue_forever(
                 self.store,
                 interval_seconds=settings.rescue_interval_seconds,
+                metrics=metrics() if settings.metrics_enabled else None,
                 idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
                 janitor=Janitor(
                     store=self.store,
@@ -339,11 +369,32 @@ class Runtime:
             "rescuer",
         )
 
+    def _serve_metrics(self, port: int) -> None:
+        token = self.settings.metrics_token
+        try:
+            self.metrics_server = MetricsServer(
+                self.settings.metrics_host,
+                port,
+                token=token.get_secret_value() if token is not None else None,
+                collectors=(self.queue_depth,),
+                refresh=self.queue_depth.refresh,
+                loop=asyncio.get_running_loop(),
+            )
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {self.settings.metrics_host}:{port} ({exc.strerror or exc})",
+                setting="metrics_port",
+                fix="choose a free port, or unset it to serve /metrics on the API's port",
+            ) from None
+        self.metrics_server.start()
+
     def _spawn(self, coroutine: Coroutine[Any, Any, None], name: str) -> None:
         task = asyncio.create_task(coroutine, name=name)
         self._background.append(task)
 
     async def stop(self) -> None:
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.stop)
         if self.runner is not None:
             await self.runner.stop()
         for task in self._background:
@@ -362,3 +413,5 @@ class Runtime:
             await self.rate_limiter.aclose()
         await self.storage.aclose()
         await self.store.close()
+        if self.tracing is not None:
+            self.tracing.shutdown()

@@ -21,6 +21,7 @@ from imageforge.billing import InsufficientCredits, PriceBook
 from imageforge.catalog import ModelSpec, ResolvedRequest, price_key, resolve_request
 from imageforge.errors import InvalidRequest, NotFound
 from imageforge.ids import TaskId, looks_like_task_id, new_task_id
+from imageforge.observability.metrics import Metrics
 from imageforge.retention import Retention
 from imageforge.store import ApiKeyRecord, Store
 from imageforge.store.base import IdempotencyClaim, UsageRow
@@ -83,8 +84,10 @@ class ImageService:
         max_unfinished_tasks: int | None = None,
         on_task_queued: Callable[[], None] = lambda: None,
         retention: Retention | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self._store = store
+        self._metrics = metrics
         self._models = models
         self._max_attempts = max_attempts
         self._prices = prices or PriceBook(currency="USD", prices={})
@@ -171,6 +174,10 @@ class ImageService:
             ) from None
         if not replayed:
             self.on_task_queued()
+            if self._metrics is not None:
+                self._metrics.tasks_created.labels(stored.model, stored.engine).inc()
+                if stored.price_micros:
+                    self._metrics.credits_charged.labels(stored.model).inc(stored.price_micros)
         return stored, replayed
 
     async def usage(self, owner: ApiKeyRecord, *, days: int) -> Usage:

@@ -241,7 +241,40 @@ class Settings(BaseSettings):
         None, description="Shares rate-limit counters between API nodes (redis://host:6379/0)."
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    access_log: bool = False
+    # Operability: request lines, metrics, tracing (see request_log.py, metrics.py).
+    access_log: bool = Field(
+        True,
+        description="One line per request: method, route, status, duration, key id, task id "
+        "and request id (never a key; the prompt only with log_prompts).",
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="`text` (readable) or `json` (one JSON object per line)."
+    )
+    log_prompts: bool = Field(False, description="Add a create request's prompt to its line.")
+    metrics_enabled: bool = Field(
+        True, description="Count requests and tasks, and serve them at /metrics (Prometheus)."
+    )
+    metrics_token: SecretStr | None = Field(
+        None,
+        min_length=16,
+        description="Bearer token that /metrics then requires (at least 16 characters); "
+        "unset: /metrics is open.",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics on this port (on metrics_host) instead of the API's.",
+    )
+    metrics_host: str = Field(
+        "127.0.0.1", description="Interface of metrics_port; 0.0.0.0 to scrape from elsewhere."
+    )
+    otel_endpoint: str | None = Field(
+        None,
+        description="OTLP/HTTP endpoint that receives traces (the tracing extra), e.g. "
+        "http://collector:4318; the standard OTEL_EXPORTER_OTLP_* variables also turn it on.",
+    )
+    otel_service_name: str = Field("imageforge", min_length=1, description="service.name of spans.")
     #: Mounts `/_bench/*` baseline routes; only the benchmark turns this on.
     bench_endpoints: bool = False
 
@@ -271,7 +304,13 @@ class Settings(BaseSettings):
     def _check_base_url(cls, value: str | None) -> str | None:
         return normalize_base_url(value)
 
-    @field_validator("log_level", mode="before")
+    @field_validator("metrics_port", "metrics_token", "otel_endpoint", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        # `IMAGEFORGE_METRICS_PORT=` (as compose passes an unset variable).
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from imageforge.observability import multiprocess
+
 log = logging.getLogger(__name__)
 
 #: A replacement waits this long at first, doubling while replacements keep dying, up to the max.
@@ -69,6 +71,8 @@ class Supervisor:
                 if code is None:
                     continue
                 lived = now - slot.started_at
+                # A killed process could not forget its own live gauges.
+                multiprocess.process_exited(slot.process.pid)
                 if lived >= HEALTHY_AFTER_SECONDS:
                     slot.delay = RESTART_DELAY_SECONDS
                 wait, slot.delay = slot.delay, min(RESTART_DELAY_MAX_SECONDS, slot.delay * 2)

@@ -12,8 +12,12 @@ from imageforge import __version__
 from imageforge.api.body_guard import BodyGuardMiddleware
 from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
+from imageforge.api.observe import ObserveMiddleware
 from imageforge.api.openapi import install_openapi
-from imageforge.api.routes import bench, files, health, images, results, usage
+from imageforge.api.routes import bench, files, health, images, metrics, results, usage
+from imageforge.observability.metrics import metrics as process_metrics
+from imageforge.observability.request_log import RequestLog
+from imageforge.observability.tracing import Tracing, build_tracing
 from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
 
@@ -33,14 +37,18 @@ def create_app(
     run_worker: bool = True,
     storage: StorageFactory | None = None,
     tune_gc: bool = False,
+    tracing: Tracing | None = None,
 ) -> FastAPI:
     """The ASGI app; its lifespan starts and stops the `Runtime` (see `Runtime.start`
-    for `storage` and `tune_gc`)."""
+    for `storage` and `tune_gc`). `tracing`: spans go there instead of where the settings
+    say (tests)."""
+    if tracing is None:
+        tracing = build_tracing(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(
-            settings, run_worker=run_worker, storage=storage, tune_gc=tune_gc
+            settings, run_worker=run_worker, storage=storage, tune_gc=tune_gc, tracing=tracing
         )
         app.state.runtime = runtime
         try:
@@ -65,12 +73,21 @@ def create_app(
     # Here rather than in the server, so the setting holds under any ASGI server; the
     # scheme it passes on is what image links are built with.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+    # Added last, so outermost: it sees every answer (and its time) of every route.
+    app.add_middleware(
+        ObserveMiddleware,
+        request_log=RequestLog(prompts=settings.log_prompts) if settings.access_log else None,
+        metrics=process_metrics() if settings.metrics_enabled else None,
+        tracing=tracing,
+    )
     install_error_handlers(app, unavailable_retry_after=settings.unavailable_retry_after_seconds)
     app.include_router(images.router)
     app.include_router(results.router)
     app.include_router(usage.router)
     app.include_router(files.router)
     app.include_router(health.router)
+    if settings.metrics_enabled and settings.metrics_port is None:
+        app.include_router(metrics.router)
     if settings.bench_endpoints:
         app.include_router(bench.router)
     install_offline_docs(app)

@@ -27,6 +27,13 @@ bearer_scheme = HTTPBearer(
 REQUIRES_API_KEY: dict[str, Any] = {"security": [{"ApiKey": []}]}
 
 
+def observed(request: Request) -> dict[str, Any]:
+    """The request's observation state: what the request line, metrics and span say
+    about it (the contract in `api/observe.py`)."""
+    state: dict[str, Any] = request.scope.setdefault("state", {})
+    return state
+
+
 def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
@@ -49,6 +56,7 @@ async def authenticate(request: Request) -> ApiKeyRecord:
     if token is None:
         raise AuthenticationFailed()
     caller = await runtime.keyring.authenticate(token)
+    observed(request)["key_id"] = caller.id
     if runtime.rate_limiter is not None:
         await runtime.rate_limiter.check(caller.id)
     return caller

@@ -4,7 +4,6 @@ the command itself is spelt when a message tells the operator what to run."""
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
 import sys
@@ -91,20 +90,6 @@ def _shown_path(path: Path) -> str:
         return str(absolute)
     # A bare name would be looked up on PATH instead.
     return str(relative) if len(relative.parts) > 1 else f"./{relative}"
-
-
-def configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    quiet = max(logging.WARNING, logging.getLevelName(level.upper()))
-    # Migrations announce every step at INFO; only problems are worth a line at start-up.
-    # The HTTP clients log every request at INFO: one line per upstream call on top of the
-    # task's own, with the upstream's URL in it.
-    for name in ("alembic", "httpx", "httpx2", "httpcore", "httpcore2", "aiohttp"):
-        logging.getLogger(name).setLevel(quiet)
 
 
 async def with_store(settings: Settings, action: Callable[[Store], Awaitable[T]]) -> T:

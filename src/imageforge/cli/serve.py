@@ -16,13 +16,15 @@ from imageforge import lifeline
 from imageforge.cli.common import (
     ConfigOption,
     command_name,
-    configure_logging,
     load_settings,
     with_store,
 )
 from imageforge.cli.stopping import STOP, run_unless_stopped
 from imageforge.errors import ConfigurationError
 from imageforge.keyring import create_api_key
+from imageforge.observability import multiprocess
+from imageforge.observability.logs import configure_logging
+from imageforge.observability.metrics_server import MetricsServer
 from imageforge.runtime import Runtime
 from imageforge.settings import Settings
 from imageforge.store import Store
@@ -47,7 +49,8 @@ def serve(
     from imageforge.api.connections import server_limits
 
     settings = load_settings(config)
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    multiprocess.prepare(processes=1)
     # Everything the configuration gets wrong is said before anything is announced.
     Runtime.check(settings, run_worker=not no_worker)
     if STOP.requested:
@@ -72,7 +75,10 @@ def serve(
         loop="uvloop",
         # httptools, with the header deadline and the connection cap (`api/connections.py`).
         **server_limits(settings),
-        access_log=settings.access_log,
+        # The app writes one line per request itself (observability/request_log.py), and
+        # logging is configured already (observability/logs.py).
+        access_log=False,
+        log_config=None,
         log_level=settings.log_level,
         # The app applies `trusted_proxies` itself; uvicorn's FORWARDED_ALLOW_IPS is not read.
         proxy_headers=False,
@@ -194,7 +200,8 @@ def worker(
     settings = load_settings(config)
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    multiprocess.prepare(processes=processes, child=parent_pid is not None)
     if processes > 1 and database_backend(settings.resolved_database_url) == "sqlite":
         raise ConfigurationError(
             "--processes needs PostgreSQL: SQLite has a single writer, and a worker waiting "
@@ -214,19 +221,43 @@ def worker(
         if config is not None:
             command += ["--config", str(config)]
         supervisor = Supervisor(command, processes, stop_requested=lambda: STOP.requested)
-        raise typer.Exit(supervisor.run())
+        metrics_server = _supervisor_metrics(settings)
+        try:
+            raise typer.Exit(supervisor.run())
+        finally:
+            if metrics_server is not None:
+                metrics_server.stop()
 
     import uvloop
 
-    uvloop.run(_run_worker(settings))
+    try:
+        uvloop.run(_run_worker(settings, serve_metrics=parent_pid is None))
+    finally:
+        multiprocess.process_exited(os.getpid())
 
 
-async def _run_worker(settings: Settings) -> None:
+def _supervisor_metrics(settings: Settings) -> MetricsServer | None:
+    """`metrics_port` of `worker --processes N`: the sum of its processes' metrics."""
+    if not settings.metrics_enabled or settings.metrics_port is None:
+        return None
+    token = settings.metrics_token
+    server = MetricsServer(
+        settings.metrics_host,
+        settings.metrics_port,
+        token=token.get_secret_value() if token is not None else None,
+    )
+    server.start()
+    return server
+
+
+async def _run_worker(settings: Settings, *, serve_metrics: bool) -> None:
     """Start, serve until a stop, drain. A stop during start-up cancels the start (which
     closes what it opened) and is as clean an exit as a drain."""
     log = logging.getLogger("imageforge")
     started, runtime = await STOP.unless_stopped(
-        Runtime.start(settings, run_api=False, run_worker=True, tune_gc=True)
+        Runtime.start(
+            settings, run_api=False, run_worker=True, tune_gc=True, serve_metrics=serve_metrics
+        )
     )
     if not started or runtime is None:
         log.info("stopped during start-up")

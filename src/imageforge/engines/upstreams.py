@@ -26,6 +26,7 @@ from typing import TypeVar
 from imageforge.engines.breaker import CircuitBreaker
 from imageforge.engines.config import UpstreamConfig, UpstreamKind
 from imageforge.engines.upstream_errors import UpstreamError
+from imageforge.observability.metrics import BREAKER_VALUES, Metrics
 
 log = logging.getLogger(__name__)
 
@@ -96,8 +97,10 @@ class Router:
         default_route: Route,
         *,
         rng: random.Random | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.kind = kind
+        self._metrics = metrics
         self.upstreams = dict(upstreams)
         self._routes = dict(routes)
         self._default = default_route
@@ -149,8 +152,7 @@ class Router:
         can only be collected there."""
         return await self._call(upstream, call)
 
-    @staticmethod
-    async def _call(upstream: Upstream, call: Callable[[Upstream], Awaitable[T]]) -> T:
+    async def _call(self, upstream: Upstream, call: Callable[[Upstream], Awaitable[T]]) -> T:
         async with upstream.slots:
             try:
                 result = await call(upstream)
@@ -159,9 +161,21 @@ class Router:
                     upstream.breaker.record_failure()
                 else:
                     upstream.breaker.record_neutral()
+                self._observe(upstream, error=exc.code)
                 raise
             except BaseException:
                 upstream.breaker.record_neutral()
+                self._observe(upstream)
                 raise
         upstream.breaker.record_success()
+        self._observe(upstream)
         return result
+
+    def _observe(self, upstream: Upstream, *, error: str | None = None) -> None:
+        """The upstream's breaker state after a call, and the call's error class."""
+        if self._metrics is None:
+            return
+        if error is not None:
+            self._metrics.upstream_errors.labels(upstream.name, error).inc()
+        state = BREAKER_VALUES[upstream.breaker.state.value]
+        self._metrics.breaker_state.labels(upstream.name).set(state)

@@ -17,7 +17,7 @@ PROBE_PREFIX = ".imageforge-probe/"
 _PROBE_BYTES = b"imageforge start-up check\n"
 
 
-async def check_storage(storage: Storage, *, location: str) -> None:
+async def check_storage(storage: Storage, *, location: str, check: str = "start-up check") -> None:
     """Write, read back and delete a probe object; ConfigurationError naming the step
     and what the backend said when any of it fails."""
     key = f"{PROBE_PREFIX}{uuid.uuid4().hex}.txt"
@@ -33,5 +33,5 @@ async def check_storage(storage: Storage, *, location: str) -> None:
         await storage.delete(key)
     except OSError as exc:
         raise ConfigurationError(
-            f"image storage {location} failed its start-up check while {step} a probe object: {exc}"
+            f"image storage {location} failed its {check} while {step} a probe object: {exc}"
         ) from None

@@ -300,6 +300,11 @@ class Store(Protocol):
 
     async def ping(self) -> None: ...
 
+    async def schema_revision(self) -> str | None:
+        """The migration the schema is at (None: never migrated). StoreUnavailable when
+        the database cannot be reached."""
+        ...
+
     async def close(self) -> None: ...
 
 

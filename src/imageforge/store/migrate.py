@@ -24,6 +24,14 @@ def alembic_config(database_url: str) -> Config:
     return config
 
 
+def head_revision() -> str:
+    """The newest migration this version ships (what `/readyz` expects the schema at)."""
+    from alembic.script import ScriptDirectory
+
+    heads = ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads()
+    return ",".join(sorted(heads))
+
+
 def upgrade_database(database_url: str) -> None:
     """Bring the schema to the newest revision. Blocking: call it from a thread or
     before the event loop starts (Alembic's environment runs its own loop)."""

@@ -378,6 +378,10 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
         with self._driver_errors:
             await self._pool.fetchval("SELECT 1")
 
+    async def schema_revision(self) -> str | None:
+        rows = await self._read(sql.SCHEMA_REVISION)
+        return str(rows[0][0]) if rows else None
+
     # Wake-ups ---------------------------------------------------------------
 
     async def listen_for_queued_tasks(self, callback: Callable[[], None]) -> None:

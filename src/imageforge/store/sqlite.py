@@ -392,6 +392,10 @@ class SqliteStore(procedures.KeyProcedures, SweepProcedures):
         with self._driver_errors:
             self._reader.execute("SELECT 1").fetchone()
 
+    async def schema_revision(self) -> str | None:
+        rows = self._read(sql.SCHEMA_REVISION)
+        return str(rows[0][0]) if rows else None
+
     async def close(self) -> None:
         await self._writes.close()
         self._reader.close()

@@ -151,6 +151,8 @@ COUNT_UNFINISHED = shared(
     "SELECT count(*) FROM tasks WHERE key_id = $1 AND status IN ('queued', 'processing')"
 )
 COUNT_BY_STATUS = shared("SELECT status, count(*) FROM tasks GROUP BY status")
+#: Alembic's record of the migration the schema is at.
+SCHEMA_REVISION = shared("SELECT version_num FROM alembic_version")
 
 # Every transition below applies only to the holder of the attempt, while processing.
 _HELD = "id = $2 AND attempt = $3 AND status = 'processing'"

@@ -56,7 +56,7 @@ def create_key(data_dir: Path, name: str = "test", **env: str) -> dict[str, Any]
 
 
 class ServerProcess:
-    """`imageforge serve` on a free port of 127.0.0.1, ready (/healthz 200) once built;
+    """`imageforge serve` on a free port of 127.0.0.1, ready (/readyz 200) once built;
     its output goes to a log file beside the data dir."""
 
     def __init__(
@@ -101,7 +101,7 @@ class ServerProcess:
             if self.process.poll() is not None:
                 raise AssertionError(f"server exited early:\n{self.output()}")
             try:
-                if httpx.get(f"{self.base_url}/healthz", timeout=1).status_code == 200:
+                if httpx.get(f"{self.base_url}/readyz", timeout=1).status_code == 200:
                     return
             except httpx.HTTPError:
                 pass

@@ -14,7 +14,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from imageforge.observability.metrics import Metrics
 from imageforge.store import Store, StoreUnavailable
+from imageforge.store.base import RescueReport
 from imageforge.worker.janitor import Janitor
 
 log = logging.getLogger(__name__)
@@ -24,6 +26,23 @@ log = logging.getLogger(__name__)
 PRUNE_EVERY_SECONDS = 60.0
 
 
+async def _count_rescues(store: Store, report: RescueReport, metrics: Metrics) -> None:
+    """Rescues by outcome; a task failed here was refunded (by the store, in the same
+    transaction), so its failure and refund are counted as the worker's are."""
+    if report.requeued:
+        metrics.task_rescues.labels("requeued").inc(len(report.requeued))
+    if not report.failed:
+        return
+    metrics.task_rescues.labels("failed").inc(len(report.failed))
+    for task_id in report.failed:
+        task = await store.get_task(task_id)
+        if task is None:
+            continue
+        metrics.tasks_failed.labels(task.model, task.engine, task.error_code or "rescued").inc()
+        if task.price_micros:
+            metrics.credits_refunded.labels(task.model).inc(task.price_micros)
+
+
 async def rescue_forever(
     store: Store,
     *,
@@ -31,6 +50,7 @@ async def rescue_forever(
     idempotency_ttl_seconds: float = 86_400,
     janitor: Janitor | None = None,
     clock: Callable[[], float] = time.time,
+    metrics: Metrics | None = None,
 ) -> None:
     """Rescue expired leases every `interval_seconds`; prune once a minute; let the
     janitor sweep every `janitor.interval_seconds` (when this node gets the round)."""
@@ -52,6 +72,8 @@ async def rescue_forever(
                 log.warning("re-queued %d task(s) with expired leases", len(report.requeued))
             if report.failed:
                 log.warning("failed %d task(s) out of attempts", len(report.failed))
+            if metrics is not None:
+                await _count_rescues(store, report, metrics)
         except StoreUnavailable:
             log.warning("database unavailable; rescuer retries later")
         except Exception:

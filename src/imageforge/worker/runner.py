@@ -25,6 +25,8 @@ from datetime import UTC, datetime
 
 from imageforge.engines import Engine, EngineError, GeneratedImage, GenerationRequest
 from imageforge.engines.base import UpstreamRef
+from imageforge.observability.metrics import Metrics
+from imageforge.observability.tracing import Tracing
 from imageforge.references import ReferenceFetcher, ReferenceFetchError
 from imageforge.storage import Storage
 from imageforge.store import Store, StoreUnavailable
@@ -90,6 +92,8 @@ class Runner:
         config: RunnerConfig,
         worker_id: str | None = None,
         clock: Callable[[], float] = time.monotonic,
+        metrics: Metrics | None = None,
+        tracing: Tracing | None = None,
     ) -> None:
         """`clock`: this process's clock. The runner only measures durations with it
         (how long a write is retried through an outage); leases and schedules are the
@@ -100,6 +104,8 @@ class Runner:
         self._fetcher = fetcher
         self._config = config
         self._clock = clock
+        self._metrics = metrics
+        self._tracing = tracing
         self.worker_id = worker_id or new_worker_id()
         self._stopping = asyncio.Event()
         self._slots = Slots(config.concurrency, config.claim_batch, self._stopping)
@@ -140,6 +146,8 @@ class Runner:
                     self._slots.settle()  # not claiming while it backs off
                     await self._sleep(backoff)
                     continue
+                if claimed:
+                    self._observe_claims(claimed)
                 for task in claimed:
                     job = asyncio.create_task(self._execute(task), name=f"run {task.id}")
                     self._running[job] = task
@@ -148,6 +156,17 @@ class Runner:
             if claimed and self._slots.has_room:
                 continue  # maybe more is waiting
             await self._slots.wait_for_work(self._config.poll_interval_seconds)
+
+    def _observe_claims(self, claimed: list[Task]) -> None:
+        """Time in queue: from when each task became due (created, or its retry's delay
+        over) to its claim, on this process's clock against the store's (clamped at 0)."""
+        now = time.time()
+        for task in claimed:
+            if self._metrics is not None:
+                waited = max(0.0, now - max(task.run_after, task.created_at))
+                self._metrics.queue_seconds.labels(task.model, task.engine).observe(waited)
+            if self._tracing is not None:
+                self._tracing.queue_span(task, claimed_at=now)
 
     def _finished(self, job: asyncio.Task[None]) -> None:
         self._running.pop(job, None)
@@ -224,36 +243,19 @@ class Runner:
                     job.cancel()
 
     async def _generate_and_store(self, task: Task, job: asyncio.Task[None] | None) -> None:
-        engine = self._engines.get(task.engine)
+        started = time.perf_counter()
+        outcome = "error"
+        span = (
+            self._tracing.engine_span(task)
+            if self._tracing is not None
+            else contextlib.nullcontext()
+        )
         try:
-            if engine is None:
-                raise EngineError(
-                    f"engine {task.engine!r} is not configured on this worker", retryable=False
-                )
-            references = (
-                await self._fetcher.fetch_all(task.image_urls, fit=(task.width, task.height))
-                if engine.fetches_references
-                else []
-            )
-            image = await engine.generate(
-                GenerationRequest(
-                    prompt=task.prompt,
-                    width=task.width,
-                    height=task.height,
-                    quality=task.quality,  # type: ignore[arg-type]
-                    model=task.model,
-                    references=tuple(references),
-                    reference_urls=task.image_urls,
-                    task_id=task.id,
-                    resume=(
-                        UpstreamRef(task.upstream, task.upstream_task_id)
-                        if task.upstream and task.upstream_task_id
-                        else None
-                    ),
-                    checkpoint=lambda ref: self._record_upstream(task, ref),
-                )
-            )
+            with span:
+                image = await self._generate(task)
+            outcome = "ok"
         except LeaseLost:
+            outcome = "lease_lost"
             raise
         except ReferenceFetchError as exc:
             await self._record_failure(
@@ -270,9 +272,46 @@ class Runner:
             failure = Failure(f"internal error: {type(exc).__name__}", "internal_error", True)
             await self._record_failure(task, failure)
             return
+        finally:
+            if self._metrics is not None:
+                self._metrics.engine_seconds.labels(task.model, task.engine, outcome).observe(
+                    time.perf_counter() - started
+                )
 
         async with self._slots.finishing(job):
             await self._store_and_complete(task, image)
+
+    async def _generate(self, task: Task) -> GeneratedImage:
+        """The references fetched and the engine's image (the engine call's span)."""
+        engine = self._engines.get(task.engine)
+        if engine is None:
+            raise EngineError(
+                f"engine {task.engine!r} is not configured on this worker", retryable=False
+            )
+        references = (
+            await self._fetcher.fetch_all(task.image_urls, fit=(task.width, task.height))
+            if engine.fetches_references
+            else []
+        )
+        image = await engine.generate(
+            GenerationRequest(
+                prompt=task.prompt,
+                width=task.width,
+                height=task.height,
+                quality=task.quality,  # type: ignore[arg-type]
+                model=task.model,
+                references=tuple(references),
+                reference_urls=task.image_urls,
+                task_id=task.id,
+                resume=(
+                    UpstreamRef(task.upstream, task.upstream_task_id)
+                    if task.upstream and task.upstream_task_id
+                    else None
+                ),
+                checkpoint=lambda ref: self._record_upstream(task, ref),
+            )
+        )
+        return image
 
     async def _store_and_complete(self, task: Task, image: GeneratedImage) -> None:
         key = storage_key_for(task, image.content_type)
@@ -287,6 +326,8 @@ class Runner:
             await self._storage.delete(key)
             raise LeaseLost()
         log.info("completed %s (attempt %d)", task.id, task.attempt)
+        if self._metrics is not None:
+            self._metrics.tasks_completed.labels(task.model, task.engine).inc()
 
     async def _complete_through_outage(self, task: Task, key: str, image: GeneratedImage) -> bool:
         """complete(), retried with backoff while the database is unreachable.
@@ -353,6 +394,8 @@ class Runner:
                 error_code=failure.code,
             )
             log.info("retrying %s in %.1fs after: %s", task.id, delay, failure.message)
+            if applied and self._metrics is not None:
+                self._metrics.task_retries.labels(task.model, task.engine, failure.code).inc()
         else:
             message = failure.message
             if failure.retryable:
@@ -361,5 +404,9 @@ class Runner:
                 task.id, task.attempt, error=message, error_code=failure.code
             )
             log.info("failed %s: %s", task.id, message)
+            if applied and self._metrics is not None:
+                self._metrics.tasks_failed.labels(task.model, task.engine, failure.code).inc()
+                if task.price_micros:
+                    self._metrics.credits_refunded.labels(task.model).inc(task.price_micros)
         if not applied:
             raise LeaseLost()

@@ -9,7 +9,13 @@ import orjson
 from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
-from imageforge.api.deps import REQUIRES_API_KEY, authenticate, base_url_of, runtime_of
+from imageforge.api.deps import (
+    REQUIRES_API_KEY,
+    authenticate,
+    base_url_of,
+    observed,
+    runtime_of,
+)
 from imageforge.api.responses import error_responses
 from imageforge.runtime import Runtime
 from imageforge.tasks import Task, TaskStatus
@@ -33,6 +39,7 @@ async def get_result(
     request: Request,
     task_id: str = Path(description="The task id returned on create (`image_…`)."),
 ) -> Response:
+    observed(request)["task_id"] = task_id
     caller = await authenticate(request)
     runtime = runtime_of(request)
     now = time.time()

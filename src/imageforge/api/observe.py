@@ -1,0 +1,127 @@
+"""The observing middleware: request id, one request line, request metrics, a span.
+
+A pure ASGI middleware around the whole app (outside every other one), so that it sees
+every answer, including those of endpoints served ahead of FastAPI's router, at the cost
+of a few dictionary reads per request.
+
+What it logs and counts an endpoint tells it through the ASGI scope's state dict (the
+contract in docs/ARCHITECTURE.md, "Request observation"):
+
+- `scope["state"]["route"]`: the route template (`/v1/result/{task_id}`); without it,
+  the template of the route FastAPI matched (`scope["route"].path`), else `unmatched`;
+- `scope["state"]["key_id"]`: the authenticated key (set by `api/deps.authenticate`);
+- `scope["state"]["task_id"]`: the task the request created or read;
+- `scope["state"]["prompt"]`: a create's prompt (logged only with `log_prompts`).
+
+It writes `scope["state"]["request_id"]`: the client's `X-Request-Id` when it is 1 to 128
+visible ASCII characters, else a new one; the response carries it back.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from imageforge.observability.metrics import Metrics
+from imageforge.observability.request_log import RequestLog
+from imageforge.observability.tracing import Tracing
+
+_REQUEST_ID_HEADER = b"x-request-id"
+_MAX_REQUEST_ID = 128
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+UNMATCHED = "unmatched"
+
+
+def _incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == _REQUEST_ID_HEADER:
+            if 0 < len(value) <= _MAX_REQUEST_ID and all(33 <= b <= 126 for b in value):
+                return value.decode("ascii")
+            return None
+    return None
+
+
+def route_template(scope: Scope, state: dict[str, Any]) -> str:
+    route = state.get("route")
+    if route is not None:
+        return str(route)
+    matched = scope.get("route")
+    path = getattr(matched, "path", None)
+    return path if isinstance(path, str) else UNMATCHED
+
+
+class ObserveMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        request_log: RequestLog | None,
+        metrics: Metrics | None,
+        tracing: Tracing | None = None,
+    ) -> None:
+        self.app = app
+        self._log = request_log
+        self._metrics = metrics
+        self._tracing = tracing
+        # Label children by (route, method[, status]): labels() costs a lock and a hash.
+        self._counters: dict[tuple[str, str, int], Any] = {}
+        self._histograms: dict[tuple[str, str], Any] = {}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        request_id = _incoming_request_id(scope["headers"]) or uuid.uuid4().hex
+        state = scope.get("state")
+        if state is None:
+            state = scope["state"] = {}
+        state["request_id"] = request_id
+        echoed = (_REQUEST_ID_HEADER, request_id.encode("ascii"))
+        status = 500
+
+        async def send_observed(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), echoed]
+            await send(message)
+
+        span = self._tracing.request_span(scope) if self._tracing is not None else None
+        try:
+            await self.app(scope, receive, send_observed)
+        finally:
+            duration = time.perf_counter() - started
+            route = route_template(scope, state)
+            method = scope["method"]
+            if method not in _METHODS:
+                method = "other"
+            if self._metrics is not None:
+                self._count(route, method, status, duration)
+            if self._log is not None:
+                self._log.write(
+                    method=method,
+                    route=route,
+                    status=status,
+                    duration_s=duration,
+                    request_id=request_id,
+                    state=state,
+                )
+            if span is not None:
+                assert self._tracing is not None
+                self._tracing.end_request_span(span, route=route, status=status, state=state)
+
+    def _count(self, route: str, method: str, status: int, duration: float) -> None:
+        counter = self._counters.get((route, method, status))
+        if counter is None:
+            counter = self._metrics.requests.labels(route, method, str(status))  # type: ignore[union-attr]
+            self._counters[(route, method, status)] = counter
+        counter.inc()
+        histogram = self._histograms.get((route, method))
+        if histogram is None:
+            histogram = self._metrics.request_seconds.labels(route, method)  # type: ignore[union-attr]
+            self._histograms[(route, method)] = histogram
+        histogram.observe(duration)

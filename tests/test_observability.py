@@ -1,0 +1,234 @@
+"""Request lines, request ids, liveness and readiness, and /metrics after a known workload."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import sqlite3
+from pathlib import Path
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from imageforge.observability.logs import JsonFormatter
+from imageforge.observability.request_log import LOGGER_NAME
+from imageforge.testing.processes import free_port
+from tests.conftest import ApiHarness, make_settings, start_harness
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def samples(text: str) -> Samples:
+    found: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            found[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return found
+
+
+def value(found: Samples, name: str, **labels: str) -> float:
+    return found.get((name, frozenset(labels.items())), 0.0)
+
+
+async def scrape(api: ApiHarness, **headers: str) -> Samples:
+    response = await api.client.get("/metrics", headers=headers)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain")
+    return samples(response.text)
+
+
+def request_lines(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == LOGGER_NAME]
+
+
+async def test_request_lines_carry_the_request_id_and_never_the_key(
+    api: ApiHarness, key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    created = await api.client.post(
+        "/v1/image2/images",
+        json={"model": "gpt-image-2", "prompt": "a secret garden"},
+        headers={"Authorization": f"Bearer {key}", "X-Request-Id": "trace-abc.123"},
+    )
+    assert created.status_code == 200
+    assert created.headers["x-request-id"] == "trace-abc.123"
+    task_id = created.json()["id"]
+    polled = await api.poll(key, task_id)
+    generated = polled.headers["x-request-id"]
+    assert len(generated) == 32 and generated != "trace-abc.123"
+    # Not a usable id (a space, too long): replaced, never echoed.
+    for bad in ("two words", "x" * 129):
+        answer = await api.client.get("/healthz", headers={"X-Request-Id": bad})
+        assert answer.headers["x-request-id"] != bad
+
+    lines = request_lines(caplog)
+    create_line, poll_line = lines[0], lines[1]
+    assert create_line.fields == {  # type: ignore[attr-defined]
+        "method": "POST",
+        "route": "/v1/image2/images",
+        "status": 200,
+        "duration_ms": create_line.fields["duration_ms"],  # type: ignore[attr-defined]
+        "request_id": "trace-abc.123",
+        "key_id": (await api.runtime.store.list_keys())[0].id,
+        "task_id": task_id,
+    }
+    assert poll_line.fields["route"] == "/v1/result/{task_id}"  # type: ignore[attr-defined]
+    assert poll_line.fields["task_id"] == task_id  # type: ignore[attr-defined]
+    assert poll_line.fields["request_id"] == generated  # type: ignore[attr-defined]
+    everything = "\n".join(r.getMessage() + json.dumps(r.fields) for r in lines)  # type: ignore[attr-defined]
+    assert key not in everything and "secret garden" not in everything
+    assert "trace-abc.123" in create_line.getMessage()
+
+    # The JSON format: one object per line, the fields as keys.
+    parsed = json.loads(JsonFormatter().format(poll_line))
+    assert parsed["route"] == "/v1/result/{task_id}" and parsed["status"] == 200
+    assert parsed["level"] == "info" and parsed["logger"] == LOGGER_NAME and parsed["time"]
+
+
+async def test_unknown_routes_are_logged_as_unmatched(
+    api: ApiHarness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    assert (await api.client.get("/no/such/thing/12345")).status_code == 404
+    (line,) = request_lines(caplog)
+    assert line.fields["route"] == "unmatched"  # type: ignore[attr-defined]
+    assert "12345" not in line.getMessage()
+
+
+async def test_prompts_are_logged_only_when_asked(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    lifespan, api = await start_harness(
+        make_settings(tmp_path / "data", log_prompts=True), run_worker=False
+    )
+    try:
+        key = await api.new_key()
+        assert (await api.create(key, prompt="a lighthouse")).status_code == 200
+    finally:
+        await api.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+    (line,) = request_lines(caplog)
+    assert line.fields["prompt"] == "a lighthouse"  # type: ignore[attr-defined]
+
+
+async def test_the_request_log_can_be_turned_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger=LOGGER_NAME)
+    lifespan, api = await start_harness(
+        make_settings(tmp_path / "data", access_log=False, metrics_enabled=False),
+        run_worker=False,
+    )
+    try:
+        answer = await api.client.get("/healthz")
+        assert answer.status_code == 200 and answer.headers["x-request-id"]
+        assert (await api.client.get("/metrics")).status_code == 404
+    finally:
+        await api.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+    assert not request_lines(caplog)
+
+
+async def test_readiness_names_what_is_wrong_and_recovers(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    lifespan, api = await start_harness(make_settings(data), run_worker=False)
+    try:
+        assert (await api.client.get("/readyz")).status_code == 200
+        # The schema behind this version's migrations.
+        with sqlite3.connect(data / "imageforge.db") as db:
+            (head,) = db.execute("SELECT version_num FROM alembic_version").fetchone()
+            db.execute("UPDATE alembic_version SET version_num = '0001'")
+        answer = await api.client.get("/readyz")
+        assert answer.status_code == 503 and answer.headers["retry-after"]
+        error = answer.json()["error"]
+        assert error["code"] == "not_ready" and "schema is at migration 0001" in error["message"]
+        assert head in error["message"]
+        assert (await api.client.get("/healthz")).status_code == 200  # alive all the same
+        with sqlite3.connect(data / "imageforge.db") as db:
+            db.execute("UPDATE alembic_version SET version_num = ?", (head,))
+        assert (await api.client.get("/readyz")).status_code == 200
+
+        # Storage that takes no write: its folder replaced by a file.
+        images = data / "images"
+        shutil.rmtree(images)
+        images.write_text("not a folder")
+        answer = await api.client.get("/readyz")
+        assert answer.status_code == 503
+        assert "readiness check while writing" in answer.json()["error"]["message"]
+        images.unlink()
+        images.mkdir()
+        assert (await api.client.get("/readyz")).status_code == 200
+    finally:
+        await api.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+async def test_metrics_after_a_known_workload(api: ApiHarness, key: str) -> None:
+    before = await scrape(api)
+    created = [(await api.create(key)).json()["id"] for _ in range(3)]
+    for task_id in created:
+        assert (await api.wait_terminal(key, task_id))["status"] == "completed"
+    assert (await api.create(key, size="1x1")).status_code == 400
+    for _ in range(4):
+        assert (await api.poll(key, created[0])).status_code == 200
+    after = await scrape(api)
+
+    def delta(name: str, **labels: str) -> float:
+        return value(after, name, **labels) - value(before, name, **labels)
+
+    model = {"model": "gpt-image-2", "engine": "offline"}
+    assert delta("imageforge_tasks_created_total", **model) == 3
+    assert delta("imageforge_tasks_completed_total", **model) == 3
+    create = {"route": "/v1/image2/images", "method": "POST"}
+    assert delta("imageforge_http_requests_total", **create, status="200") == 3
+    assert delta("imageforge_http_requests_total", **create, status="400") == 1
+    poll = {"route": "/v1/result/{task_id}", "method": "GET"}
+    polls = delta("imageforge_http_requests_total", **poll, status="200")
+    assert polls >= 4 + 3  # wait_terminal polled each task at least once
+    assert delta("imageforge_http_request_duration_seconds_count", **poll) == polls
+    assert delta("imageforge_http_request_duration_seconds_bucket", **poll, le="+Inf") == polls
+    assert delta("imageforge_task_queue_seconds_count", **model) == 3
+    assert delta("imageforge_engine_seconds_count", **model, outcome="ok") == 3
+    assert value(after, "imageforge_queue_depth", status="completed") == 3
+    assert value(after, "imageforge_queue_depth", status="queued") == 0
+    assert ("imageforge_webhook_deliveries_total", frozenset()) not in after  # no outcome yet
+
+
+async def test_metrics_token_and_port(tmp_path: Path) -> None:
+    token = "s3cret-metrics-token"
+    lifespan, api = await start_harness(
+        make_settings(tmp_path / "data", metrics_token=token), run_worker=False
+    )
+    try:
+        assert (await api.client.get("/metrics")).status_code == 401
+        wrong = await api.client.get("/metrics", headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+        found = await scrape(api, Authorization=f"Bearer {token}")
+        assert ("imageforge_queue_depth", frozenset({("status", "queued")})) in found
+    finally:
+        await api.client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+async def test_metrics_on_their_own_port(tmp_path: Path) -> None:
+    port = free_port()
+    token = "s3cret-metrics-token"
+    settings = make_settings(tmp_path / "data", metrics_port=port, metrics_token=token)
+    lifespan, api = await start_harness(settings, run_worker=False)
+    try:
+        key = await api.new_key()
+        assert (await api.create(key)).status_code == 200
+        assert (await api.client.get("/metrics")).status_code == 404  # not on the API's port
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as scraper:
+            assert (await scraper.get("/metrics")).status_code == 401
+            answer = await scraper.get("/metrics", headers={"Authorization": f"Bearer {token}"})
+            assert answer.status_code == 200
+            found = samples(answer.text)
+            assert value(found, "imageforge_queue_depth", status="queued") == 1
+            assert (await scraper.get("/other")).status_code == 404
+    finally:
+        await api.client.aclose()
+        await lifespan.__aexit__(None, None, None)
