@@ -43,6 +43,20 @@ class AuthenticationFailed(ImageforgeError):
         super().__init__(message)
 
 
+class AdminOnlyKey(ImageforgeError):
+    """An admin-only key used on the task API (403): it may call /v1/admin/* only."""
+
+    status_code = 403
+    error_type = "permission_error"
+    code = "admin_only_key"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "This is an admin key: it may call the admin API only. Use a task-API key "
+            "(or create one with `keys create --admin --task-api` to do both)."
+        )
+
+
 class NotFound(ImageforgeError):
     """Unknown, or owned by another key: the two are indistinguishable (404)."""
 

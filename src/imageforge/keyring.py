@@ -77,9 +77,17 @@ class KeyRing:
 
 
 async def create_api_key(
-    store: Store, name: str, *, balance_micros: int | None = None
+    store: Store,
+    name: str,
+    *,
+    balance_micros: int | None = None,
+    admin: bool = False,
+    task_api: bool = True,
 ) -> tuple[ApiKeyRecord, str]:
-    """A new key: the record and the only copy of its secret."""
+    """A new key: the record and the only copy of its secret. `admin`: it may call the
+    admin API; `task_api`: it may create and read tasks (at least one of the two)."""
+    if not (admin or task_api):
+        raise ValueError("a key must be an admin key, a task-API key, or both")
     secret = apikeys.generate_api_key()
     record = await store.create_key(
         key_id=new_key_id(),
@@ -88,5 +96,7 @@ async def create_api_key(
         hint=apikeys.display_hint(secret),
         now=time.time(),
         balance_micros=balance_micros,
+        admin=admin,
+        task_api=task_api,
     )
     return record, secret

@@ -20,7 +20,7 @@ from imageforge.tasks import TaskStatus
 
 if TYPE_CHECKING:
     from imageforge.catalog import ResolvedRequest
-    from imageforge.store.base import ApiKeyRecord, UsageRow
+    from imageforge.store.base import ApiKeyRecord, AuditEntry, UsageRow
     from imageforge.tasks import Task
 
 TaskStatusName = Literal["queued", "processing", "completed", "failed"]
@@ -275,6 +275,8 @@ class KeyInfo(BaseModel):
     revoked_at: float | None = Field(description="Unix seconds; null while active.")
     active: bool = Field(description="Not revoked.")
     balance: float | None = Field(description="Credits left; null means unlimited.")
+    admin: bool = Field(description="May call the admin API.")
+    task_api: bool = Field(description="May create and read tasks.")
 
 
 # Builders --------------------------------------------------------------------------
@@ -382,4 +384,51 @@ def key_info_body(key: ApiKeyRecord) -> dict[str, Any]:
         "revoked_at": key.revoked_at,
         "active": key.is_active,
         "balance": _balance(key.balance_micros),
+        "admin": key.admin,
+        "task_api": key.task_api,
+    }
+
+
+# The admin API's bodies (documented in the README, not in the API document) ----------
+
+
+def admin_task_body(task: Task) -> dict[str, Any]:
+    """`GET /v1/admin/tasks/{id}`: an operator's view of any key's task."""
+    return {
+        "id": task.id,
+        "key_id": task.key_id,
+        "model": task.model,
+        "engine": task.engine,
+        "status": task.status.value,
+        "prompt": task.prompt,
+        "quality": task.quality,
+        "width": task.width,
+        "height": task.height,
+        "image_urls": list(task.image_urls),
+        "attempt": task.attempt,
+        "max_attempts": task.max_attempts,
+        "worker_id": task.worker_id,
+        "error": task.error,
+        "error_code": task.error_code,
+        "price": to_json_number(task.price_micros),
+        "refunded": task.refunded,
+        "upstream": task.upstream,
+        "upstream_task_id": task.upstream_task_id,
+        "has_image": task.image_key is not None,
+        "created_at": task.created_at,
+        "started_at": task.started_at,
+        "finished_at": task.finished_at,
+    }
+
+
+def audit_entry_body(entry: AuditEntry) -> dict[str, Any]:
+    """One entry of `GET /v1/admin/audit`."""
+    return {
+        "id": entry.id,
+        "at": entry.at,
+        "actor": entry.actor,
+        "action": entry.action,
+        "target": entry.target,
+        "details": entry.details,
+        "request_id": entry.request_id,
     }

@@ -14,7 +14,7 @@ from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
 from imageforge.api.observe import ObserveMiddleware
 from imageforge.api.openapi import install_openapi
-from imageforge.api.routes import bench, files, health, images, metrics, results, usage
+from imageforge.api.routes import admin, bench, files, health, images, metrics, results, usage
 from imageforge.observability.metrics import metrics as process_metrics
 from imageforge.observability.request_log import RequestLog
 from imageforge.observability.tracing import Tracing, build_tracing
@@ -86,6 +86,7 @@ def create_app(
     app.include_router(usage.router)
     app.include_router(files.router)
     app.include_router(health.router)
+    app.include_router(admin.router)
     if settings.metrics_enabled and settings.metrics_port is None:
         app.include_router(metrics.router)
     if settings.bench_endpoints:

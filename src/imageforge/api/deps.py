@@ -12,8 +12,9 @@ from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imageforge.errors import AuthenticationFailed
+from imageforge.errors import AdminOnlyKey, AuthenticationFailed
 from imageforge.runtime import Runtime
 from imageforge.store import ApiKeyRecord
 
@@ -57,6 +58,8 @@ async def authenticate(request: Request) -> ApiKeyRecord:
         raise AuthenticationFailed()
     caller = await runtime.keyring.authenticate(token)
     observed(request)["key_id"] = caller.id
+    if not caller.task_api:
+        raise AdminOnlyKey()
     if runtime.rate_limiter is not None:
         await runtime.rate_limiter.check(caller.id)
     return caller
@@ -92,3 +95,27 @@ def base_url_of(request: Request, configured: str | None) -> str:
         server = scope.get("server") or ("127.0.0.1", 80)
         host = f"{server[0]}:{server[1]}"
     return f"{scope['scheme']}://{host}{scope.get('root_path', '')}"
+
+
+async def authenticate_admin(request: Request) -> ApiKeyRecord:
+    """The active admin key behind `Authorization: Bearer …`. Anything else (no key, a
+    wrong one, a task-API key) gets the very answer an unknown route gets, so that only
+    an admin can tell the admin routes exist."""
+    token = _bearer_token(request)
+    if token is not None:
+        try:
+            caller = await runtime_of(request).keyring.authenticate(token)
+        except AuthenticationFailed:
+            pass
+        else:
+            if caller.admin:
+                observed(request)["key_id"] = caller.id
+                return caller
+    raise StarletteHTTPException(404)
+
+
+async def _admin_dependency(request: Request) -> ApiKeyRecord:
+    return await authenticate_admin(request)
+
+
+AdminDep = Annotated[ApiKeyRecord, Depends(_admin_dependency)]

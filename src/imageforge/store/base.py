@@ -87,10 +87,29 @@ class ApiKeyRecord:
     revoked_at: float | None
     #: Credits left in micro-units at the time of reading; None is unlimited.
     balance_micros: int | None = None
+    #: May call the admin API (`/v1/admin/*`).
+    admin: bool = False
+    #: May use the task API (create, poll, usage); an admin-only key may not.
+    task_api: bool = True
 
     @property
     def is_active(self) -> bool:
         return self.revoked_at is None
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One admin action: who (an admin key's id, or `cli`), what, to what, when."""
+
+    at: float
+    actor: str
+    action: str
+    target: str | None
+    #: The action's parameters (never a secret), stored as JSON.
+    details: dict[str, Any]
+    request_id: str | None = None
+    #: Set by the store; None before it is recorded.
+    id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +171,8 @@ class Store(Protocol):
         hint: str,
         now: float,
         balance_micros: int | None = None,
+        admin: bool = False,
+        task_api: bool = True,
     ) -> ApiKeyRecord:
         """A limited key (balance given) starts its ledger with a credit entry."""
         ...
@@ -296,6 +317,15 @@ class Store(Protocol):
     async def delete_finished_tasks(self, *, finished_before: float, limit: int) -> int:
         """Delete up to `limit` finished task rows finished before the cutoff whose image
         is gone (no image key); their ledger rows stay. → how many."""
+        ...
+
+    # The admin audit ----------------------------------------------------------
+    async def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        """Append an admin action; → the entry with its id."""
+        ...
+
+    async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+        """Newest first, at most `limit`, older than `before_id` when given."""
         ...
 
     async def ping(self) -> None: ...

@@ -85,7 +85,7 @@ async def _keep_session(connection: Any) -> None:
     pool), so there is nothing to reset."""
 
 
-class PostgresStore(procedures.KeyProcedures, SweepProcedures):
+class PostgresStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepProcedures):
     def __init__(self, pool: Any, dsn: str, *, clock: Callable[[], float] | None = None) -> None:
         """`clock`: None for the database's clock (what every deployment wants); a
         function, for tests that move time, is used in its place."""
@@ -147,6 +147,9 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
         with self._driver_errors:
             async with self._pool.acquire() as connection, connection.transaction():
                 return await _run(connection, make())
+
+    async def _read_rows(self, statement: sql.Statement, *args: Any) -> list[Any]:
+        return await self._read(statement, *args)
 
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None:
         rows = await self._read(sql.GET_KEY, key_id)

@@ -12,13 +12,21 @@ PostgreSQL's single-statement writes) stays in its store.
 from __future__ import annotations
 
 from collections.abc import Callable, Generator, Sequence
+from dataclasses import replace
 from typing import Any, TypeVar
+
+import orjson
 
 from imageforge.billing import plan_balance_change
 from imageforge.errors import NotFound
 from imageforge.ids import KeyId
 from imageforge.store import statements as sql
-from imageforge.store.base import ApiKeyRecord, IdempotencyClaim, idempotency_mismatch
+from imageforge.store.base import (
+    ApiKeyRecord,
+    AuditEntry,
+    IdempotencyClaim,
+    idempotency_mismatch,
+)
 from imageforge.store.rows import key_from_row, task_from_row
 from imageforge.tasks import Task
 
@@ -71,9 +79,11 @@ def create_key(
     hint: str,
     now: float,
     balance_micros: int | None,
+    admin: bool = False,
+    task_api: bool = True,
 ) -> Procedure[ApiKeyRecord]:
     """A limited key (balance given) starts its ledger with a credit entry."""
-    yield sql.INSERT_KEY, (key_id, name, key_hash, hint, now, balance_micros)
+    yield sql.INSERT_KEY, (key_id, name, key_hash, hint, now, balance_micros, admin, task_api)
     if balance_micros is not None:
         yield sql.BOOK_CREDIT, (key_id, balance_micros, "initial credits", now)
     return ApiKeyRecord(
@@ -83,6 +93,8 @@ def create_key(
         created_at=now,
         revoked_at=None,
         balance_micros=balance_micros,
+        admin=admin,
+        task_api=task_api,
     )
 
 
@@ -130,6 +142,8 @@ class KeyProcedures:
         hint: str,
         now: float,
         balance_micros: int | None = None,
+        admin: bool = False,
+        task_api: bool = True,
     ) -> ApiKeyRecord:
         return await self._in_transaction(
             lambda: create_key(
@@ -139,6 +153,8 @@ class KeyProcedures:
                 hint=hint,
                 now=now,
                 balance_micros=balance_micros,
+                admin=admin,
+                task_api=task_api,
             )
         )
 
@@ -162,3 +178,48 @@ class KeyProcedures:
                 now=now,
             )
         )
+
+
+def record_audit(entry: AuditEntry) -> Procedure[AuditEntry]:
+    rows = yield (
+        sql.INSERT_AUDIT,
+        (
+            entry.at,
+            entry.actor,
+            entry.action,
+            entry.target,
+            orjson.dumps(entry.details).decode(),
+            entry.request_id,
+        ),
+    )
+    return replace(entry, id=int(rows[0][0]))
+
+
+def audit_from_row(row: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(
+        id=int(row[0]),
+        at=row[1],
+        actor=row[2],
+        action=row[3],
+        target=row[4],
+        details=orjson.loads(row[5]),
+        request_id=row[6],
+    )
+
+
+class AuditProcedures:
+    """The audit's Store methods, written once for both stores (see `KeyProcedures`); a
+    store supplies `_in_transaction` and `_read_rows`."""
+
+    async def _in_transaction(self, make: Callable[[], Procedure[T]]) -> T:
+        raise NotImplementedError
+
+    async def _read_rows(self, statement: sql.Statement, *args: Any) -> Rows:
+        raise NotImplementedError
+
+    async def record_audit(self, entry: AuditEntry) -> AuditEntry:
+        return await self._in_transaction(lambda: record_audit(entry))
+
+    async def list_audit(self, *, limit: int, before_id: int | None = None) -> list[AuditEntry]:
+        rows = await self._read_rows(sql.LIST_AUDIT, before_id, limit)
+        return [audit_from_row(row) for row in rows]

@@ -46,7 +46,7 @@ TASK_COLUMN_NAMES = (
 TASK_COLUMNS = ", ".join(TASK_COLUMN_NAMES)
 #: Where `run_after` stands in `task_values` (stores stamp it when a task is accepted).
 RUN_AFTER = TASK_COLUMN_NAMES.index("run_after")
-KEY_COLUMNS = "id, name, hint, created_at, revoked_at, balance_micros"
+KEY_COLUMNS = "id, name, hint, created_at, revoked_at, balance_micros, admin, task_api"
 
 
 def encode_usage(usage: dict[str, Any] | None) -> str | None:
@@ -130,6 +130,8 @@ def key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
         created_at=row[3],
         revoked_at=row[4],
         balance_micros=row[5],
+        admin=bool(row[6]),
+        task_api=bool(row[7]),
     )
 
 

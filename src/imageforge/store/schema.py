@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -16,7 +17,9 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    false,
     text,
+    true,
 )
 
 metadata = MetaData()
@@ -35,6 +38,20 @@ api_keys = Table(
         BigInteger,
         nullable=True,
         comment="credits left; null = unlimited; moved with a ledger row in one transaction",
+    ),
+    Column(
+        "admin",
+        Boolean,
+        nullable=False,
+        server_default=false(),
+        comment="may call /v1/admin/*; set once, on creation (`keys create --admin`)",
+    ),
+    Column(
+        "task_api",
+        Boolean,
+        nullable=False,
+        server_default=true(),
+        comment="may create and read tasks; off for an admin-only key; set once, on creation",
     ),
 )
 
@@ -173,4 +190,24 @@ sweep_leases = Table(
     Column("holder", String(100), nullable=False, comment="the node that holds the lease"),
     Column("expires_at", Float, nullable=False, comment="store's clock; free to take after"),
     comment="one row per periodic sweep: whoever holds its lease does that round",
+)
+
+admin_audit = Table(
+    "admin_audit",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("at", Float, nullable=False, comment="when the action was done"),
+    Column(
+        "actor",
+        String(100),
+        nullable=False,
+        comment="the admin key's id (key_…), or `cli` for the command line on the database",
+    ),
+    Column("action", String(50), nullable=False, comment="e.g. keys.create, keys.credits"),
+    Column("target", String(100), nullable=True, comment="the key or task acted on"),
+    Column(
+        "details", Text, nullable=False, comment="JSON: the request's parameters, never a secret"
+    ),
+    Column("request_id", String(128), nullable=True, comment="the request's X-Request-Id"),
+    comment="append-only: every admin action, read or write; never updated or deleted",
 )

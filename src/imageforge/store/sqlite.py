@@ -170,7 +170,7 @@ def sqlite_path(database_url: str) -> Path:
     return Path(url.database)
 
 
-class SqliteStore(procedures.KeyProcedures, SweepProcedures):
+class SqliteStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepProcedures):
     def __init__(
         self,
         path: Path,
@@ -209,6 +209,9 @@ class SqliteStore(procedures.KeyProcedures, SweepProcedures):
     async def _in_transaction(self, make: Callable[[], Procedure[T]]) -> T:
         async with self._writes.write() as db:
             return _run(db, make())
+
+    async def _read_rows(self, statement: sql.Statement, *args: Any) -> list[Any]:
+        return self._read(statement, args)
 
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None:
         rows = self._read(sql.GET_KEY, (key_id,))

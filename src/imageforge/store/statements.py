@@ -80,8 +80,8 @@ def shared(template: str) -> Statement:
 # Keys ---------------------------------------------------------------------------------
 
 INSERT_KEY = shared(
-    "INSERT INTO api_keys (id, name, key_hash, hint, created_at, balance_micros) "
-    "VALUES ($1, $2, $3, $4, $5, $6)"
+    "INSERT INTO api_keys (id, name, key_hash, hint, created_at, balance_micros, admin, task_api) "
+    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
 )
 GET_KEY = shared(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1")
 FIND_KEY = shared(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1")
@@ -100,6 +100,18 @@ LEDGER_SUM = shared(
 BOOK_CREDIT = shared(
     "INSERT INTO ledger (key_id, kind, amount_micros, note, created_at) "
     "VALUES ($1, 'credit', $2, $3, $4)"
+)
+
+# The admin audit -----------------------------------------------------------------------
+
+_AUDIT_COLUMNS = "id, at, actor, action, target, details, request_id"
+INSERT_AUDIT = shared(
+    "INSERT INTO admin_audit (at, actor, action, target, details, request_id) "
+    "VALUES ($1, $2, $3, $4, $5, $6) RETURNING id"
+)
+LIST_AUDIT = shared(
+    f"SELECT {_AUDIT_COLUMNS} FROM admin_audit WHERE (CAST($1 AS BIGINT) IS NULL OR id < $1) "
+    "ORDER BY id DESC LIMIT $2"
 )
 
 # Idempotency keys and request counters -----------------------------------------------
