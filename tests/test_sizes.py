@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from fractions import Fraction
 
 import pytest
@@ -340,6 +341,44 @@ def test_check_size_agrees_with_the_plain_rules(width: int, height: int) -> None
     else:
         accepted = True
     assert accepted == obeys_the_rules(width, height)
+
+
+#: Each rule on its own, in the vendor's order, with the words its message must contain.
+SIZE_RULES: tuple[tuple[str, Callable[[int, int], bool]], ...] = (
+    ("both edges must be positive", lambda w, h: w > 0 and h > 0),
+    ("the longest edge must be at most 3840 px", lambda w, h: max(w, h) <= 3840),
+    ("both edges must be multiples of 16", lambda w, h: w % 16 == 0 and h % 16 == 0),
+    (
+        "the long edge may be at most 3 times the short edge",
+        lambda w, h: Fraction(max(w, h), min(w, h)) <= 3,
+    ),
+    (
+        "total pixels must be between 655,360 and 8,294,400",
+        lambda w, h: 655_360 <= w * h <= 8_294_400,
+    ),
+)
+
+
+@given(width=edges, height=edges)
+def test_an_accepted_size_keeps_every_rule_and_a_refusal_names_one_it_breaks(
+    width: int, height: int
+) -> None:
+    broken = []
+    for words, rule in SIZE_RULES:
+        if not rule(width, height):
+            broken.append(words)
+            if words == SIZE_RULES[0][0]:
+                break  # the other rules say nothing about a size without area
+    try:
+        check_size(width, height)
+    except InvalidRequest as exc:
+        assert broken, f"{width}x{height} refused though it keeps every rule: {exc.message}"
+        named = [words for words in broken if words in exc.message]
+        assert named, f"{exc.message!r} names none of the rules broken: {broken}"
+        assert exc.message.startswith("size: ") and f"{width}x{height}" in exc.message
+        assert exc.param == "size"
+    else:
+        assert not broken, f"{width}x{height} accepted though it breaks: {broken}"
 
 
 @given(
