@@ -8,7 +8,10 @@ Phases, each against a fresh `imageforge serve` subprocess on 127.0.0.1 with a t
    until all are completed, stop; copy the data dir for phase 3.
 1. poll (`--no-worker`): create `--queued-tasks` more tasks (they stay queued), then alternate
    passes of `GET /_bench/bare/{id}` and `GET /v1/result/{id}` over a 50/50 mix of completed and
-   queued ids.
+   queued ids. The servers run with their defaults: a request line per request, and metrics.
+1b. observability cost: a second API-only server on the same data with request lines and
+   metrics off (`IMAGEFORGE_ACCESS_LOG=false`, `IMAGEFORGE_METRICS_ENABLED=false`); alternate
+   poll passes against it and against phase 1's server (on). Target: on ≥ 95 % of off.
 2. create (same server): alternate `POST /_bench/bare` and `POST /v1/image2/images`.
 3. poll during 4K renders (with the worker, on the copy of phase 0's data): keep a backlog of 4K
    tasks queued and poll a mix of completed and rendering ids while the worker renders; first with
@@ -50,6 +53,8 @@ from loadgen import LoadResult, LoadSpec, percentile, run_load
 HOST = "127.0.0.1"
 POLL_TARGET = 0.80
 CREATE_TARGET = 0.35
+#: Poll throughput with request lines and metrics on, against both off: at most 5 % less.
+OBSERVABILITY_TARGET = 0.95
 RENDER_P99_TARGET_MS = 50.0
 #: More errors than this (of the measured requests of a phase) means the bench broke.
 MAX_ERROR_RATE = 0.01
@@ -142,12 +147,17 @@ def _imageforge_command() -> str:
     return found
 
 
-def _server_env(data_dir: Path) -> dict[str, str]:
+def _server_env(data_dir: Path, **extra: str) -> dict[str, str]:
     """The caller's environment without its own IMAGEFORGE_* settings, plus the bench's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEFORGE_")}
     env["IMAGEFORGE_DATA_DIR"] = str(data_dir)
     env["IMAGEFORGE_BENCH_ENDPOINTS"] = "1"
+    env.update(extra)
     return env
+
+
+#: A server that writes no request line and counts nothing (the observability phase's "off").
+OBSERVABILITY_OFF = {"IMAGEFORGE_ACCESS_LOG": "false", "IMAGEFORGE_METRICS_ENABLED": "false"}
 
 
 def _free_port() -> int:
@@ -167,7 +177,16 @@ def _tail(path: Path, lines: int = 30) -> str:
 class Server:
     """One `imageforge serve` subprocess in its own session (so Ctrl-C reaches only us)."""
 
-    def __init__(self, *, data_dir: Path, work_dir: Path, log_path: Path, worker: bool) -> None:
+    def __init__(
+        self,
+        *,
+        data_dir: Path,
+        work_dir: Path,
+        log_path: Path,
+        worker: bool,
+        env: dict[str, str] | None = None,
+    ) -> None:
+        self.env = env or {}
         self.data_dir = data_dir
         self.work_dir = work_dir
         self.log_path = log_path
@@ -190,7 +209,7 @@ class Server:
             self.proc = subprocess.Popen(
                 command,
                 cwd=self.work_dir,
-                env=_server_env(self.data_dir),
+                env=_server_env(self.data_dir, **self.env),
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -465,12 +484,15 @@ class Bench:
     # servers ---------------------------------------------------------------------------
 
     @contextmanager
-    def server(self, name: str, *, data_dir: Path, worker: bool) -> Iterator[Server]:
+    def server(
+        self, name: str, *, data_dir: Path, worker: bool, env: dict[str, str] | None = None
+    ) -> Iterator[Server]:
         server = Server(
             data_dir=data_dir,
             work_dir=self.work_dir,
             log_path=self.work_dir / f"server-{name}.log",
             worker=worker,
+            env=env,
         )
         try:
             log(f"starting the server ({name}, {'with' if worker else 'without'} worker)")
@@ -576,6 +598,7 @@ class Bench:
                 target=POLL_TARGET,
             )
             poll["mix"] = {"completed": seen["completed"], "queued": seen["queued"]}
+            poll["observability"] = self.phase_observability(server, mix_ids, get_headers)
 
             post_headers = {**get_headers, "Content-Type": "application/json"}
             bodies = [
@@ -589,6 +612,33 @@ class Bench:
                 target=CREATE_TARGET,
             )
         return poll, create
+
+    def phase_observability(
+        self, server: Server, mix_ids: list[str], headers: dict[str, str]
+    ) -> dict[str, Any]:
+        """Phase 1b: the poll with request lines and metrics on (the default, `server`)
+        against a second server on the same data with both off, passes interleaved."""
+        with self.server(
+            "api-observability-off", data_dir=self.data_dir, worker=False, env=OBSERVABILITY_OFF
+        ) as off:
+            paths = [f"/v1/result/{i}" for i in mix_ids]
+            compared = self.compare(
+                "poll_observability",
+                bare=self.spec(off, paths, headers),
+                real=self.spec(server, paths, headers),
+                target=OBSERVABILITY_TARGET,
+            )
+        return {
+            "on_rps": compared["rps"],
+            "off_rps": compared["bare_rps"],
+            "on_p99_ms": compared["p99_ms"],
+            "off_p99_ms": compared["bare_p99_ms"],
+            "ratio": compared["ratio"],
+            "target": OBSERVABILITY_TARGET,
+            "pass": compared["pass"],
+            "note": "on: a request line per poll (text, to the server's log file) and its "
+            "metrics; off: IMAGEFORGE_ACCESS_LOG=false, IMAGEFORGE_METRICS_ENABLED=false",
+        }
 
     def phase_render(self, completed: list[str]) -> dict[str, Any]:
         """Phase 3: poll latency while the embedded worker renders 4K pictures."""
@@ -809,6 +859,12 @@ def findings(report: dict[str, Any]) -> list[str]:
                 f"{name}: the server process used only {core:.0%} of a core while saturated: "
                 "it waits on something (fsync, a lock, a thread) instead of computing"
             )
+    observed = report["poll"]["observability"]
+    if not observed["pass"]:
+        notes.append(
+            f"poll with request lines and metrics on ran at {observed['ratio']:.1%} of off "
+            f"(target {observed['target']:.0%})"
+        )
     render = report["poll_during_4k_render"]
     if render["render_busy_fraction"] < 0.9:
         notes.append(
