@@ -19,8 +19,9 @@ visible ASCII characters, else a new one; the response carries it back.
 
 from __future__ import annotations
 
+import itertools
+import os
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -42,6 +43,18 @@ def _incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
                 return value.decode("ascii")
             return None
     return None
+
+
+class RequestIds:
+    """New request ids: this process's random prefix and a counter (22 hex characters),
+    unique across processes and restarts without a system call per request."""
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(6).hex()
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        return f"{self._prefix}{next(self._counter):010x}"
 
 
 def route_template(scope: Scope, state: dict[str, Any]) -> str:
@@ -66,6 +79,7 @@ class ObserveMiddleware:
         self._log = request_log
         self._metrics = metrics
         self._tracing = tracing
+        self._ids = RequestIds()
         # Label children by (route, method[, status]): labels() costs a lock and a hash.
         self._counters: dict[tuple[str, str, int], Any] = {}
         self._histograms: dict[tuple[str, str], Any] = {}
@@ -75,7 +89,7 @@ class ObserveMiddleware:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
-        request_id = _incoming_request_id(scope["headers"]) or uuid.uuid4().hex
+        request_id = _incoming_request_id(scope["headers"]) or self._ids.new()
         state = scope.get("state")
         if state is None:
             state = scope["state"] = {}

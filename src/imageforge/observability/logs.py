@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,7 +37,7 @@ class JsonFormatter(logging.Formatter):
 
 def configure_logging(level: str, log_format: str = "text") -> None:
     """The root handler on stderr, in the chosen format; noisy libraries kept quiet."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = BatchingStreamHandler(sys.stderr)
     handler.setFormatter(
         JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
     )
@@ -56,3 +57,55 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         uvicorn_logger = logging.getLogger(name)
         uvicorn_logger.handlers.clear()
         uvicorn_logger.propagate = True
+
+
+class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A stream handler that writes INFO lines (request lines, mostly) in batches.
+
+    A system call per request line cost as much as the rest of the line. Lines at INFO and
+    below are gathered and written together, at most `interval` seconds later (a daemon
+    thread flushes) or as soon as `batch` of them wait; a WARNING or worse is written at
+    once, after what waits, so the order holds and problems are never late."""
+
+    def __init__(self, stream: Any, *, interval: float = 0.2, batch: int = 256) -> None:
+        super().__init__(stream)
+        self._pending: list[str] = []
+        self._batch = batch
+        self._interval = interval
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_often, name="log flusher", daemon=True)
+        self._flusher.start()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record) + self.terminator
+        except Exception:
+            self.handleError(record)
+            return
+        with self.lock:  # type: ignore[union-attr]
+            self._pending.append(line)
+            if record.levelno < logging.WARNING and len(self._pending) < self._batch:
+                return
+            self._write_pending()
+
+    def _write_pending(self) -> None:
+        if self._pending:
+            text, self._pending = "".join(self._pending), []
+            try:
+                self.stream.write(text)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass  # a closed or broken stream: nothing better to do with a log line
+
+    def flush(self) -> None:
+        with self.lock:  # type: ignore[union-attr]
+            self._write_pending()
+
+    def _flush_often(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush()
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+        super().close()
