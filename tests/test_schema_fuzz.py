@@ -12,6 +12,7 @@ stream left out, an expensive route pinned to its cheapest input.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -21,7 +22,7 @@ from typing import Any
 
 import pytest
 
-from imageforge.testing.processes import ServerProcess, create_key
+from imageforge.testing.processes import ServerProcess, create_key, run_cli
 
 #: Per-operation rules by schemathesis's operation name ("METHOD /path"): `parameters`
 #: pins a parameter ("query.wait" = 1), `enabled = False` leaves the operation out.
@@ -35,15 +36,17 @@ OPERATIONS: dict[str, dict[str, Any]] = {
 #: accepted, and a size's arithmetic (multiples of 16, pixel budget) and an Idempotency-Key
 #: reused with another body are rules JSON Schema cannot state (the descriptions do).
 EXCLUDED_CHECKS = ("positive_data_acceptance",)
-VALID_KEY_SECONDS = 25
+VALID_KEY_SECONDS = 22
 #: What a refused request's answer must satisfy (the rest concern accepted requests).
 BAD_KEY_CHECKS = (
     "not_a_server_error,status_code_conformance,content_type_conformance,"
     "response_headers_conformance,response_schema_conformance"
 )
-#: Well-formed keys that do not work (unknown; revoked is the same 401); the valid run's
-#: `ignored_auth` check also sends every operation without a key and with a wrong one.
-BAD_KEYS = ("Bearer ifk_0000000000000000000000000000000000000000",)
+#: Keys the task API refuses: a well-formed one that does not exist (a revoked one gets the
+#: same 401), and an admin-only key (403). The valid run's `ignored_auth` check also sends
+#: every operation without a key and with a wrong one.
+BAD_KEYS = ("unknown", "admin-only")
+UNKNOWN_KEY = "ifk_0000000000000000000000000000000000000000"
 
 
 def _toml_value(value: Any) -> str:
@@ -142,11 +145,16 @@ def test_no_server_error_and_every_answer_as_documented(
 def test_bad_keys_get_documented_answers(
     server: ServerProcess, tmp_path: Path, authorization: str
 ) -> None:
+    if authorization == "unknown":
+        key = UNKNOWN_KEY
+    else:
+        made = run_cli(server.data_dir, "keys", "create", "--name", "ops", "--admin", "--json")
+        key = json.loads(made.stdout.strip().splitlines()[-1])["key"]
     config = config_file(tmp_path / "schemathesis.toml")
     run = schemathesis(
         config,
         server,
-        authorization,
+        f"Bearer {key}",
         # The coverage phase: every operation's boundary values, a bounded set.
         "--phases",
         "coverage",

@@ -137,3 +137,21 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def error_response(description: str, example: dict[str, Any]) -> dict[str, Any]:
     """One error answer worded for its route (`example`: the `error` object)."""
     return _error(description, example)
+
+
+#: The task API's answer to an admin-only key (`keys create --admin`).
+ADMIN_ONLY_KEY = _error(
+    "The key is an admin key: it may call the admin API only.",
+    {
+        "message": "This is an admin key: it may call the admin API only. Use a task-API key "
+        "(or create one with `keys create --admin --task-api` to do both).",
+        "type": "permission_error",
+        "param": None,
+        "code": "admin_only_key",
+    },
+)
+
+
+def task_api_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The documented error answers of a task-API route: those, and the admin-only key's."""
+    return {**error_responses(*statuses), 403: ADMIN_ONLY_KEY}

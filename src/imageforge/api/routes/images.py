@@ -8,7 +8,7 @@ from starlette.responses import Response
 
 from imageforge.api.deps import REQUIRES_API_KEY, authenticate, observed, runtime_of
 from imageforge.api.request_body import json_body_schema, parse_json_body
-from imageforge.api.responses import error_responses
+from imageforge.api.responses import task_api_responses
 from imageforge.service import MAX_IDEMPOTENCY_KEY_CHARS
 from imageforge.wire import (
     CreateImageRequest,
@@ -29,7 +29,7 @@ router = APIRouter(tags=["images"])
     "with its id. Poll `GET /v1/result/{id}` until the status is `completed` or `failed` (a "
     "failed task is refunded). With an `Idempotency-Key` header, a retry of the same request "
     "returns the original task (header `Idempotent-Replayed: true`) and charges nothing more.",
-    responses=error_responses(400, 401, 402, 413, 422, 429, 503),
+    responses=task_api_responses(400, 401, 402, 413, 422, 429, 503),
     openapi_extra={
         **REQUIRES_API_KEY,
         **json_body_schema(CreateImageRequest),
@@ -73,7 +73,7 @@ async def create_image(request: Request) -> Response:
     description="Validates the body exactly like create (the same parser and the same "
     "rules, after the same key check) and returns the resolved size and price. Nothing is "
     "created or charged.",
-    responses=error_responses(400, 401, 413, 429, 503),
+    responses=task_api_responses(400, 401, 413, 429, 503),
     openapi_extra={**REQUIRES_API_KEY, **json_body_schema(CreateImageRequest)},
 )
 async def quote_image(request: Request) -> Response:

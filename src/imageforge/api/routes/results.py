@@ -16,7 +16,7 @@ from imageforge.api.deps import (
     observed,
     runtime_of,
 )
-from imageforge.api.responses import error_responses
+from imageforge.api.responses import task_api_responses
 from imageforge.runtime import Runtime
 from imageforge.tasks import Task, TaskStatus
 from imageforge.wire import TaskResult, task_result_body
@@ -32,7 +32,7 @@ router = APIRouter(tags=["images"])
     "it has `failed`; `expired: true` (with `image_url: null`) once a completed task's image "
     "is past the image retention. A task created with another API key is a 404, like an "
     "unknown id, and so is a finished task past the task retention.",
-    responses=error_responses(401, 404, 429, 503),
+    responses=task_api_responses(401, 404, 429, 503),
     openapi_extra=REQUIRES_API_KEY,
 )
 async def get_result(

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Query
 
 from imageforge.api.deps import CallerDep, RuntimeDep
-from imageforge.api.responses import error_responses
+from imageforge.api.responses import task_api_responses
 from imageforge.wire import UsageResponse, usage_body
 
 router = APIRouter(tags=["usage"])
@@ -17,7 +17,7 @@ router = APIRouter(tags=["usage"])
     summary="Balance and spend of the calling API key",
     description="Credits left, and tasks and spend by model and UTC day (charges minus "
     "refunds, attributed to the day the task was created).",
-    responses=error_responses(400, 401, 429, 503),
+    responses=task_api_responses(400, 401, 429, 503),
 )
 async def get_usage(
     caller: CallerDep,
