@@ -34,6 +34,9 @@ _REQUEST_ID_HEADER = b"x-request-id"
 _MAX_REQUEST_ID = 128
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 UNMATCHED = "unmatched"
+#: The status logged and counted for a request its client abandoned before any answer
+#: (nginx's convention; nothing is sent).
+CLIENT_CLOSED_REQUEST = 499
 
 
 def _incoming_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
@@ -95,20 +98,33 @@ class ObserveMiddleware:
             state = scope["state"] = {}
         state["request_id"] = request_id
         echoed = (_REQUEST_ID_HEADER, request_id.encode("ascii"))
+        # Until an answer starts: a 500 if the app fails, a 499 if the client left first.
         status = 500
+        started_answer = False
+        disconnected = False
+
+        async def receive_observed() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                disconnected = True
+            return message
 
         async def send_observed(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started_answer
             if message["type"] == "http.response.start":
                 status = message["status"]
+                started_answer = True
                 message["headers"] = [*message.get("headers", ()), echoed]
             await send(message)
 
         span = self._tracing.request_span(scope) if self._tracing is not None else None
         try:
-            await self.app(scope, receive, send_observed)
+            await self.app(scope, receive_observed, send_observed)
         finally:
             duration = time.perf_counter() - started
+            if disconnected and not started_answer:
+                status = CLIENT_CLOSED_REQUEST
             route = route_template(scope, state)
             method = scope["method"]
             if method not in _METHODS:
