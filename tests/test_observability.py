@@ -171,7 +171,9 @@ async def test_readiness_names_what_is_wrong_and_recovers(tmp_path: Path) -> Non
 
 async def test_metrics_after_a_known_workload(api: ApiHarness, key: str) -> None:
     before = await scrape(api)
-    created = [(await api.create(key)).json()["id"] for _ in range(3)]
+    answers = [(await api.create(key)).json() for _ in range(3)]
+    created = [answer["id"] for answer in answers]
+    amounts = [answer["amount"] for answer in answers]
     for task_id in created:
         assert (await api.wait_terminal(key, task_id))["status"] == "completed"
     assert (await api.create(key, size="1x1")).status_code == 400
@@ -185,6 +187,8 @@ async def test_metrics_after_a_known_workload(api: ApiHarness, key: str) -> None
     model = {"model": "gpt-image-2", "engine": "offline"}
     assert delta("imageforge_tasks_created_total", **model) == 3
     assert delta("imageforge_tasks_completed_total", **model) == 3
+    charged = delta("imageforge_credits_charged_micros_total", model="gpt-image-2")
+    assert charged == round(sum(amounts) * 1_000_000) and charged > 0
     create = {"route": "/v1/image2/images", "method": "POST"}
     assert delta("imageforge_http_requests_total", **create, status="200") == 3
     assert delta("imageforge_http_requests_total", **create, status="400") == 1
@@ -235,3 +239,33 @@ async def test_metrics_on_their_own_port(tmp_path: Path) -> None:
     finally:
         await api.client.aclose()
         await lifespan.__aexit__(None, None, None)
+
+
+def test_info_lines_come_in_batches_and_warnings_at_once_in_order() -> None:
+    import io
+    import time
+
+    from imageforge.observability.logs import BatchingStreamHandler
+
+    stream = io.StringIO()
+    handler = BatchingStreamHandler(stream, interval=0.05, batch=1000)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    log = logging.getLogger("tests.batching")
+    log.propagate = False
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        log.info("first")
+        log.info("second")
+        log.warning("trouble")  # at once, after what waited
+        assert stream.getvalue() == "INFO first\nINFO second\nWARNING trouble\n"
+        log.info("later")
+        deadline = time.monotonic() + 5
+        while "later" not in stream.getvalue():  # the flusher writes it within its interval
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        log.removeHandler(handler)
+        handler.close()
+    log.info("after close")
+    assert stream.getvalue().endswith("INFO later\n")

@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from imageforge.engines import GeneratedImage, GenerationRequest
+from imageforge.observability.metrics import Metrics, metrics
 from imageforge.references import ReferenceFetcher
 from imageforge.storage import LocalStorage, UrlSigner
 from imageforge.store import Store, open_store, upgrade_database
@@ -28,7 +29,7 @@ class Rig:
     storage: LocalStorage
     engine: ScriptedEngine
 
-    def runner(self, **config: float) -> Runner:
+    def runner(self, metrics: Metrics | None = None, **config: float) -> Runner:
         values: dict[str, float] = {
             "concurrency": 4,
             "lease_seconds": 5.0,
@@ -45,6 +46,7 @@ class Rig:
             engines={"offline": self.engine},
             fetcher=ReferenceFetcher(),
             config=RunnerConfig(**values),  # type: ignore[arg-type]
+            metrics=metrics,
         )
 
     async def add(self, **changes: object) -> Task:
@@ -372,3 +374,32 @@ def test_the_documented_defaults_are_the_code_defaults() -> None:
     fields = Settings.model_fields
     assert fields["claim_batch"].default == CLAIM_BATCH
     assert fields["postgres_pool_size"].default == DEFAULT_POOL_SIZE
+
+
+async def test_the_worker_counts_retries_failures_and_engine_time(rig: Rig) -> None:
+    from prometheus_client import REGISTRY
+
+    def sample(name: str, **labels: str) -> float:
+        return REGISTRY.get_sample_value(name, labels) or 0.0
+
+    task_labels = {"model": "gpt-image-2", "engine": "offline"}
+    coded = {**task_labels, "code": "engine_error"}
+    before = {
+        "retries": sample("imageforge_task_retries_total", **coded),
+        "failed": sample("imageforge_tasks_failed_total", **coded),
+        "errors": sample("imageforge_engine_seconds_count", **task_labels, outcome="error"),
+        "queued": sample("imageforge_task_queue_seconds_count", **task_labels),
+    }
+    rig.engine.script = [transient, permanent]
+    task = await rig.add(max_attempts=3)
+    runner = rig.runner(metrics=metrics())
+
+    async def done() -> None:
+        await rig.wait_for(task, TaskStatus.FAILED)
+
+    await run_until(runner, done)
+    assert sample("imageforge_task_retries_total", **coded) - before["retries"] == 1
+    assert sample("imageforge_tasks_failed_total", **coded) - before["failed"] == 1
+    errors = sample("imageforge_engine_seconds_count", **task_labels, outcome="error")
+    assert errors - before["errors"] == 2
+    assert sample("imageforge_task_queue_seconds_count", **task_labels) - before["queued"] == 2
