@@ -4,6 +4,7 @@ and its engine call, all carrying the task id; off unless configured."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from pathlib import Path
 
 from opentelemetry.sdk.trace import TracerProvider
@@ -11,8 +12,12 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from imageforge.api.app import create_app
+from imageforge.engines.relay import RelayEngine
 from imageforge.observability.tracing import TASK_ID, Tracing, tracing_configured
 from tests.conftest import ApiHarness, make_settings
+from tests.test_relay_engine import make_engine, relay_upstream  # noqa: F401 (fixtures)
+from tests.test_relay_engine import request as relay_request
+from tests.test_store_contract import make_task
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
@@ -71,3 +76,32 @@ def test_tracing_is_off_unless_configured(tmp_path: Path) -> None:
     assert tracing_configured(settings, environ={"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318"})
     configured = make_settings(tmp_path / "data", otel_endpoint="http://127.0.0.1:4318")
     assert tracing_configured(configured, environ={})
+
+
+async def test_upstream_calls_are_spans_inside_the_engine_call(
+    make_engine: Callable[..., RelayEngine],  # noqa: F811 (the fixture)
+) -> None:
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    tracing = Tracing(provider, instrument_clients=True)
+    try:
+        engine = make_engine()  # its HTTP sessions are made on first use, instrumented
+        task = make_task(engine="relay")
+        with tracing.engine_span(task):
+            image = await engine.generate(relay_request(task_id=task.id))
+        assert image.data
+    finally:
+        tracing.shutdown()
+    spans = exporter.get_finished_spans()
+    (engine_span,) = [s for s in spans if s.name == "engine relay"]
+    calls = [s for s in spans if s is not engine_span]
+    assert calls, [s.name for s in spans]
+    for call in calls:
+        assert call.parent is not None and call.context.trace_id == engine_span.context.trace_id
+    methods = {
+        (call.attributes or {}).get("http.request.method")
+        or (call.attributes or {}).get("http.method")
+        for call in calls
+    }
+    assert {"POST", "GET"} <= methods  # the submission, the polls and the download
