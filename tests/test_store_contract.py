@@ -18,7 +18,7 @@ from imageforge.billing import InsufficientCredits
 from imageforge.errors import IdempotencyConflict, NotFound, RateLimited
 from imageforge.ids import KeyId, TaskId, new_key_id, new_task_id
 from imageforge.store import RescueReport, Store, open_store, upgrade_database
-from imageforge.store.base import IdempotencyClaim, StoreConflict
+from imageforge.store.base import AuditEntry, IdempotencyClaim, StoreConflict
 from imageforge.tasks import Task, TaskStatus
 from tests.ledger import ledger_entries, ledger_sum
 
@@ -288,6 +288,48 @@ async def test_keys_create_find_revoke_and_fingerprint(store: Store) -> None:
     assert revoked is not None and not revoked.is_active and revoked.revoked_at == 2.0
     assert await store.keys_fingerprint() == (1, 1)
     assert [k.id for k in await store.list_keys()] == [key_id]
+
+
+async def test_key_kinds_are_stored_as_created(store: Store) -> None:
+    kinds = {(False, True), (True, False), (True, True)}
+    for n, (admin, task_api) in enumerate(sorted(kinds)):
+        created = await store.create_key(
+            key_id=new_key_id(),
+            name=f"k{n}",
+            key_hash=f"{n:02d}" * 32,
+            hint="ifk_…",
+            now=float(n),
+            admin=admin,
+            task_api=task_api,
+        )
+        found = await store.find_key(f"{n:02d}" * 32)
+        assert found == created and (found.admin, found.task_api) == (admin, task_api)
+    assert {(k.admin, k.task_api) for k in await store.list_keys()} == kinds
+
+
+async def test_the_audit_is_appended_and_read_newest_first(store: Store) -> None:
+    assert await store.list_audit(limit=10) == []
+    written = [
+        await store.record_audit(
+            AuditEntry(
+                at=float(n),
+                actor="key_ops",
+                action="keys.credits",
+                target=f"key_{n}",
+                details={"add_micros": n * 1_000_000, "note": "ünïcode"},
+                request_id=None if n else "req-1",
+            )
+        )
+        for n in range(5)
+    ]
+    ids = [entry.id for entry in written]
+    assert all(isinstance(i, int) for i in ids) and ids == sorted(ids)
+    newest = await store.list_audit(limit=3)
+    assert newest == list(reversed(written))[:3]
+    older = await store.list_audit(limit=10, before_id=newest[-1].id)
+    assert older == list(reversed(written))[3:]
+    assert older[-1].details == {"add_micros": 0, "note": "ünïcode"}
+    assert older[-1].request_id == "req-1"
 
 
 async def test_a_duplicate_key_is_a_conflict_that_changes_nothing(store: Store) -> None:
