@@ -236,6 +236,8 @@ class Runtime:
         models, prices = _catalog(settings)
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(upgrade_database, settings.resolved_database_url)
+        # Before anything is opened: a stop while it is read leaves nothing to close.
+        schema_head = await asyncio.to_thread(head_revision)
         store = await open_store(
             settings.resolved_database_url, pool_size=settings.postgres_pool_size
         )
@@ -279,7 +281,7 @@ class Runtime:
             service=service,
             retention=retention,
             storage_location=location,
-            schema_head=await asyncio.to_thread(head_revision),
+            schema_head=schema_head,
         )
         try:
             runtime.tracing = tracing if tracing is not None else build_tracing(settings)
