@@ -27,7 +27,7 @@ from imageforge.store.base import (
     IdempotencyClaim,
     idempotency_mismatch,
 )
-from imageforge.store.rows import key_from_row, task_from_row
+from imageforge.store.rows import audit_from_row, key_from_row, task_from_row
 from imageforge.tasks import Task
 
 T = TypeVar("T")
@@ -193,18 +193,6 @@ def record_audit(entry: AuditEntry) -> Procedure[AuditEntry]:
         ),
     )
     return replace(entry, id=int(rows[0][0]))
-
-
-def audit_from_row(row: Sequence[Any]) -> AuditEntry:
-    return AuditEntry(
-        id=int(row[0]),
-        at=row[1],
-        actor=row[2],
-        action=row[3],
-        target=row[4],
-        details=orjson.loads(row[5]),
-        request_id=row[6],
-    )
 
 
 class AuditProcedures:

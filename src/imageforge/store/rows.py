@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from imageforge.ids import KeyId, TaskId
-from imageforge.store.base import ApiKeyRecord, UsageRow
+from imageforge.store.base import ApiKeyRecord, AuditEntry, UsageRow
 from imageforge.tasks import Task, TaskStatus
 
 #: Every column of `tasks`, in the order of `task_values` and `task_from_row`.
@@ -132,6 +132,18 @@ def key_from_row(row: Sequence[Any]) -> ApiKeyRecord:
         balance_micros=row[5],
         admin=bool(row[6]),
         task_api=bool(row[7]),
+    )
+
+
+def audit_from_row(row: Sequence[Any]) -> AuditEntry:
+    return AuditEntry(
+        id=int(row[0]),
+        at=row[1],
+        actor=row[2],
+        action=row[3],
+        target=row[4],
+        details=orjson.loads(row[5]),
+        request_id=row[6],
     )
 
 
