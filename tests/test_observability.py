@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -14,6 +15,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from imageforge.observability.logs import JsonFormatter
+from imageforge.observability.metrics import QUEUE_DEPTH_TTL_SECONDS
 from imageforge.observability.request_log import LOGGER_NAME
 from imageforge.testing.processes import free_port
 from tests.conftest import ApiHarness, make_settings, start_harness
@@ -179,6 +181,7 @@ async def test_metrics_after_a_known_workload(api: ApiHarness, key: str) -> None
     assert (await api.create(key, size="1x1")).status_code == 400
     for _ in range(4):
         assert (await api.poll(key, created[0])).status_code == 200
+    await asyncio.sleep(QUEUE_DEPTH_TTL_SECONDS)  # the queue depth is read at most once a second
     after = await scrape(api)
 
     def delta(name: str, **labels: str) -> float:
@@ -269,3 +272,48 @@ def test_info_lines_come_in_batches_and_warnings_at_once_in_order() -> None:
         handler.close()
     log.info("after close")
     assert stream.getvalue().endswith("INFO later\n")
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_the_direct_line_writer_writes_what_the_formatter_would(log_format: str) -> None:
+    import io
+
+    from imageforge.observability.logs import (
+        TEXT_FORMAT,
+        BatchingStreamHandler,
+        LineWriter,
+    )
+    from imageforge.observability.request_log import RequestLog
+
+    formatter = JsonFormatter() if log_format == "json" else logging.Formatter(TEXT_FORMAT)
+    direct, through = io.StringIO(), io.StringIO()
+    handlers = [BatchingStreamHandler(stream, interval=60) for stream in (direct, through)]
+    for handler in handlers:
+        handler.setFormatter(formatter)
+    logger = logging.getLogger("tests.lines")
+    logger.propagate = False
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handlers[1])
+    state = {"key_id": "key_0123456789abcdef", "task_id": "image_x"}
+    line = {"method": "GET", "route": "/v1/result/{task_id}", "status": 200}
+    try:
+        RequestLog(
+            logger=logger,
+            writer=LineWriter(handlers[0], json=log_format == "json", logger="tests.lines"),
+        ).write(**line, duration_s=0.0012345, request_id="r1", state=state)
+        RequestLog(logger=logger).write(**line, duration_s=0.0012345, request_id="r1", state=state)
+    finally:
+        logger.removeHandler(handlers[1])
+        for handler in handlers:
+            handler.close()
+
+    def without_time(text: str) -> str:
+        if log_format == "json":
+            parsed = json.loads(text)
+            assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}\+00:00", parsed.pop("time"))
+            return json.dumps(parsed, sort_keys=True)
+        assert re.match(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} ", text)
+        return text.split(" ", 2)[2]
+
+    assert direct.getvalue().endswith("\n") and through.getvalue().endswith("\n")
+    assert without_time(direct.getvalue()) == without_time(through.getvalue())

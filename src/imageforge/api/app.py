@@ -15,7 +15,9 @@ from imageforge.api.errors import install_error_handlers
 from imageforge.api.observe import ObserveMiddleware
 from imageforge.api.openapi import install_openapi
 from imageforge.api.routes import admin, bench, files, health, images, metrics, results, usage
+from imageforge.observability.logs import line_writer
 from imageforge.observability.metrics import metrics as process_metrics
+from imageforge.observability.request_log import LOGGER_NAME as REQUEST_LOGGER
 from imageforge.observability.request_log import RequestLog
 from imageforge.observability.tracing import Tracing, build_tracing
 from imageforge.runtime import Runtime, StorageFactory
@@ -76,7 +78,11 @@ def create_app(
     # Added last, so outermost: it sees every answer (and its time) of every route.
     app.add_middleware(
         ObserveMiddleware,
-        request_log=RequestLog(prompts=settings.log_prompts) if settings.access_log else None,
+        request_log=(
+            RequestLog(prompts=settings.log_prompts, writer=line_writer(REQUEST_LOGGER))
+            if settings.access_log
+            else None
+        ),
         metrics=process_metrics() if settings.metrics_enabled else None,
         tracing=tracing,
     )

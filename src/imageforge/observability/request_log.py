@@ -15,13 +15,24 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from imageforge.observability.logs import LineWriter
+
 LOGGER_NAME = "imageforge.requests"
 
 
 class RequestLog:
-    def __init__(self, *, prompts: bool = False, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        prompts: bool = False,
+        logger: logging.Logger | None = None,
+        writer: LineWriter | None = None,
+    ) -> None:
+        """`writer`: write lines straight to the log handler (`logs.line_writer`);
+        without one they go through `logging`."""
         self._prompts = prompts
         self._logger = logger or logging.getLogger(LOGGER_NAME)
+        self._writer = writer
 
     @property
     def enabled(self) -> bool:
@@ -63,6 +74,9 @@ class RequestLog:
                 text += f" prompt={prompt!r}"
         logger = self._logger
         if not logger.isEnabledFor(logging.INFO):
+            return
+        if self._writer is not None:
+            self._writer.write(text, fields)
             return
         # makeRecord + handle: what `info` does, without looking up the caller's frame
         # (half the cost of a line, for a source location that is always this one).
