@@ -64,12 +64,48 @@ class LineWriter:
             return f"{self._stamp}.{millis:03d}+00:00"
         return f"{self._stamp},{millis:03d}"
 
-    def write(self, text: str, fields: dict[str, Any]) -> None:
-        if self._json:
-            line = {"time": self._time(), "level": "info", "logger": self._logger, **fields}
-            self._handler.write_line(orjson.dumps(line, default=str).decode())
-        else:
-            self._handler.write_line(f"{self._time()} INFO {self._logger}: {text}")
+    def request_line(
+        self,
+        method: str,
+        route: str,
+        status: int,
+        duration_s: float,
+        request_id: str,
+        key_id: str | None,
+        task_id: str | None,
+        prompt: str | None,
+    ) -> None:
+        """`request_log.RequestLog`'s line, as its record would be formatted."""
+        if not self._json:
+            line = (
+                f"{self._time()} INFO {self._logger}: {method} {route} {status} "
+                f"{round(duration_s * 1000, 2)}ms id={request_id}"
+            )
+            if key_id is not None:
+                line += f" key={key_id}"
+            if task_id is not None:
+                line += f" task={task_id}"
+            if prompt is not None:
+                line += f" prompt={prompt!r}"
+            self._handler.write_line(line)
+            return
+        fields: dict[str, Any] = {
+            "time": self._time(),
+            "level": "info",
+            "logger": self._logger,
+            "method": method,
+            "route": route,
+            "status": status,
+            "duration_ms": round(duration_s * 1000, 2),
+            "request_id": request_id,
+        }
+        if key_id is not None:
+            fields["key_id"] = key_id
+        if task_id is not None:
+            fields["task_id"] = task_id
+        if prompt is not None:
+            fields["prompt"] = prompt
+        self._handler.write_line(orjson.dumps(fields, default=str).decode())
 
 
 _line_handler: BatchingStreamHandler | None = None

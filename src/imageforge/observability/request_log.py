@@ -50,6 +50,19 @@ class RequestLog:
     ) -> None:
         """`state`: what the endpoint recorded in the ASGI scope's state (`key_id`,
         `task_id`, `prompt`)."""
+        if self._writer is not None:
+            # The hot case: one line built in one go, no record and no fields dict.
+            self._writer.request_line(
+                method,
+                route,
+                status,
+                duration_s,
+                request_id,
+                state.get("key_id"),
+                state.get("task_id"),
+                state.get("prompt") if self._prompts else None,
+            )
+            return
         duration_ms = round(duration_s * 1000, 2)
         fields: dict[str, Any] = {
             "method": method,
@@ -74,9 +87,6 @@ class RequestLog:
                 text += f" prompt={prompt!r}"
         logger = self._logger
         if not logger.isEnabledFor(logging.INFO):
-            return
-        if self._writer is not None:
-            self._writer.write(text, fields)
             return
         # makeRecord + handle: what `info` does, without looking up the caller's frame
         # (half the cost of a line, for a source location that is always this one).
