@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+from imageforge.api.routes.playground import install_playground
 from imageforge.testing.processes import ServerProcess, create_key
 from tests.sdk_servers import serve_imageforge
+from tests.sdk_task_api import StandInTaskAPI, Switches, serve_task_api
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Chromium flags for a sandboxed CI box: no GPU, no sandbox, nothing phoning home.
@@ -83,7 +85,7 @@ def api_key(server: ServerProcess) -> str:
     return key
 
 
-def open_page(browser: Browser, server: ServerProcess, viewport: dict[str, int]) -> Page:
+def open_page(browser: Browser, base_url: str, viewport: dict[str, int]) -> Page:
     context = browser.new_context(
         viewport=viewport,  # type: ignore[arg-type]
         is_mobile=viewport["width"] < 600,
@@ -99,7 +101,7 @@ def open_page(browser: Browser, server: ServerProcess, viewport: dict[str, int])
         ),
     )
     page.problems = problems  # type: ignore[attr-defined]
-    page.goto(f"{server.base_url}/playground")
+    page.goto(f"{base_url}/playground")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
     return page
 
@@ -141,7 +143,7 @@ def assert_fits_the_screen(page: Page) -> None:
 
 
 def test_generate_on_a_desktop(browser: Browser, server: ServerProcess, api_key: str) -> None:
-    page = open_page(browser, server, DESKTOP)
+    page = open_page(browser, server.base_url, DESKTOP)
     enter_key(page, api_key)
     expect(page.locator("#balance")).to_contain_text("unlimited credit")
     generate(page, "16:9", (1536, 864))
@@ -162,7 +164,7 @@ def test_generate_on_a_desktop(browser: Browser, server: ServerProcess, api_key:
 def test_errors_show_next_to_their_field(
     browser: Browser, server: ServerProcess, api_key: str
 ) -> None:
-    page = open_page(browser, server, DESKTOP)
+    page = open_page(browser, server.base_url, DESKTOP)
     enter_key(page, api_key)
     page.get_by_label("Exact size").check()
     expect(page.get_by_label("Ratio", exact=True)).to_be_hidden()
@@ -190,7 +192,7 @@ def test_errors_show_next_to_their_field(
 
 
 def test_generate_on_a_phone(browser: Browser, server: ServerProcess, api_key: str) -> None:
-    page = open_page(browser, server, PHONE)
+    page = open_page(browser, server.base_url, PHONE)
     enter_key(page, api_key)
     generate(page, "9:16", (864, 1536))
     assert_fits_the_screen(page)
@@ -201,5 +203,34 @@ def test_generate_on_a_phone(browser: Browser, server: ServerProcess, api_key: s
     )
     assert min(heights) >= 44, heights
     page.screenshot(path=artifacts_dir() / "phone.png", full_page=True)
+    assert page.problems == []  # type: ignore[attr-defined]
+    page.context.close()
+
+
+@pytest.fixture
+def task_api() -> Iterator[StandInTaskAPI]:
+    with serve_task_api(Switches(), step_seconds=0.3) as api:
+        # The same page on a server with the lifecycle extensions (and no quote or usage).
+        install_playground(api.app)
+        yield api
+
+
+def test_with_events_and_listing_the_page_uses_them(
+    browser: Browser, task_api: StandInTaskAPI
+) -> None:
+    page = open_page(browser, task_api.base_url, DESKTOP)
+    enter_key(page, "sk-stand-in")
+    page.get_by_role("button", name="Generate").click()
+    status = page.get_by_role("status", name="Task status")
+    expect(status).to_contain_text("Processing 50%", timeout=IMAGE_TIMEOUT_MS)
+    expect(page.locator("#progress")).to_have_attribute("value", "50")
+    expect(status).to_contain_text("Completed", timeout=IMAGE_TIMEOUT_MS)
+    expect(page.locator("#result-image")).to_be_visible()
+    assert task_api.counts["events"] == 1 and task_api.counts["poll"] == 0, task_api.counts
+    assert task_api.counts["create"] == 1
+    # The gallery is the server's listing, not this browser's history.
+    expect(page.locator("#gallery-source")).to_have_text("This key's latest tasks.")
+    expect(page.locator("#gallery img")).to_have_count(1)
+    assert page.locator("#quote").text_content() == "", "no quote route: no price shown"
     assert page.problems == []  # type: ignore[attr-defined]
     page.context.close()
