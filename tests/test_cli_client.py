@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from imageforge.testing.processes import ServerProcess, create_key, free_port, run_cli
+from imageforge.testing.processes import ServerProcess, cli_env, create_key, free_port, run_cli
 from tests.sdk_servers import serve_imageforge
 from tests.sdk_task_api import StandInTaskAPI, Switches, serve_task_api
 from tests.test_sdk import png_size
@@ -151,7 +153,7 @@ def test_result_shows_a_task_and_saves_its_image(tmp_path: Path, env: dict[str, 
 def test_tasks_says_when_the_server_cannot_list(tmp_path: Path, env: dict[str, str]) -> None:
     code, out, err = imageforge(tmp_path, "tasks", **env)
     assert code == 1 and out == ""
-    assert_one_line_error(err, "does not support")
+    assert_one_line_error(err, "does not list tasks", "result ID")
 
 
 @pytest.fixture
@@ -181,3 +183,30 @@ def test_against_a_server_with_events_and_listing(tmp_path: Path, task_api: Stan
     code, out, _ = imageforge(tmp_path, "tasks", "--status", "failed", "--json", **env)
     assert code == 0
     assert [json.loads(line)["status"] for line in out.splitlines()] == ["failed"]
+
+
+def test_the_banners_generate_command_works_as_printed(
+    tmp_path: Path, server: ServerProcess
+) -> None:
+    """A new user pastes the line `make serve` printed into a second shell."""
+    line = next((line for line in server.output().splitlines() if " generate " in line), None)
+    assert line is not None, server.output()
+    words = shlex.split(line)
+    variables = dict(word.split("=", 1) for word in words if word.startswith("IMAGEFORGE_"))
+    command = [word for word in words if not word.startswith("IMAGEFORGE_")]
+    assert variables["IMAGEFORGE_BASE_URL"] == server.base_url
+    assert command[-4:] == ["generate", "a lake", "-o", "lake.png"]
+    # Printed relative to the server's working directory (`.venv/bin/…` after `make serve`);
+    # run from another one here, so the picture lands in this test's own directory.
+    command[0] = str(Path.cwd() / command[0])
+    done = subprocess.run(
+        command,
+        cwd=tmp_path,
+        env=cli_env(tmp_path / "unused-data", **variables),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert png_size((tmp_path / "lake.png").read_bytes()) == (1024, 1024)

@@ -201,6 +201,12 @@ def tasks(
     connection = _connection(base_url, api_key)
 
     async def work(client: AsyncClient) -> list[TaskResult]:
+        if not (await client.capabilities()).listing:
+            raise UnsupportedFeatureError(
+                "listing",
+                "this server does not list tasks (its /openapi.json has no GET /v1/tasks); "
+                f"show one with `{command_name()} result ID`",
+            )
         found: list[TaskResult] = []
         async for task in client.tasks.list(status=status, model=model, limit=limit):
             found.append(task)

@@ -145,6 +145,7 @@ def announce(
         )
         return
     body = '{"model": "gpt-image-2", "prompt": "A serene mountain lake at sunset"}'
+    client_variables = f"IMAGEFORGE_BASE_URL={base} IMAGEFORGE_API_KEY={secret} "
     lines = [
         "",
         "imageforge is ready. An API key was created for you (shown once, store it now):",
@@ -166,7 +167,7 @@ def announce(
         "",
         "Or from another shell, saving the picture:",
         "",
-        f'  IMAGEFORGE_API_KEY={secret} {command_name()} generate "a lake" -o lake.png',
+        f"  {client_variables}{command_name()} generate 'a lake' -o lake.png",
         "",
         f"API reference: {base}/docs",
         "",
