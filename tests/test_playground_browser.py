@@ -85,7 +85,8 @@ def api_key(server: ServerProcess) -> str:
     return key
 
 
-def open_page(browser: Browser, base_url: str, viewport: dict[str, int]) -> Page:
+def open_page(browser: Browser, base_url: str, viewport: dict[str, int]) -> tuple[Page, list[str]]:
+    """The playground, ready; and the script errors and console errors it logs."""
     context = browser.new_context(
         viewport=viewport,  # type: ignore[arg-type]
         is_mobile=viewport["width"] < 600,
@@ -100,10 +101,9 @@ def open_page(browser: Browser, base_url: str, viewport: dict[str, int]) -> Page
             problems.append(f"console: {message.text}") if message.type == "error" else None
         ),
     )
-    page.problems = problems  # type: ignore[attr-defined]
     page.goto(f"{base_url}/playground")
     expect(page.locator("body")).to_have_attribute("data-ready", "true")
-    return page
+    return page, problems
 
 
 def enter_key(page: Page, key: str) -> None:
@@ -143,7 +143,7 @@ def assert_fits_the_screen(page: Page) -> None:
 
 
 def test_generate_on_a_desktop(browser: Browser, server: ServerProcess, api_key: str) -> None:
-    page = open_page(browser, server.base_url, DESKTOP)
+    page, problems = open_page(browser, server.base_url, DESKTOP)
     enter_key(page, api_key)
     expect(page.locator("#balance")).to_contain_text("unlimited credit")
     generate(page, "16:9", (1536, 864))
@@ -157,14 +157,14 @@ def test_generate_on_a_desktop(browser: Browser, server: ServerProcess, api_key:
     page.reload()
     expect(page.get_by_label("API key")).to_have_value(api_key)
     expect(page.locator("#gallery img")).to_have_count(1)
-    assert page.problems == []  # type: ignore[attr-defined]
+    assert problems == []
     page.context.close()
 
 
 def test_errors_show_next_to_their_field(
     browser: Browser, server: ServerProcess, api_key: str
 ) -> None:
-    page = open_page(browser, server.base_url, DESKTOP)
+    page, problems = open_page(browser, server.base_url, DESKTOP)
     enter_key(page, api_key)
     page.get_by_label("Exact size").check()
     expect(page.get_by_label("Ratio", exact=True)).to_be_hidden()
@@ -186,13 +186,40 @@ def test_errors_show_next_to_their_field(
     expect(page.locator("#api-key-error")).to_contain_text("This API key is not valid")
     # The browser logged the refused requests, and nothing else (no script error, no CSP block).
     refused = ("status of 400 (Bad Request)", "status of 401 (Unauthorized)")
-    unexpected = [p for p in page.problems if not p.endswith(refused)]  # type: ignore[attr-defined]
+    unexpected = [problem for problem in problems if not problem.endswith(refused)]
     assert unexpected == []
     page.context.close()
 
 
+def test_the_choices_follow_the_models_rules(
+    browser: Browser, server: ServerProcess, api_key: str
+) -> None:
+    """gpt-image-2-r is 1K only and ignores quality, as the API document and the quote say."""
+    page, problems = open_page(browser, server.base_url, DESKTOP)
+    enter_key(page, api_key)
+    models = page.get_by_label("Model").locator("option").all_text_contents()
+    assert models == ["gpt-image-2", "gpt-image-2-r"]
+    page.get_by_label("Ratio", exact=True).select_option("16:9")
+    four_k = page.locator("#resolution option[value='4k']")
+    expect(four_k).to_be_enabled()
+    page.get_by_label("Model").select_option("gpt-image-2-r")
+    expect(page.locator("#resolution option[value='2k']")).to_be_disabled()
+    expect(four_k).to_be_disabled()
+    expect(page.locator("#quote")).to_contain_text("1536 × 864 px")
+    expect(page.locator("#quality-hint")).to_be_visible()
+    page.get_by_label("Model").select_option("gpt-image-2")
+    page.get_by_label("Ratio", exact=True).select_option("4:3")
+    expect(four_k).to_be_disabled()  # 4K only in the widest ratios
+    # Ctrl+Enter in the prompt submits.
+    page.get_by_label("Prompt").press("Control+Enter")
+    status = page.get_by_role("status", name="Task status")
+    expect(status).to_contain_text("Completed", timeout=IMAGE_TIMEOUT_MS)
+    assert problems == []
+    page.context.close()
+
+
 def test_generate_on_a_phone(browser: Browser, server: ServerProcess, api_key: str) -> None:
-    page = open_page(browser, server.base_url, PHONE)
+    page, problems = open_page(browser, server.base_url, PHONE)
     enter_key(page, api_key)
     generate(page, "9:16", (864, 1536))
     assert_fits_the_screen(page)
@@ -203,7 +230,7 @@ def test_generate_on_a_phone(browser: Browser, server: ServerProcess, api_key: s
     )
     assert min(heights) >= 44, heights
     page.screenshot(path=artifacts_dir() / "phone.png", full_page=True)
-    assert page.problems == []  # type: ignore[attr-defined]
+    assert problems == []
     page.context.close()
 
 
@@ -218,7 +245,7 @@ def task_api() -> Iterator[StandInTaskAPI]:
 def test_with_events_and_listing_the_page_uses_them(
     browser: Browser, task_api: StandInTaskAPI
 ) -> None:
-    page = open_page(browser, task_api.base_url, DESKTOP)
+    page, problems = open_page(browser, task_api.base_url, DESKTOP)
     enter_key(page, "sk-stand-in")
     page.get_by_role("button", name="Generate").click()
     status = page.get_by_role("status", name="Task status")
@@ -232,5 +259,15 @@ def test_with_events_and_listing_the_page_uses_them(
     expect(page.locator("#gallery-source")).to_have_text("This key's latest tasks.")
     expect(page.locator("#gallery img")).to_have_count(1)
     assert page.locator("#quote").text_content() == "", "no quote route: no price shown"
-    assert page.problems == []  # type: ignore[attr-defined]
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+
+    # A task that never ends on its own: the Cancel button ends it.
+    page.get_by_label("Prompt").fill("hold on")
+    page.get_by_role("button", name="Generate").click()
+    expect(status).to_contain_text("Processing 100%", timeout=IMAGE_TIMEOUT_MS)
+    page.get_by_role("button", name="Cancel").click()
+    expect(status).to_contain_text("Failed: cancelled by the client", timeout=IMAGE_TIMEOUT_MS)
+    expect(page.get_by_role("button", name="Cancel")).to_be_hidden()
+    expect(page.locator("#gallery .badge.failed")).to_have_count(1)
+    assert problems == []
     page.context.close()

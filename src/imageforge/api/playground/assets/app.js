@@ -77,11 +77,12 @@
   // ---- The API ------------------------------------------------------------------------
 
   class ApiError extends Error {
-    constructor(status, message, param, code) {
+    constructor(status, message, param, code, retryAfter = 0) {
       super(message);
       this.status = status;
       this.param = param;
       this.code = code;
+      this.retryAfter = retryAfter;
     }
   }
 
@@ -124,7 +125,8 @@
     let param = detail.param || null;
     if (response.status === 401) param = "api_key";
     const message = plainWords(response, detail.message);
-    return new ApiError(response.status, message, param, detail.code || null);
+    const retryAfter = Number(response.headers.get("Retry-After")) || 0;
+    return new ApiError(response.status, message, param, detail.code || null, retryAfter);
   }
 
   function plainWords(response, message) {
@@ -166,9 +168,21 @@
       }
     }
     let delay = 1000;
+    let failures = 0;
     for (;;) {
       const path = `/v1/result/${encodeURIComponent(taskId)}${caps.longPoll ? "?wait=25" : ""}`;
-      const task = await api("GET", path, { signal });
+      let task;
+      try {
+        task = await api("GET", path, { signal });
+        failures = 0;
+      } catch (error) {
+        // A busy or restarting server, or a dropped connection: the task goes on, so keep
+        // asking (after Retry-After where it says one), and give up only after a while.
+        if (!(error instanceof ApiError) || !isTransient(error) || ++failures > 10) throw error;
+        await sleep(Math.max(error.retryAfter * 1000, delay), signal);
+        delay = Math.min(delay * 1.5, 5000);
+        continue;
+      }
       onState(task);
       if (isDone(task)) return task;
       if (!caps.longPoll) {
@@ -177,6 +191,8 @@
       }
     }
   }
+
+  const isTransient = (error) => error.status === 0 || error.status === 429 || error.status >= 500;
 
   /** Server-sent events read with fetch: EventSource cannot send the Authorization header. */
   async function followEvents(taskId, onState, signal) {
@@ -302,7 +318,9 @@
     }
     const run = ++quoteRun;
     try {
-      const quote = await api("POST", "/v1/image2/images/quote", { body: requestBody() });
+      // The price does not depend on the words: an empty prompt is said at submit, not here.
+      const body = { ...requestBody(), prompt: $("prompt").value.trim() || "-" };
+      const quote = await api("POST", "/v1/image2/images/quote", { body });
       if (run !== quoteRun) return;
       clearErrors();
       const quality = quote.quality ? ` · ${quote.quality} quality` : "";
@@ -361,6 +379,23 @@
     figure.hidden = false;
   }
 
+  let following = null;
+
+  /** Cancel the task being watched (where the server lists the cancel route). */
+  async function cancelCurrent() {
+    if (!following) return;
+    const button = $("cancel");
+    button.disabled = true;
+    try {
+      const task = await api("POST", `/v1/result/${encodeURIComponent(following)}/cancel`);
+      if (isDone(task)) showState(task);
+    } catch (error) {
+      if (error instanceof ApiError) $("status-text").textContent = `Could not cancel: ${error.message}`;
+    } finally {
+      button.disabled = false;
+    }
+  }
+
   async function submit(event) {
     event.preventDefault();
     clearErrors();
@@ -390,6 +425,8 @@
       });
       remember({ id: task.id, created: task.created, model: task.model, prompt: body.prompt });
       showState(task);
+      following = task.id;
+      $("cancel").hidden = !caps.cancel;
       clearInterval(clock);
       let last = task;
       clock = setInterval(() => { if (!isDone(last)) showState(last); }, 1000);
@@ -407,6 +444,8 @@
     } finally {
       clearInterval(clock);
       if (current === controller) {
+        following = null;
+        $("cancel").hidden = true;
         current = null;
         button.disabled = false;
         button.textContent = "Generate";
@@ -576,7 +615,12 @@
     for (const id of ["model", "ratio", "resolution", "quality"]) {
       $(id).addEventListener("change", () => { applyModelRules(); scheduleQuote(); });
     }
-    for (const id of ["size", "image-urls", "prompt"]) $(id).addEventListener("input", scheduleQuote);
+    for (const id of ["size", "image-urls"]) $(id).addEventListener("input", scheduleQuote);
+    $("prompt").addEventListener("keydown", (event) => {
+      // Ctrl+Enter (Cmd+Enter on a Mac) submits from the prompt, as chat boxes do.
+      if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) form.requestSubmit();
+    });
+    $("cancel").addEventListener("click", cancelCurrent);
     $("refresh-gallery").addEventListener("click", () => { refreshBalance(); refreshGallery(); });
     form.addEventListener("submit", submit);
     document.body.dataset.ready = "true";
