@@ -7,7 +7,10 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import signal
 import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -210,3 +213,34 @@ def test_the_banners_generate_command_works_as_printed(
     )
     assert done.returncode == 0, done.stderr
     assert png_size((tmp_path / "lake.png").read_bytes()) == (1024, 1024)
+
+
+def test_a_timeout_or_ctrl_c_leaves_the_task_running(
+    tmp_path: Path, task_api: StandInTaskAPI
+) -> None:
+    env = {"IMAGEFORGE_BASE_URL": task_api.base_url, "IMAGEFORGE_API_KEY": "sk-stand-in"}
+    code, out, err = imageforge(tmp_path, "generate", "hold on", "--timeout", "1", **env)
+    assert code == 1 and out == ""
+    assert_one_line_error(err, "did not finish within 1 s", "result image_", "-o FILE")
+
+    waiting = subprocess.Popen(
+        [sys.executable, "-m", "imageforge", "generate", "hold still"],
+        env=cli_env(tmp_path / "unused-data", **env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while len(task_api.order) < 2:
+            assert time.monotonic() < deadline, "the second task was never created"
+            time.sleep(0.05)
+        waiting.send_signal(signal.SIGINT)
+        out, err = waiting.communicate(timeout=30)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+            waiting.wait()
+    assert waiting.returncode == 130 and out == ""
+    assert_one_line_error(err, "stopped; the tasks go on", "result ID -o FILE")
+    assert all(task.status == "processing" for task in task_api.tasks.values()), "not cancelled"
