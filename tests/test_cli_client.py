@@ -88,6 +88,11 @@ def test_generate_without_output_saves_in_the_current_directory(
     assert saved.parent == tmp_path and re.fullmatch(r"image_[0-9a-f-]{36}\.png", saved.name)
     assert png_size(saved.read_bytes()) == (1024, 1024)
 
+    code, out, err = imageforge(tmp_path, "generate", "a fox", "-o", "new/", **env)
+    assert code == 0, err
+    saved = Path(out.strip())
+    assert saved.parent == Path("new") and saved.suffix == ".png" and saved.is_file()
+
 
 def test_a_refused_request_is_one_line_naming_the_field(
     tmp_path: Path, env: dict[str, str]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -103,12 +104,13 @@ def generate(
         typer.Option("-n", "--count", min=1, max=MAX_TASKS, help="Images to make (one task each)."),
     ] = 1,
     output: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "-o",
             "--output",
             help="File to write, or a directory for <id>.png per image (default: the "
             "current directory).",
+            show_default=False,
         ),
     ] = None,
     as_json: JsonOption = False,
@@ -117,7 +119,8 @@ def generate(
     api_key: ApiKeyOption = None,
 ) -> None:
     """Create image tasks, show their progress live, and save each image when it is done."""
-    directory = _output_directory(output, count)
+    connection = _connection(base_url, api_key)
+    target, directory = _output(output, count)
     options: dict[str, Any] = {
         "model": model,
         "ratio": ratio,
@@ -126,7 +129,6 @@ def generate(
         "size": size,
         "image_urls": list(ref) if ref else None,
     }
-    connection = _connection(base_url, api_key)
 
     async def work(client: AsyncClient) -> list[_Outcome]:
         created: list[str] = []
@@ -142,7 +144,7 @@ def generate(
             created.append(task.id)
         if not created and failure is not None:
             raise failure
-        outcomes = await _wait_and_save(client, created, output, directory, timeout)
+        outcomes = await _wait_and_save(client, created, target, directory, timeout)
         if failure is not None:
             outcomes.append(_Outcome(None, None, _message(failure)))
         return outcomes
@@ -197,7 +199,7 @@ def tasks(
     base_url: BaseUrlOption = None,
     api_key: ApiKeyOption = None,
 ) -> None:
-    """A table of the key's recent tasks (on servers that list tasks, as imageforge does)."""
+    """A table of the key's recent tasks (on servers that list them: GET /v1/tasks)."""
     connection = _connection(base_url, api_key)
 
     async def work(client: AsyncClient) -> list[TaskResult]:
@@ -275,21 +277,23 @@ async def _wait_and_save(
         return list(await asyncio.gather(*(one(task_id) for task_id in task_ids)))
 
 
-def _output_directory(output: Path | None, count: int) -> Path | None:
-    """Where -o means a directory: an existing one, a path ending in `/`, or, with -n > 1,
-    a path without a suffix (created). A file name with -n > 1 would be overwritten."""
+def _output(output: str | None, count: int) -> tuple[Path | None, Path | None]:
+    """(file, directory) from -o. A directory is an existing one, a path ending in `/`, or,
+    with -n > 1, a path without a suffix (created); a file name with -n > 1 is refused, since
+    each image would overwrite the last."""
     if output is None:
-        return None
-    if output.is_dir() or str(output).endswith("/"):
-        output.mkdir(parents=True, exist_ok=True)
-        return output
+        return None, None
+    path = Path(output).expanduser()
+    if path.is_dir() or output.endswith(("/", os.sep)):
+        path.mkdir(parents=True, exist_ok=True)
+        return None, path
     if count > 1:
-        if output.suffix:
+        if path.suffix:
             _fail(f"-o: {output} is a file name, but -n {count} makes {count} images; give a "
                   "directory, where each is saved as <id>.png")  # fmt: skip
-        output.mkdir(parents=True, exist_ok=True)
-        return output
-    return None
+        path.mkdir(parents=True, exist_ok=True)
+        return None, path
+    return path, None
 
 
 def _connection(base_url: str | None, api_key: str | None) -> Connection:
