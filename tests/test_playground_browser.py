@@ -9,6 +9,7 @@ Without Chromium the tests skip, saying how to enable them; with `IMAGEFORGE_REQ
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -18,7 +19,7 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 from imageforge.api.routes.playground import install_playground
-from imageforge.testing.processes import ServerProcess, create_key
+from imageforge.testing.processes import ServerProcess, create_key, run_cli
 from tests.sdk_servers import serve_imageforge
 from tests.sdk_task_api import StandInTaskAPI, Switches, serve_task_api
 
@@ -181,11 +182,20 @@ def test_errors_show_next_to_their_field(
     expect(page.locator("#quote")).to_contain_text("1536 × 1024 px")
     expect(size_error).to_be_hidden()
 
+    # A key without credit: said under the button, in plain words, and nothing is created.
+    broke = run_cli(server.data_dir, "keys", "create", "--name", "broke", "--credits", "0",
+                    "--json")  # fmt: skip
+    enter_key(page, json.loads(broke.stdout.strip().splitlines()[-1])["key"])
+    page.get_by_role("button", name="Generate").click()
+    expect(page.locator("#form-error")).to_contain_text("Not enough credit on this key")
+    expect(page.get_by_role("status", name="Task status")).to_contain_text("Not created")
+
     enter_key(page, "ifk_" + "x" * 38)
     page.get_by_role("button", name="Generate").click()
     expect(page.locator("#api-key-error")).to_contain_text("This API key is not valid")
     # The browser logged the refused requests, and nothing else (no script error, no CSP block).
-    refused = ("status of 400 (Bad Request)", "status of 401 (Unauthorized)")
+    refused = tuple(f"status of {status}" for status in ("400 (Bad Request)",
+                    "401 (Unauthorized)", "402 (Payment Required)"))  # fmt: skip
     unexpected = [problem for problem in problems if not problem.endswith(refused)]
     assert unexpected == []
     page.context.close()
@@ -271,3 +281,20 @@ def test_with_events_and_listing_the_page_uses_them(
     expect(page.locator("#gallery .badge.failed")).to_have_count(1)
     assert problems == []
     page.context.close()
+
+
+def test_with_long_poll_only_the_page_holds_its_polls(browser: Browser) -> None:
+    switches = Switches(events=False, cancel=False, listing=False)
+    with serve_task_api(switches, step_seconds=0.3) as api:
+        install_playground(api.app)
+        page, problems = open_page(browser, api.base_url, DESKTOP)
+        enter_key(page, "sk-stand-in")
+        page.get_by_role("button", name="Generate").click()
+        status = page.get_by_role("status", name="Task status")
+        expect(status).to_contain_text("Completed", timeout=IMAGE_TIMEOUT_MS)
+        assert api.counts["events"] == 0 and api.counts["wait"] >= 1, api.counts
+        # No listing: the gallery is this browser's history.
+        expect(page.locator("#gallery-source")).to_contain_text("made from this browser")
+        expect(page.locator("#gallery img")).to_have_count(1)
+        assert problems == []
+        page.context.close()

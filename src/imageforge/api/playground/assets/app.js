@@ -52,6 +52,10 @@
     const paramNames = (operation, where) => new Set((operation && operation.parameters || [])
       .filter((p) => p && p.in === where).map((p) => String(p.name).toLowerCase()));
     found.longPoll = paramNames(result, "query").has("wait");
+    const wait = ((result && result.parameters) || []).find((p) => p && p.name === "wait");
+    const most = Number(wait && wait.schema && wait.schema.maximum);
+    // Held for at most what the server allows, and under what proxies tend to cut (60 s).
+    found.longPollSeconds = Math.max(1, Math.min(25, Number.isFinite(most) && most > 0 ? most : 25));
     found.events = Boolean(op("/v1/result/{}/events", "get"));
     found.cancel = Boolean(op("/v1/result/{}/cancel", "post"));
     found.listing = Boolean(op("/v1/tasks", "get"));
@@ -170,7 +174,7 @@
     let delay = 1000;
     let failures = 0;
     for (;;) {
-      const path = `/v1/result/${encodeURIComponent(taskId)}${caps.longPoll ? "?wait=25" : ""}`;
+      const path = `/v1/result/${encodeURIComponent(taskId)}${caps.longPoll ? `?wait=${caps.longPollSeconds}` : ""}`;
       let task;
       try {
         task = await api("GET", path, { signal });
@@ -425,6 +429,10 @@
       });
       remember({ id: task.id, created: task.created, model: task.model, prompt: body.prompt });
       showState(task);
+      // On a phone the result is below the form: bring it into view.
+      if (window.matchMedia("(max-width: 859px)").matches) {
+        $("result-heading").scrollIntoView({ behavior: "smooth", block: "start" });
+      }
       following = task.id;
       $("cancel").hidden = !caps.cancel;
       clearInterval(clock);
