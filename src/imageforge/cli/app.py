@@ -25,9 +25,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.command()(serve)
 app.command()(worker)
-app.command()(client_commands.generate)
-app.command()(client_commands.result)
-app.command()(client_commands.tasks)
+client_commands.register(app)
 app.add_typer(keys.app, name="keys")
 app.add_typer(db_app, name="db")
 

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from rich import box
 from rich.table import Table
 
-from imageforge.cli.common import console
+from imageforge.cli.output import console
 
 #: Between two columns of a table: the (blank) divider and one space of padding.
 _COLUMN_GAP = 2
