@@ -15,7 +15,7 @@
   const CONTRACT_MODELS = ["gpt-image-2", "gpt-image-2-r"];
   const CONTRACT_RATIOS = ["1:1", "16:9", "9:16", "4:3", "3:4", "3:2", "2:3", "5:4", "4:5",
     "2:1", "1:2", "21:9", "9:21"];
-  const FOUR_K_RATIOS = ["16:9", "9:16", "2:1", "1:2", "21:9", "9:21"];
+  const CONTRACT_FOUR_K_RATIOS = ["16:9", "9:16", "2:1", "1:2", "21:9", "9:21"];
   const RESOLUTIONS = ["1k", "2k", "4k"];
   const FIELD_IDS = {
     api_key: "api-key", prompt: "prompt", model: "model", quality: "quality", ratio: "ratio",
@@ -32,7 +32,7 @@
     const found = {
       events: false, longPoll: false, cancel: false, listing: false, quote: false,
       usage: false, idempotencyKeys: false, models: CONTRACT_MODELS.slice(),
-      ratios: CONTRACT_RATIOS.slice(), modelRules: {},
+      ratios: CONTRACT_RATIOS.slice(), fourKRatios: CONTRACT_FOUR_K_RATIOS.slice(), modelRules: {},
     };
     let doc;
     try {
@@ -69,11 +69,14 @@
     if (values(properties.model).length) found.models = values(properties.model);
     if (values(properties.ratio).length) found.ratios = values(properties.ratio);
     for (const rule of (body && body.allOf) || []) {
-      const name = rule.if && rule.if.properties && rule.if.properties.model
-        && rule.if.properties.model.const;
       const then = rule.then && rule.then.properties;
-      if (!name || !then) continue;
-      found.modelRules[name] = { resolutions: values(then.resolution) };
+      if (!rule.if || !then) continue;
+      const name = rule.if.properties && rule.if.properties.model && rule.if.properties.model.const;
+      if (name) found.modelRules[name] = { resolutions: values(then.resolution) };
+      // "4K only in these ratios": the rule whose condition is resolution 4k.
+      const fourK = (rule.if.allOf || []).some((c) => c && c.properties && c.properties.resolution
+        && c.properties.resolution.const === "4k");
+      if (fourK && values(then.ratio).length) found.fourKRatios = values(then.ratio);
     }
     return found;
   }
@@ -299,7 +302,7 @@
     const ratio = $("ratio").value;
     for (const option of $("resolution").options) {
       option.disabled = !allowed.includes(option.value)
-        || (option.value === "4k" && !FOUR_K_RATIOS.includes(ratio));
+        || (option.value === "4k" && !caps.fourKRatios.includes(ratio));
     }
     const chosen = $("resolution").selectedOptions[0];
     if (chosen && chosen.disabled) $("resolution").value = "1k";
@@ -586,7 +589,9 @@
 
   // ---- Start --------------------------------------------------------------------------
 
-  let caps = { models: CONTRACT_MODELS, ratios: CONTRACT_RATIOS, modelRules: {} };
+  let caps = {
+    models: CONTRACT_MODELS, ratios: CONTRACT_RATIOS, fourKRatios: CONTRACT_FOUR_K_RATIOS, modelRules: {},
+  };
 
   function fillSelect(select, values) {
     select.replaceChildren(...values.map((value) => new Option(value, value)));
