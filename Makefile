@@ -34,8 +34,9 @@ typecheck: install
 	$(BIN)/mypy
 	cd clients/python && $(abspath $(BIN))/mypy
 
+# -rs: a skipped test says why and how to enable it (PostgreSQL, Chromium).
 pytest: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 

@@ -14,6 +14,7 @@ from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
 from imageforge.api.openapi import install_openapi
 from imageforge.api.routes import bench, files, health, images, results, usage
+from imageforge.api.routes.playground import install_playground
 from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
 
@@ -74,5 +75,6 @@ def create_app(
     if settings.bench_endpoints:
         app.include_router(bench.router)
     install_offline_docs(app)
+    install_playground(app)
     install_openapi(app, models=settings.model_specs())
     return app

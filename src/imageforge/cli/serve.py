@@ -131,20 +131,21 @@ def announce(
     create_key = f"{command_name()} keys create --name NAME"
     if distributed_without_keys:
         print(
-            f"imageforge: serving on {base}. There is no API key yet, and in distributed "
-            "mode (PostgreSQL) serve does not create one. Create one, once, against this "
-            f"database:\n\n  {create_key}\n",
+            f"imageforge: serving on {base} (playground: {base}/playground). There is no API "
+            "key yet, and in distributed mode (PostgreSQL) serve does not create one. Create "
+            f"one, once, against this database:\n\n  {create_key}\n",
             flush=True,
         )
         return
     if secret is None:
         print(
-            f"imageforge: serving on {base} (data in {settings.data_dir}); "
-            f"create an API key with: {create_key}",
+            f"imageforge: serving on {base} (data in {settings.data_dir}; playground: "
+            f"{base}/playground); create an API key with: {create_key}",
             flush=True,
         )
         return
     body = '{"model": "gpt-image-2", "prompt": "A serene mountain lake at sunset"}'
+    client_variables = f"IMAGEFORGE_BASE_URL={base} IMAGEFORGE_API_KEY={secret} "
     lines = [
         "",
         "imageforge is ready. An API key was created for you (shown once, store it now):",
@@ -161,6 +162,12 @@ def announce(
         "Then poll it with the id you got until its status is completed:",
         "",
         f'  curl -s {base}/v1/result/IMAGE_ID -H "Authorization: Bearer {secret}"',
+        "",
+        f"Or open the playground in a browser and paste the key: {base}/playground",
+        "",
+        "Or from another shell, saving the picture:",
+        "",
+        f"  {client_variables}{command_name()} generate 'a lake' -o lake.png",
         "",
         f"API reference: {base}/docs",
         "",
