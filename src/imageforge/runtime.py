@@ -292,6 +292,7 @@ class Runtime:
         )
         self.fetcher = ReferenceFetcher(
             client=self.outbound,
+            storage=self.storage,
             limits=FetchLimits(
                 max_bytes=settings.reference_max_bytes,
                 max_pixels=settings.reference_max_pixels,
