@@ -4,9 +4,9 @@ idempotency, and partial failure."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +16,10 @@ import openai
 import pytest
 from PIL import Image
 
-from imageforge.testing.processes import ServerProcess, create_key, run_cli
+from imageforge.keyring import create_api_key
+from imageforge.settings import Settings
+from imageforge.store import open_store
+from imageforge.testing.processes import ServerProcess, create_key
 
 #: Small, so that the upload limit test sends little; every other upload is a few KB.
 UPLOAD_LIMIT = 256 * 1024
@@ -30,14 +33,20 @@ class Server:
         #: Every SDK client made, closed when the server goes (none is left to the GC).
         self.clients: list[openai.OpenAI] = []
 
-    def new_key(self, credits: str | None = None) -> str:
-        args = ["keys", "create", "--name", "sdk", "--json"]
-        if credits is not None:
-            args += ["--credits", credits]
-        result = run_cli(self.data_dir, *args)
-        assert result.returncode == 0, result.stderr
-        secret: str = json.loads(result.stdout.strip().splitlines()[-1])["key"]
-        return secret
+    def new_key(self, credits: float | None = None) -> str:
+        """A key written straight to the server's database (the CLI's way costs a process
+        start per key); the server finds it on its first request."""
+
+        async def create() -> str:
+            store = await open_store(Settings(data_dir=self.data_dir).resolved_database_url)
+            try:
+                micros = None if credits is None else round(credits * 1_000_000)
+                _, secret = await create_api_key(store, "sdk", balance_micros=micros)
+            finally:
+                await store.close()
+            return secret
+
+        return asyncio.run(create())
 
     def sdk(self, key: str, **options: Any) -> openai.OpenAI:
         options.setdefault("max_retries", 0)
@@ -243,7 +252,7 @@ def test_the_task_api_keeps_its_own_error_vocabulary(server: Server, key: str) -
 
 
 def test_a_request_for_n_images_is_billed_as_n_tasks(server: Server) -> None:
-    key = server.new_key(credits="1")
+    key = server.new_key(credits=1)
     server.sdk(key).images.generate(prompt="three birds", n=3)
     usage = server.usage(key)
     assert usage["tasks"] == 3
@@ -252,7 +261,7 @@ def test_a_request_for_n_images_is_billed_as_n_tasks(server: Server) -> None:
 
 
 def test_credits_that_cover_no_image_raise_rate_limit_error_unretried(server: Server) -> None:
-    key = server.new_key(credits="0.001")
+    key = server.new_key(credits=0.001)
     with pytest.raises(openai.RateLimitError) as raised:
         server.sdk(key, max_retries=2).images.generate(prompt="a cat")
     assert isinstance(raised.value.body, dict)
@@ -261,7 +270,7 @@ def test_credits_that_cover_no_image_raise_rate_limit_error_unretried(server: Se
 
 
 def test_credits_that_run_out_midway_answer_the_images_accepted(server: Server) -> None:
-    key = server.new_key(credits="0.013")  # two low images and change
+    key = server.new_key(credits=0.013)  # two low images and change
     answer = server.sdk(key).images.generate(prompt="four birds", n=4)
     assert answer.data is not None and len(answer.data) == 2
     usage = server.usage(key)
@@ -269,7 +278,7 @@ def test_credits_that_run_out_midway_answer_the_images_accepted(server: Server) 
 
 
 def test_an_idempotency_key_replays_every_image_without_charging_again(server: Server) -> None:
-    key = server.new_key(credits="1")
+    key = server.new_key(credits=1)
     sdk = server.sdk(key)
     headers = {"Idempotency-Key": "order-42"}
     first = sdk.images.with_raw_response.generate(prompt="two owls", n=2, extra_headers=headers)
@@ -291,9 +300,7 @@ def test_an_uploaded_image_is_the_tasks_reference_read_from_storage(
     edited = client.images.edit(image=("red.png", red, "image/png"), prompt="a still life")
     plain = client.images.generate(prompt="a still life")
     assert edited.data is not None and plain.data is not None
-    assert red_share(decoded(edited.data[0].b64_json)) > red_share(
-        decoded(plain.data[0].b64_json)
-    )
+    assert red_share(decoded(edited.data[0].b64_json)) > red_share(decoded(plain.data[0].b64_json))
     stored = list((server.data_dir / "images" / "uploads").iterdir())
     assert any(path.read_bytes() == red for path in stored)
 
@@ -418,7 +425,9 @@ def test_an_edit_streams_image_edit_events(client: openai.OpenAI) -> None:
 def test_models_lists_the_configured_models(client: openai.OpenAI) -> None:
     listed = {model.id: model for model in client.models.list()}
     assert set(listed) == {"gpt-image-2", "gpt-image-2-r", "house-style"}
-    assert all(model.object == "model" and model.owned_by == "imageforge" for model in listed.values())
+    assert all(
+        model.object == "model" and model.owned_by == "imageforge" for model in listed.values()
+    )
     assert client.models.retrieve("house-style").id == "house-style"
     with pytest.raises(openai.NotFoundError):
         client.models.retrieve("dall-e-3")
@@ -445,7 +454,7 @@ def failing(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def test_when_some_images_fail_the_answer_carries_the_others_and_they_are_refunded(
     failing: Server,
 ) -> None:
-    key = failing.new_key(credits="1")
+    key = failing.new_key(credits=1)
     raw = failing.sdk(key).images.with_raw_response.generate(prompt="alternate: birds", n=4)
     answer = raw.parse()
     assert answer.data is not None and len(answer.data) == 2
@@ -457,12 +466,13 @@ def test_when_some_images_fail_the_answer_carries_the_others_and_they_are_refund
 
 
 def test_when_every_image_fails_the_sdk_raises_without_retrying(failing: Server) -> None:
-    key = failing.new_key(credits="1")
+    key = failing.new_key(credits=1)
     with pytest.raises(openai.InternalServerError) as raised:
         failing.sdk(key, max_retries=2).images.generate(prompt="fail: birds", n=2)
     assert isinstance(raised.value.body, dict)
     assert raised.value.body["type"] == "server_error"
     assert raised.value.body["message"].startswith("all 2 images failed: refused")
+    assert len(raised.value.response.headers["imageforge-task-ids"].split(",")) == 2
     usage = failing.usage(key)
     assert usage["tasks"] == 2 and usage["spend"] == 0  # not retried, all refunded
 
@@ -479,6 +489,5 @@ def test_images_not_done_within_the_wait_get_504_naming_their_tasks(failing: Ser
         failing.sdk(key).images.generate(prompt="slow: a snail")
     assert raised.value.status_code == 504
     assert isinstance(raised.value.body, dict)
-    task_id = raised.value.response.headers.get("imageforge-task-ids")
-    assert task_id is None or task_id in raised.value.body["message"]
-    assert "GET /v1/result/" in raised.value.body["message"]
+    [task_id] = raised.value.response.headers["imageforge-task-ids"].split(",")
+    assert f"GET /v1/result/{{id}} for {task_id}" in raised.value.body["message"]

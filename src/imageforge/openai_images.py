@@ -275,13 +275,29 @@ async def tasks_as_terminal(
         pause = min(pause * 1.5, _LONGEST_WAIT_SECONDS)
 
 
+#: The answers' header listing the tasks behind them, in image order.
+TASK_IDS_HEADER = "Imageforge-Task-Ids"
+
+
+def no_retry_headers(task_ids: Sequence[str]) -> dict[str, str]:
+    return {"x-should-retry": "false", TASK_IDS_HEADER: ",".join(task_ids)}
+
+
 class ImagesFailed(ImageforgeError):
     """No image of the request succeeded: the answer is this error, in OpenAI's shape.
     The queue already retried what could be retried, so the SDK should not."""
 
-    def __init__(self, message: str, *, status_code: int, code: str, param: str | None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int,
+        code: str,
+        param: str | None,
+        task_ids: Sequence[str],
+    ) -> None:
         super().__init__(message, param=param, code=code)
-        self.headers = {"x-should-retry": "false"}
+        self.headers = no_retry_headers(task_ids)
         self.status_code = status_code
         self.error_type = "invalid_request_error" if status_code < 500 else "server_error"
 
@@ -293,9 +309,9 @@ class ImagesTimedOut(ImageforgeError):
     error_type = "server_error"
     code = "timeout"
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, *, task_ids: Sequence[str]) -> None:
         super().__init__(message)
-        self.headers = {"x-should-retry": "false"}
+        self.headers = no_retry_headers(task_ids)
 
 
 def no_image_error(
@@ -307,7 +323,8 @@ def no_image_error(
     if not failed:
         return ImagesTimedOut(
             f"the images were not done within {waited:g} s; they are still being generated: "
-            f"poll GET /v1/result/{{id}} for {', '.join(unfinished)}"
+            f"poll GET /v1/result/{{id}} for {', '.join(unfinished)}",
+            task_ids=[task.id for task in tasks],
         )
     first = failed[0]
     code = first.error_code or "image_generation_failed"
@@ -318,6 +335,7 @@ def no_image_error(
         status_code=400 if client_fault else 500,
         code=code,
         param="image" if client_fault else None,
+        task_ids=[task.id for task in tasks],
     )
 
 

@@ -34,6 +34,7 @@ from imageforge.api.routes.results import task_result_payload
 from imageforge.errors import InvalidRequest, NotFound, ServiceUnavailable
 from imageforge.openai_images import (
     MAX_UPLOADS,
+    TASK_IDS_HEADER,
     ImagesRequest,
     MaskedEdit,
     Upload,
@@ -75,8 +76,6 @@ GENERATIONS = "/v1/images/generations"
 EDITS = "/v1/images/edits"
 #: A comment line while a stream waits, so that proxies keep the connection open.
 KEEPALIVE_SECONDS = 15.0
-#: The answer's header listing the tasks behind it, in image order.
-TASK_IDS_HEADER = "Imageforge-Task-Ids"
 
 _IDEMPOTENCY_PARAMETER = {
     "name": "Idempotency-Key",
