@@ -397,11 +397,19 @@ def upload_references(uploads: Sequence[Upload]) -> tuple[str, ...]:
     return tuple(stored_reference(upload_key(upload.data, upload.format)) for upload in uploads)
 
 
-async def store_uploads(storage: Storage, uploads: Sequence[Upload]) -> None:
+async def store_uploads(
+    storage: Storage, uploads: Sequence[Upload], *, retention_seconds: float, now: float
+) -> None:
     """Write the uploads through the storage interface, where any worker reads them back.
-    Same bytes, same key: a retry rewrites what is there."""
+
+    Same bytes, same key. One already stored is not written again while it is young (a
+    rewrite could be read half-written by a worker using it); past half its retention it is,
+    so that its age restarts before the janitor takes it from the new tasks."""
     for upload in uploads:
         key = upload_key(upload.data, upload.format)
+        stored = await storage.open(key)
+        if stored is not None and stored.modified_at > now - retention_seconds / 2:
+            continue
         await storage.put(key, upload.data, upload_content_type(upload.format))
 
 

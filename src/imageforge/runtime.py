@@ -335,6 +335,7 @@ class Runtime:
                     holder=self.runner.worker_id,
                     interval_seconds=settings.janitor_interval_seconds,
                     orphan_grace_seconds=settings.orphan_grace_seconds,
+                    upload_retention_seconds=settings.upload_retention_seconds,
                 ),
             ),
             "rescuer",

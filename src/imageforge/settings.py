@@ -155,6 +155,11 @@ class Settings(BaseSettings):
         ge=1024,
         description="Largest body of `POST /v1/images/edits` (its uploaded images and fields).",
     )
+    upload_retention_seconds: int = Field(
+        7 * 86_400,
+        ge=60,
+        description="Uploaded edit images are deleted this long after their upload.",
+    )
     openai_wait_seconds: float = Field(
         300.0,
         gt=0,

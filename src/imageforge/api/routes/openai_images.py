@@ -219,7 +219,12 @@ async def create_edits(request: Request) -> Response:
 
 async def _store(runtime: Runtime, uploads: Sequence[Upload]) -> None:
     try:
-        await store_uploads(runtime.storage, uploads)
+        await store_uploads(
+            runtime.storage,
+            uploads,
+            retention_seconds=runtime.settings.upload_retention_seconds,
+            now=time.time(),
+        )
     except OSError as exc:
         raise ServiceUnavailable(f"the uploaded images could not be stored ({exc})") from None
 
