@@ -48,7 +48,7 @@ def speaks_openai(path: str) -> bool:
     return path.startswith(OPENAI_PATHS)
 
 
-def _in_openai_terms(
+def in_openai_terms(
     status: int, error_type: str, code: str | None, headers: dict[str, str] | None
 ) -> tuple[int, str, str | None, dict[str, str] | None]:
     """(status, type, code, headers) of an error as OpenAI's API would word it."""
@@ -62,7 +62,7 @@ def _in_openai_terms(
 def openai_error_event(exc: ImageforgeError) -> dict[str, Any]:
     """An error inside an OpenAI event stream, whose status was sent long before: the
     `error` event's data, which the `openai` SDK raises as an `APIError`."""
-    _, error_type, code, _ = _in_openai_terms(exc.status_code, exc.error_type, exc.code, None)
+    _, error_type, code, _ = in_openai_terms(exc.status_code, exc.error_type, exc.code, None)
     body = error_body(exc.message, error_type=error_type, code=code, param=exc.param)
     return {"type": "error", **body}
 
@@ -79,7 +79,7 @@ def error_response(
 ) -> Response:
     """The error answer; `openai`: worded for the OpenAI Images API routes."""
     if openai:
-        status, error_type, code, headers = _in_openai_terms(status, error_type, code, headers)
+        status, error_type, code, headers = in_openai_terms(status, error_type, code, headers)
     body = error_body(message, error_type=error_type, code=code, param=param)
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/json", headers=headers

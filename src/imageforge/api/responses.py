@@ -137,3 +137,19 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def error_response(description: str, example: dict[str, Any]) -> dict[str, Any]:
     """One error answer worded for its route (`example`: the `error` object)."""
     return _error(description, example)
+
+
+def openai_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`error_responses`, worded as the OpenAI Images API routes answer (api/errors.py)."""
+    # Imported here: errors.py builds responses, this module only describes them.
+    from imageforge.api.errors import in_openai_terms
+
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry = ERROR_RESPONSES[status]
+        example = dict(entry["content"]["application/json"]["example"]["error"])
+        _, example["type"], example["code"], _ = in_openai_terms(
+            status, example["type"], example["code"], None
+        )
+        documented[status] = _error(entry["description"], example)
+    return documented

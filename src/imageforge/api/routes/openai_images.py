@@ -29,7 +29,7 @@ from imageforge.api.request_body import (
     parse_json_body,
     validate_fields,
 )
-from imageforge.api.responses import error_response, error_responses
+from imageforge.api.responses import error_response, openai_error_responses
 from imageforge.api.routes.results import task_result_payload
 from imageforge.errors import InvalidRequest, NotFound, ServiceUnavailable
 from imageforge.openai_images import (
@@ -99,7 +99,7 @@ _ANSWER_DESCRIPTION = (
     "500 otherwise, 504 when none was done in time (they go on: poll the task ids). "
     "`stream: true` answers with server-sent events instead."
 )
-_OPENAI_ERRORS = error_responses(400, 401, 413, 422, 429, 503)
+_OPENAI_ERRORS = openai_error_responses(400, 401, 413, 422, 429, 503)
 _OPENAI_ERRORS[429] = error_response(
     "Rate limited (`type: requests`), too many unfinished tasks, or credits that do not "
     "cover the first image (`type: insufficient_quota`, `x-should-retry: false`).",
@@ -171,7 +171,20 @@ _FILE = {"type": "string", "format": "binary"}
     "whole body at most `IMAGEFORGE_MAX_UPLOAD_BYTES` (64 MiB by default). A `mask` (a PNG "
     "with alpha, the size of the first image) keeps the first image where the mask is "
     "opaque and puts the generated image where it is transparent; it needs `b64_json`.",
-    responses={200: {"content": _STREAM_CONTENT}, **_OPENAI_ERRORS},
+    responses={
+        200: {"content": _STREAM_CONTENT},
+        **_OPENAI_ERRORS,
+        413: error_response(
+            "The body (files and fields) is larger than `IMAGEFORGE_MAX_UPLOAD_BYTES` "
+            "(64 MiB by default).",
+            {
+                "message": "body: must be at most 67,108,864 bytes",
+                "type": "invalid_request_error",
+                "param": "body",
+                "code": "payload_too_large",
+            },
+        ),
+    },
     openapi_extra={
         **REQUIRES_API_KEY,
         **multipart_body_schema(
@@ -421,7 +434,7 @@ async def _stream(
     summary="List the models (OpenAI Models API)",
     description="The configured models (custom ones included), as OpenAI's `GET /v1/models` "
     "lists them; `created` is when this server started.",
-    responses=error_responses(401, 429, 503),
+    responses=openai_error_responses(401, 429, 503),
     openapi_extra=REQUIRES_API_KEY,
 )
 async def list_models(request: Request) -> Response:
@@ -435,7 +448,18 @@ async def list_models(request: Request) -> Response:
     "/v1/models/{model_id}",
     response_model=ModelEntry,
     summary="Retrieve a model (OpenAI Models API)",
-    responses=error_responses(401, 404, 429, 503),
+    responses={
+        **openai_error_responses(401, 429, 503),
+        404: error_response(
+            "No model of that id is configured.",
+            {
+                "message": "The model 'dall-e-3' does not exist",
+                "type": "invalid_request_error",
+                "param": "model",
+                "code": "model_not_found",
+            },
+        ),
+    },
     openapi_extra=REQUIRES_API_KEY,
 )
 async def retrieve_model(
