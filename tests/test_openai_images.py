@@ -370,6 +370,22 @@ def test_bad_uploads_raise_bad_request_error(
     assert raised.value.body["param"] == param and words in raised.value.body["message"]
 
 
+def test_a_truncated_upload_fails_its_tasks_refunded_and_answers_bad_request(
+    server: Server,
+) -> None:
+    photo = io.BytesIO()
+    Image.effect_noise((256, 256), 60).convert("RGB").save(photo, format="JPEG")
+    truncated = photo.getvalue()[: len(photo.getvalue()) // 2]  # its header still reads
+    key = server.new_key(credits=1)
+    with pytest.raises(openai.BadRequestError) as raised:
+        server.sdk(key).images.edit(image=("cut.jpg", truncated, "image/jpeg"), prompt="x", n=2)
+    assert isinstance(raised.value.body, dict)
+    assert raised.value.body["message"].startswith("all 2 images failed: image[0] (uploaded):")
+    assert raised.value.body["param"] == "image"
+    usage = server.usage(key)
+    assert usage["tasks"] == 2 and usage["spend"] == 0
+
+
 def test_uploads_past_the_limit_get_413_in_openais_shape(server: Server, key: str) -> None:
     noise = Image.effect_noise((400, 400), 100).convert("RGB")
     big = io.BytesIO()

@@ -239,13 +239,7 @@ def _check_image_urls(spec: ModelSpec, image_urls: Sequence[str] | None) -> tupl
             code="invalid_image_url",
         )
     urls = tuple(image_urls)
-    if len(urls) > spec.max_references:
-        raise InvalidRequest(
-            f"image_urls: {spec.name} accepts at most {spec.max_references} reference images "
-            f"(got {len(urls)})",
-            param="image_urls",
-            code="too_many_references",
-        )
+    _check_reference_count(spec, len(urls), "image_urls")
     for index, url in enumerate(urls):
         problem = _url_problem(url)
         if problem is not None:
@@ -329,14 +323,18 @@ def resolve_request(
 
 
 def _check_uploaded(spec: ModelSpec, uploaded: Sequence[str]) -> tuple[str, ...]:
-    if len(uploaded) > spec.max_references:
+    _check_reference_count(spec, len(uploaded), "image")
+    return tuple(uploaded)
+
+
+def _check_reference_count(spec: ModelSpec, count: int, field: str) -> None:
+    if count > spec.max_references:
         raise InvalidRequest(
-            f"image: {spec.name} accepts at most {spec.max_references} reference images "
-            f"(got {len(uploaded)})",
-            param="image",
+            f"{field}: {spec.name} accepts at most {spec.max_references} reference images "
+            f"(got {count})",
+            param=field,
             code="too_many_references",
         )
-    return tuple(uploaded)
 
 
 def price_key(spec: ModelSpec, resolved: ResolvedRequest) -> str:

@@ -35,7 +35,7 @@ from PIL import Image, ImageOps
 from imageforge.catalog import QUALITIES, one_of
 from imageforge.errors import ImageforgeError, InvalidRequest
 from imageforge.openai_wire import ImageGenerationRequest
-from imageforge.references.images import ImageRejected, decode_image, inspect_image
+from imageforge.references.images import ImageRejected, inspect_image
 from imageforge.references.stored import stored_reference, upload_content_type, upload_key
 from imageforge.service import ImageService, check_idempotency_key
 from imageforge.storage.base import Storage
@@ -353,13 +353,16 @@ class Upload:
 
 
 def check_upload(field: str, data: bytes, *, max_pixels: int) -> Upload:
-    """Raise a 400 naming `field` unless `data` is a whole PNG, JPEG, WebP or GIF image
-    of at most `max_pixels` (the reference rules). Blocking: call it in a thread."""
+    """Raise a 400 naming `field` unless `data` is a PNG, JPEG, WebP or GIF image of at
+    most `max_pixels` (the reference rules), judged from its header and what can be
+    verified without decoding (PNG's checksums). The pixels are decoded by the worker,
+    within its process's decoding budget, which fails the task (refunded) on a truncated
+    image: decoding here would let concurrent uploads hold any amount of memory.
+    Blocking: call it in a thread."""
     if not data:
         raise InvalidRequest(f"{field}: the file is empty", param=field, code="invalid_image")
     try:
         inspected = inspect_image(data, max_pixels, None)
-        decode_image(data, inspected, None)  # a full decode: what catches truncation
     except ImageRejected as rejected:
         raise InvalidRequest(
             f"{field}: {rejected.reason}", param=field, code="invalid_image"
