@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ from imageforge.api.request_body import (
 )
 from imageforge.api.responses import error_response, openai_error_responses
 from imageforge.api.routes.results import task_result_payload
-from imageforge.errors import InvalidRequest, NotFound, ServiceUnavailable
+from imageforge.errors import ImageforgeError, InvalidRequest, NotFound, ServiceUnavailable
 from imageforge.openai_images import (
     MAX_UPLOADS,
     TASK_IDS_HEADER,
@@ -69,6 +70,8 @@ from imageforge.runtime import Runtime
 from imageforge.service import MAX_IDEMPOTENCY_KEY_CHARS
 from imageforge.store import ApiKeyRecord
 from imageforge.tasks import Task, TaskStatus
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(tags=["openai"])
 
@@ -404,7 +407,12 @@ async def _stream(
             finished[task.id] = task
             if task.status is not TaskStatus.COMPLETED:
                 continue
-            data = await _image_bytes(runtime, task, images, masked)
+            try:
+                data = await _image_bytes(runtime, task, images, masked)
+            except ImageforgeError as failed:
+                # The status went out with the first byte: the stream says it instead.
+                yield _event("error", openai_error_event(failed))
+                return
             succeeded += 1
             yield _event(
                 f"{events}.completed",
@@ -418,7 +426,14 @@ async def _stream(
                     usage=usage_body([task.usage]),
                 ),
             )
-        if not succeeded:
+        await asyncio.wait([watcher])
+        lost = None if watcher.cancelled() else watcher.exception()
+        if lost is not None:  # the database went away while waiting, say
+            if not isinstance(lost, ImageforgeError):
+                log.error("waiting for %s failed", tasks[0].id, exc_info=lost)
+                lost = ImageforgeError("Internal server error.")
+            yield _event("error", openai_error_event(lost))
+        elif not succeeded:
             states = [finished[task.id] for task in tasks]
             unfinished = [task.id for task in states if not task.status.is_terminal]
             yield _event("error", openai_error_event(no_image_error(states, unfinished, waited)))
