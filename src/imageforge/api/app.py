@@ -14,7 +14,16 @@ from imageforge.api.body_guard import BodyGuardMiddleware
 from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
 from imageforge.api.openapi import install_openapi
-from imageforge.api.routes import bench, files, health, images, openai_images, results, usage
+from imageforge.api.routes import (
+    bench,
+    files,
+    health,
+    images,
+    models,
+    openai_images,
+    results,
+    usage,
+)
 from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
 
@@ -77,6 +86,7 @@ def create_app(
     app.include_router(results.router)
     app.include_router(usage.router)
     app.include_router(openai_images.router)
+    app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(health.router)
     if settings.bench_endpoints:

@@ -1,5 +1,5 @@
-"""The OpenAI Images API over the task queue: POST /v1/images/generations,
-POST /v1/images/edits, GET /v1/models and GET /v1/models/{id}.
+"""The OpenAI Images API over the task queue: POST /v1/images/generations and
+POST /v1/images/edits (the models are in `models.py`).
 
 The `openai` SDK pointed at `base_url=http://host/v1` works unchanged. The rules are in
 `imageforge.openai_images`; this module reads the requests (JSON, or the edits' multipart
@@ -18,7 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import orjson
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
@@ -30,40 +30,42 @@ from imageforge.api.request_body import (
     parse_json_body,
     validate_fields,
 )
-from imageforge.api.responses import error_response, openai_error_responses
+from imageforge.api.responses import (
+    OPENAI_IMAGE_ERRORS,
+    OPENAI_STREAM_CONTENT,
+    UPLOAD_413,
+)
 from imageforge.api.routes.results import task_result_payload
-from imageforge.errors import ImageforgeError, InvalidRequest, NotFound, ServiceUnavailable
+from imageforge.errors import ImageforgeError, InvalidRequest, ServiceUnavailable
 from imageforge.openai_images import (
     MAX_UPLOADS,
     TASK_IDS_HEADER,
     ImagesRequest,
+    create_images,
+    create_request_for_image,
+    images_request,
+    no_image_error,
+    tasks_as_terminal,
+)
+from imageforge.openai_media import (
     MaskedEdit,
     Upload,
     b64,
     check_mask,
     check_upload,
-    create_images,
-    create_request_for_image,
-    images_request,
     mask_digest,
-    no_image_error,
     render_image,
     store_uploads,
     stored_format,
-    tasks_as_terminal,
     upload_references,
 )
 from imageforge.openai_wire import (
     ImageEditForm,
     ImageGenerationRequest,
     ImagesResponse,
-    ModelEntry,
-    ModelList,
     completed_event_body,
     image_data_body,
     images_response_body,
-    model_body,
-    model_list_body,
     usage_body,
 )
 from imageforge.runtime import Runtime
@@ -102,45 +104,6 @@ _ANSWER_DESCRIPTION = (
     "500 otherwise, 504 when none was done in time (they go on: poll the task ids). "
     "`stream: true` answers with server-sent events instead."
 )
-_OPENAI_ERRORS = openai_error_responses(400, 401, 413, 422, 429, 503)
-_OPENAI_ERRORS[429] = error_response(
-    "Rate limited (`type: requests`), too many unfinished tasks, or credits that do not "
-    "cover the first image (`type: insufficient_quota`, `x-should-retry: false`).",
-    {
-        "message": "insufficient credits: this image costs 0.053 USD and the balance is 0 USD",
-        "type": "insufficient_quota",
-        "param": None,
-        "code": "insufficient_quota",
-    },
-)
-_OPENAI_ERRORS[500] = error_response(
-    "No image succeeded, not for a reason of the request's (`x-should-retry: false`).",
-    {
-        "message": "all 2 images failed: upstream busy",
-        "type": "server_error",
-        "param": None,
-        "code": "engine_error",
-    },
-)
-_OPENAI_ERRORS[504] = error_response(
-    "No image was done within the wait; they are still being generated.",
-    {
-        "message": "the images were not done within 300 s; they are still being generated: "
-        "poll GET /v1/result/{id} for image_…",
-        "type": "server_error",
-        "param": None,
-        "code": "timeout",
-    },
-)
-_STREAM_CONTENT = {
-    "text/event-stream": {
-        "schema": {"type": "string"},
-        "example": 'event: image_generation.completed\ndata: {"type": '
-        '"image_generation.completed", "b64_json": "iVBORw0…", "created_at": 1774836724, '
-        '"background": "opaque", "output_format": "png", "quality": "low", "size": '
-        '"1024x1024", "usage": {…}}\n\n',
-    }
-}
 
 
 @router.post(
@@ -148,7 +111,7 @@ _STREAM_CONTENT = {
     response_model=ImagesResponse,
     summary="Create images (OpenAI Images API)",
     description=_ANSWER_DESCRIPTION,
-    responses={200: {"content": _STREAM_CONTENT}, **_OPENAI_ERRORS},
+    responses={200: {"content": OPENAI_STREAM_CONTENT}, **OPENAI_IMAGE_ERRORS},
     openapi_extra={
         **REQUIRES_API_KEY,
         **json_body_schema(ImageGenerationRequest),
@@ -174,20 +137,7 @@ _FILE = {"type": "string", "format": "binary"}
     "whole body at most `IMAGEFORGE_MAX_UPLOAD_BYTES` (64 MiB by default). A `mask` (a PNG "
     "with alpha, the size of the first image) keeps the first image where the mask is "
     "opaque and puts the generated image where it is transparent; it needs `b64_json`.",
-    responses={
-        200: {"content": _STREAM_CONTENT},
-        **_OPENAI_ERRORS,
-        413: error_response(
-            "The body (files and fields) is larger than `IMAGEFORGE_MAX_UPLOAD_BYTES` "
-            "(64 MiB by default).",
-            {
-                "message": "body: must be at most 67,108,864 bytes",
-                "type": "invalid_request_error",
-                "param": "body",
-                "code": "payload_too_large",
-            },
-        ),
-    },
+    responses={200: {"content": OPENAI_STREAM_CONTENT}, **OPENAI_IMAGE_ERRORS, 413: UPLOAD_413},
     openapi_extra={
         **REQUIRES_API_KEY,
         **multipart_body_schema(
@@ -441,54 +391,3 @@ async def _stream(
         watcher.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await watcher
-
-
-@router.get(
-    "/v1/models",
-    response_model=ModelList,
-    summary="List the models (OpenAI Models API)",
-    description="The configured models (custom ones included), as OpenAI's `GET /v1/models` "
-    "lists them; `created` is when this server started.",
-    responses=openai_error_responses(401, 429, 503),
-    openapi_extra=REQUIRES_API_KEY,
-)
-async def list_models(request: Request) -> Response:
-    await authenticate(request)
-    runtime = runtime_of(request)
-    body = model_list_body(list(runtime.service.models), created=_started(request))
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
-@router.get(
-    "/v1/models/{model_id}",
-    response_model=ModelEntry,
-    summary="Retrieve a model (OpenAI Models API)",
-    responses={
-        **openai_error_responses(401, 429, 503),
-        404: error_response(
-            "No model of that id is configured.",
-            {
-                "message": "The model 'dall-e-3' does not exist",
-                "type": "invalid_request_error",
-                "param": "model",
-                "code": "model_not_found",
-            },
-        ),
-    },
-    openapi_extra=REQUIRES_API_KEY,
-)
-async def retrieve_model(
-    request: Request, model_id: str = Path(description="A model's id, e.g. `gpt-image-2`.")
-) -> Response:
-    await authenticate(request)
-    if model_id not in runtime_of(request).service.models:
-        raise NotFound(
-            f"The model '{model_id[:100]}' does not exist", param="model", code="model_not_found"
-        )
-    body = model_body(model_id, created=_started(request))
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
-def _started(request: Request) -> int:
-    started: int = request.app.state.started_at
-    return started
