@@ -244,7 +244,9 @@ async def tasks_as_terminal(
     timeout_seconds: float,
 ) -> AsyncIterator[Task]:
     """Each task once it is terminal, in the order they end; stops at the timeout with
-    the rest unfinished. Looks with `service.get`, backing off from 20 ms to 250 ms."""
+    the rest unfinished. Looks with `service.get`, backing off from 20 ms to 250 ms: the
+    one place that waits for tasks here, so a notification of task ends can replace the
+    looking without touching its callers (the JSON answer and the stream)."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout_seconds
     waiting = list(dict.fromkeys(task_ids))

@@ -45,6 +45,7 @@ from imageforge.openai_images import (
     create_request_for_image,
     images_request,
     no_image_error,
+    no_retry_headers,
     tasks_as_terminal,
 )
 from imageforge.openai_media import (
@@ -257,6 +258,26 @@ async def _answer(
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},
         )
+    try:
+        body = await _wait_and_answer(request, caller, images, tasks, masked=masked)
+    except ImageforgeError as exc:
+        # The tasks exist and are charged: a retry without an Idempotency-Key would make
+        # (and charge) them again, so the answer names them and asks for no retry.
+        exc.headers = {**(exc.headers or {}), **no_retry_headers([task.id for task in tasks])}
+        raise
+    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+
+
+async def _wait_and_answer(
+    request: Request,
+    caller: ApiKeyRecord,
+    images: ImagesRequest,
+    tasks: list[Task],
+    *,
+    masked: MaskedEdit | None,
+) -> dict[str, Any]:
+    """The JSON answer once the tasks are terminal (or the wait is over)."""
+    runtime = runtime_of(request)
     waited = runtime.settings.openai_wait_seconds
     ended = {
         task.id: task
@@ -283,7 +304,7 @@ async def _answer(
         size=f"{completed[0].width}x{completed[0].height}",
         usage=usage_body([task.usage for task in completed]),
     )
-    return Response(orjson.dumps(body), media_type="application/json", headers=headers)
+    return body
 
 
 async def _image_bytes(
