@@ -290,6 +290,29 @@ def test_an_idempotency_key_replays_every_image_without_charging_again(server: S
     assert server.usage(key)["tasks"] == 2
 
 
+def test_an_edit_replays_under_its_key_and_another_file_is_another_request(
+    server: Server,
+) -> None:
+    key = server.new_key(credits=1)
+    sdk = server.sdk(key)
+    headers = {"Idempotency-Key": "edit-7"}
+    photo = png((256, 256), (9, 99, 199))
+    ids = [
+        sdk.images.with_raw_response.edit(
+            image=("p.png", photo, "image/png"), prompt="snow", extra_headers=headers
+        ).headers["imageforge-task-ids"]
+        for _ in range(2)
+    ]
+    assert ids[0] == ids[1]
+    with pytest.raises(openai.UnprocessableEntityError):
+        sdk.images.edit(
+            image=("p.png", png((256, 256), (1, 2, 3)), "image/png"),
+            prompt="snow",
+            extra_headers=headers,
+        )
+    assert server.usage(key)["tasks"] == 1
+
+
 # Edit ---------------------------------------------------------------------------------
 
 
