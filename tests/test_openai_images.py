@@ -27,9 +27,12 @@ PRICE_LOW = 0.006  # the default price of a low-quality gpt-image-2 image
 
 
 class Server:
-    def __init__(self, process: ServerProcess, data_dir: Path) -> None:
+    def __init__(
+        self, process: ServerProcess, data_dir: Path, database_url: str | None = None
+    ) -> None:
         self.process = process
         self.data_dir = data_dir
+        self.database_url = database_url or Settings(data_dir=data_dir).resolved_database_url
         #: Every SDK client made, closed when the server goes (none is left to the GC).
         self.clients: list[openai.OpenAI] = []
 
@@ -38,7 +41,7 @@ class Server:
         start per key); the server finds it on its first request."""
 
         async def create() -> str:
-            store = await open_store(Settings(data_dir=self.data_dir).resolved_database_url)
+            store = await open_store(self.database_url)
             try:
                 micros = None if credits is None else round(credits * 1_000_000)
                 _, secret = await create_api_key(store, "sdk", balance_micros=micros)
@@ -530,3 +533,31 @@ def test_images_not_done_within_the_wait_get_504_naming_their_tasks(failing: Ser
     assert isinstance(raised.value.body, dict)
     [task_id] = raised.value.response.headers["imageforge-task-ids"].split(",")
     assert f"GET /v1/result/{{id}} for {task_id}" in raised.value.body["message"]
+
+
+# PostgreSQL ---------------------------------------------------------------------------
+
+
+def test_on_postgresql_images_are_tasks_billed_and_replayed_alike(
+    tmp_path: Path, fresh_pg_url: str
+) -> None:
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    with ServerProcess(data_dir, IMAGEFORGE_DATABASE_URL=fresh_pg_url) as process:
+        server = Server(process, data_dir, fresh_pg_url)
+        try:
+            key = server.new_key(credits=1)
+            sdk = server.sdk(key)
+            headers = {"Idempotency-Key": "pg-1"}
+            first = sdk.images.with_raw_response.generate(
+                prompt="three cranes", n=3, extra_headers=headers
+            )
+            again = sdk.images.with_raw_response.generate(
+                prompt="three cranes", n=3, extra_headers=headers
+            )
+            assert len(first.parse().data or []) == 3
+            assert first.headers["imageforge-task-ids"] == again.headers["imageforge-task-ids"]
+            usage = server.usage(key)
+            assert usage["tasks"] == 3 and usage["spend"] == pytest.approx(3 * PRICE_LOW)
+        finally:
+            server.close()
