@@ -292,6 +292,7 @@ class Runtime:
         )
         self.fetcher = ReferenceFetcher(
             client=self.outbound,
+            storage=self.storage,
             limits=FetchLimits(
                 max_bytes=settings.reference_max_bytes,
                 max_pixels=settings.reference_max_pixels,
@@ -334,6 +335,7 @@ class Runtime:
                     holder=self.runner.worker_id,
                     interval_seconds=settings.janitor_interval_seconds,
                     orphan_grace_seconds=settings.orphan_grace_seconds,
+                    upload_retention_seconds=settings.upload_retention_seconds,
                 ),
             ),
             "rescuer",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -103,9 +103,10 @@ class ImageService:
     def currency(self) -> str:
         return self._prices.currency
 
-    def quote(self, body: CreateImageRequest) -> Quote:
-        """Validate and price a request without creating or charging anything."""
-        resolved = self._resolve(body)
+    def quote(self, body: CreateImageRequest, *, uploaded: Sequence[str] = ()) -> Quote:
+        """Validate and price a request without creating or charging anything.
+        `uploaded`: references stored for the client (see `catalog.resolve_request`)."""
+        resolved = self._resolve(body, uploaded)
         tier = price_key(self._models[resolved.model], resolved)
         return Quote(
             resolved=resolved,
@@ -114,7 +115,7 @@ class ImageService:
             currency=self._prices.currency,
         )
 
-    def _resolve(self, body: CreateImageRequest) -> ResolvedRequest:
+    def _resolve(self, body: CreateImageRequest, uploaded: Sequence[str]) -> ResolvedRequest:
         return resolve_request(
             model=body.model,
             prompt=body.prompt,
@@ -124,6 +125,7 @@ class ImageService:
             size=body.size,
             image_urls=body.image_urls,
             models=self._models,
+            uploaded=uploaded,
         )
 
     async def create(
@@ -132,16 +134,22 @@ class ImageService:
         body: CreateImageRequest,
         *,
         idempotency_key: str | None = None,
+        uploaded: Sequence[str] = (),
+        request_hash: str | None = None,
     ) -> tuple[Task, bool]:
         """Accept a task: validate, price, charge and insert in one transaction.
-        → (task, replayed); replayed is True when an Idempotency-Key matched."""
-        quote = self.quote(body)
+        → (task, replayed); replayed is True when an Idempotency-Key matched.
+
+        `uploaded`: references stored for the client. `request_hash`: what identifies the
+        request for the Idempotency-Key when `body` is only part of it (default: `body`'s
+        fingerprint); a caller that passes it makes it cover `uploaded` too."""
+        quote = self.quote(body, uploaded=uploaded)
         resolved = quote.resolved
         claim = None
         if idempotency_key is not None:
             claim = IdempotencyClaim(
                 key=check_idempotency_key(idempotency_key),
-                request_hash=request_fingerprint(body),
+                request_hash=request_hash or request_fingerprint(body),
                 ttl_seconds=self._idempotency_ttl,
             )
         now = time.time()

@@ -150,6 +150,23 @@ class Settings(BaseSettings):
     reference_timeout_seconds: float = Field(30.0, gt=0)
 
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_upload_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest body of `POST /v1/images/edits` (its uploaded images and fields).",
+    )
+    upload_retention_seconds: int = Field(
+        7 * 86_400,
+        ge=60,
+        description="Uploaded edit images are deleted this long after their upload.",
+    )
+    openai_wait_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="How long the OpenAI-shaped routes wait for their images before answering "
+        "with those done (or a 504 when none is).",
+    )
     # Slow clients hold connections; these bound how long (a reverse proxy in front is the
     # usual protection at scale, and these hold where there is none).
     header_timeout_seconds: float = Field(

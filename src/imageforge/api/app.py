@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -13,7 +14,16 @@ from imageforge.api.body_guard import BodyGuardMiddleware
 from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
 from imageforge.api.openapi import install_openapi
-from imageforge.api.routes import bench, files, health, images, results, usage
+from imageforge.api.routes import (
+    bench,
+    files,
+    health,
+    images,
+    models,
+    openai_images,
+    results,
+    usage,
+)
 from imageforge.api.routes.playground import install_playground
 from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
@@ -25,6 +35,9 @@ signed `image_url`) or `failed` (with an `error`).
 
 Every API request carries `Authorization: Bearer <api key>`. Errors have an OpenAI-style body:
 `{"error": {"message", "type", "param", "code"}}`.
+
+The OpenAI Images API (`POST /v1/images/generations`, `POST /v1/images/edits`, `GET /v1/models`)
+runs over the same queue, so the `openai` SDK works with `base_url` set to this server's `/v1`.
 """
 
 
@@ -58,10 +71,13 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    #: Unix seconds; what `GET /v1/models` gives as its models' `created`.
+    app.state.started_at = int(time.time())
     app.add_middleware(
         BodyGuardMiddleware,
         max_bytes=settings.max_body_bytes,
         idle_timeout=settings.body_timeout_seconds,
+        larger_bodies={openai_images.EDITS: settings.max_upload_bytes},
     )
     # Here rather than in the server, so the setting holds under any ASGI server; the
     # scheme it passes on is what image links are built with.
@@ -70,6 +86,8 @@ def create_app(
     app.include_router(images.router)
     app.include_router(results.router)
     app.include_router(usage.router)
+    app.include_router(openai_images.router)
+    app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(health.router)
     if settings.bench_endpoints:

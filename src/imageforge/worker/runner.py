@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from imageforge.engines import Engine, EngineError, GeneratedImage, GenerationRequest
 from imageforge.engines.base import UpstreamRef
 from imageforge.references import ReferenceFetcher, ReferenceFetchError
+from imageforge.references.stored import stored_key
 from imageforge.storage import Storage
 from imageforge.store import Store, StoreUnavailable
 from imageforge.tasks import Task, TaskStatus
@@ -229,6 +230,15 @@ class Runner:
             if engine is None:
                 raise EngineError(
                     f"engine {task.engine!r} is not configured on this worker", retryable=False
+                )
+            if not engine.fetches_references and any(
+                stored_key(url) is not None for url in task.image_urls
+            ):
+                # Such an engine hands the URLs to its upstream, which cannot read our storage.
+                raise EngineError(
+                    f"engine {task.engine!r} passes reference URLs on and cannot use "
+                    "uploaded images; send image_urls to this model instead",
+                    retryable=False,
                 )
             references = (
                 await self._fetcher.fetch_all(task.image_urls, fit=(task.width, task.height))
