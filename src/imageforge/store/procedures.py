@@ -71,9 +71,10 @@ def create_key(
     hint: str,
     now: float,
     balance_micros: int | None,
+    webhook_secret: str | None = None,
 ) -> Procedure[ApiKeyRecord]:
     """A limited key (balance given) starts its ledger with a credit entry."""
-    yield sql.INSERT_KEY, (key_id, name, key_hash, hint, now, balance_micros)
+    yield sql.INSERT_KEY, (key_id, name, key_hash, hint, now, balance_micros, webhook_secret)
     if balance_micros is not None:
         yield sql.BOOK_CREDIT, (key_id, balance_micros, "initial credits", now)
     return ApiKeyRecord(
@@ -83,6 +84,7 @@ def create_key(
         created_at=now,
         revoked_at=None,
         balance_micros=balance_micros,
+        webhook_secret=webhook_secret,
     )
 
 
@@ -130,6 +132,7 @@ class KeyProcedures:
         hint: str,
         now: float,
         balance_micros: int | None = None,
+        webhook_secret: str | None = None,
     ) -> ApiKeyRecord:
         return await self._in_transaction(
             lambda: create_key(
@@ -139,6 +142,7 @@ class KeyProcedures:
                 hint=hint,
                 now=now,
                 balance_micros=balance_micros,
+                webhook_secret=webhook_secret,
             )
         )
 
