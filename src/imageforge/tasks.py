@@ -15,7 +15,6 @@ from typing import Any
 
 from imageforge.ids import KeyId, TaskId
 
-
 #: The error of a task a client cancelled starts with this word (the contract's rule).
 CANCELLED_ERROR = "cancelled by the client"
 CANCELLED_CODE = "cancelled"

@@ -13,7 +13,7 @@ from imageforge.api.body_guard import BodyGuardMiddleware
 from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
 from imageforge.api.openapi import install_openapi
-from imageforge.api.routes import bench, files, health, images, results, usage
+from imageforge.api.routes import bench, files, health, images, results, tasks, usage
 from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
 
@@ -68,6 +68,7 @@ def create_app(
     install_error_handlers(app, unavailable_retry_after=settings.unavailable_retry_after_seconds)
     app.include_router(images.router)
     app.include_router(results.router)
+    app.include_router(tasks.router)
     app.include_router(usage.router)
     app.include_router(files.router)
     app.include_router(health.router)
