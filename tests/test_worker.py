@@ -264,13 +264,13 @@ async def test_one_write_renews_every_lease_the_runner_holds(rig: Rig) -> None:
     tasks = [await rig.add() for _ in range(10)]
     runner = rig.runner(concurrency=10, heartbeat_seconds=0.2, lease_seconds=5.0)
     batches: list[int] = []
-    renew = rig.store.renew_leases
+    keep = rig.store.keep_leases
 
-    async def counting(leases: Any, *, lease_seconds: float) -> set[Any]:
+    async def counting(leases: Any, *, lease_seconds: float) -> Any:
         batches.append(len(leases))
-        return await renew(leases, lease_seconds=lease_seconds)
+        return await keep(leases, lease_seconds=lease_seconds)
 
-    rig.store.renew_leases = counting  # type: ignore[method-assign]
+    rig.store.keep_leases = counting  # type: ignore[method-assign]
 
     async def scenario() -> None:
         for task in tasks:

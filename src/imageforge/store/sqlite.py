@@ -89,7 +89,8 @@ _CLAIM = sql.for_sqlite(
 _RENEW_LEASE = sql.for_sqlite(
     "UPDATE tasks SET lease_expires_at = {now} + $2 "
     "WHERE id = $3 AND attempt = $4 AND status = 'processing' "
-    "RETURNING cancel_requested_at IS NOT NULL"
+    # The value, not `IS NOT NULL`: SQLite 3.40 answers that with 1 for a NULL here.
+    "RETURNING cancel_requested_at"
 )
 # A claim holds a delivery by moving its next attempt a lease ahead: a sender that dies
 # leaves it to be taken again then.
@@ -361,7 +362,7 @@ class SqliteStore(procedures.KeyProcedures, SweepProcedures, LifecycleProcedures
                 row = db.execute(_RENEW_LEASE, (now, lease_seconds, task_id, attempt)).fetchone()
                 if row is not None:
                     report.renewed.add(task_id)
-                    if row[0]:
+                    if row[0] is not None:
                         report.cancel_requested.add(task_id)
         return report
 
