@@ -192,3 +192,29 @@ async def test_a_body_the_document_forbids_is_refused(
     response = await api.post_create_body(path, key, **fields)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+async def test_the_lifecycle_routes_are_documented(
+    documented: tuple[ApiHarness, dict[str, Any]],
+) -> None:
+    _, document = documented
+    paths = document["paths"]
+    poll = paths["/v1/result/{task_id}"]["get"]
+    (wait,) = [p for p in poll["parameters"] if p["name"] == "wait"]
+    assert wait["in"] == "query" and (wait["schema"]["minimum"], wait["schema"]["maximum"]) == (
+        1,
+        60,
+    )
+    events = paths["/v1/result/{task_id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert any(p["name"] == "Last-Event-ID" for p in events["parameters"])
+    assert "post" in paths["/v1/result/{task_id}/cancel"]
+    assert "get" in paths["/v1/result/{task_id}/deliveries"]
+    listing = paths["/v1/tasks"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {"status", "model", "limit", "after"}
+    create = document["components"]["schemas"]["CreateImageRequest"]["properties"]
+    assert "callback_url" in create
+    assert "progress" in document["components"]["schemas"]["TaskResult"]["properties"]
+    for path in ("/v1/result/{task_id}/cancel", "/v1/result/{task_id}/deliveries"):
+        for operation in paths[path].values():
+            assert "404" in operation["responses"]
