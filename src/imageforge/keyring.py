@@ -88,6 +88,5 @@ async def create_api_key(
         hint=apikeys.display_hint(secret),
         now=time.time(),
         balance_micros=balance_micros,
-        webhook_secret=apikeys.new_webhook_secret(),
     )
     return record, secret

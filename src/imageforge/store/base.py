@@ -220,7 +220,8 @@ class Store(Protocol):
         balance_micros: int | None = None,
         webhook_secret: str | None = None,
     ) -> ApiKeyRecord:
-        """A limited key (balance given) starts its ledger with a credit entry."""
+        """A limited key (balance given) starts its ledger with a credit entry; the key's
+        webhook secret is `webhook_secret`, else a new one (on the record returned)."""
         ...
 
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None: ...
