@@ -372,3 +372,22 @@ def test_the_documented_defaults_are_the_code_defaults() -> None:
     fields = Settings.model_fields
     assert fields["claim_batch"].default == CLAIM_BATCH
     assert fields["postgres_pool_size"].default == DEFAULT_POOL_SIZE
+
+
+async def test_a_task_cancelled_during_an_earlier_attempt_never_runs_again(rig: Rig) -> None:
+    """The cancel came while attempt 1 ran, which then ended retryable: the next claim
+    fails it as cancelled instead of generating."""
+    task = await rig.add()
+    (claimed,) = await rig.store.claim(worker_id="w0", limit=1, lease_seconds=5)
+    await rig.store.cancel_task(task.id)
+    await rig.store.requeue(
+        task.id, claimed.attempt, delay_seconds=0, error="busy", error_code="busy"
+    )
+    runner = rig.runner()
+
+    async def scenario() -> None:
+        failed = await rig.wait_for(task, TaskStatus.FAILED)
+        assert failed.error is not None and failed.error.startswith("cancelled")
+
+    await run_until(runner, scenario)
+    assert rig.engine.calls == []

@@ -1,24 +1,26 @@
-"""The lifecycle's store methods both stores run (cancel, webhook attempts and secrets),
-each a procedure (see procedures.py) written once. A store supplies `_in_transaction`,
-`_now()` (the `{now}` of its clock) and `_announce(task_id)` (the in-process wake-up after
-a commit)."""
+"""The lifecycle's store methods both stores run (listing, cancel, webhook attempts and
+secrets), written once: procedures (see procedures.py) and reads. A store supplies
+`_in_transaction`, `_fetch` (one read), `_now()` (the `{now}` of its clock) and
+`_announce(task_id)` (the in-process wake-up after a commit)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 from imageforge.ids import KeyId, TaskId
 from imageforge.store import statements as sql
 from imageforge.store.base import (
     CancelOutcome,
     DueWebhook,
+    TaskPage,
     WebhookAttempt,
     WebhookOutcome,
     WebhookSecrets,
 )
 from imageforge.store.procedures import Procedure
+from imageforge.store.rows import task_from_row
 from imageforge.tasks import CANCELLED_CODE, CANCELLED_ERROR
 
 T = TypeVar("T")
@@ -103,6 +105,30 @@ class LifecycleProcedures:
 
     def _announce(self, task_id: TaskId) -> None:
         raise NotImplementedError
+
+    async def _fetch(self, statement: sql.Statement, args: Sequence[Any]) -> list[Any]:
+        """One read, outside any transaction."""
+        raise NotImplementedError
+
+    async def list_tasks(
+        self,
+        key_id: KeyId,
+        *,
+        limit: int,
+        after: TaskId | None = None,
+        status: str | None = None,
+        model: str | None = None,
+    ) -> TaskPage | None:
+        before = 2**62  # above every seq
+        if after is not None:
+            found = await self._fetch(sql.TASK_SEQ, (after, key_id))
+            if not found:
+                return None
+            before = found[0][0]
+        filters = tuple(value for value in (status, model) if value is not None)
+        statement = sql.LIST_TASKS[status is not None, model is not None]
+        rows = await self._fetch(statement, (key_id, before, limit + 1, *filters))
+        return TaskPage([task_from_row(row) for row in rows[:limit]], len(rows) > limit)
 
     async def cancel_task(self, task_id: TaskId) -> CancelOutcome:
         outcome = await self._in_transaction(lambda: cancel_task(self._now(), task_id))

@@ -46,7 +46,6 @@ from imageforge.store.base import (
     LeaseReport,
     RescueReport,
     StoreUnavailable,
-    TaskPage,
     UsageRow,
     too_many_unfinished,
 )
@@ -335,27 +334,9 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures, LifecycleProcedur
     async def record_progress(self, task_id: TaskId, attempt: int, progress: int) -> bool:
         return await self._changing(pg.RECORD_PROGRESS, task_id, attempt, progress)
 
-    async def list_tasks(
-        self,
-        key_id: KeyId,
-        *,
-        limit: int,
-        after: TaskId | None = None,
-        status: str | None = None,
-        model: str | None = None,
-    ) -> TaskPage | None:
-        before = 2**62
-        if after is not None:
-            found = await self._read(sql.TASK_SEQ, after, key_id)
-            if not found:
-                return None
-            before = found[0][0]
-        filters = tuple(value for value in (status, model) if value is not None)
-        statement = sql.LIST_TASKS[status is not None, model is not None]
-        rows = await self._read(statement, key_id, before, limit + 1, *filters)
-        return TaskPage([task_from_row(row) for row in rows[:limit]], len(rows) > limit)
+    async def _fetch(self, statement: sql.Statement, args: Sequence[Any]) -> list[Any]:
+        return await self._read(statement, *args)
 
-    @retried_when_rolled_back
     async def claim_webhooks(self, *, limit: int, lease_seconds: float) -> list[DueWebhook]:
         with self._driver_errors:
             rows = await self._pool.fetch(pg.CLAIM_WEBHOOKS, self._now(), limit, lease_seconds)

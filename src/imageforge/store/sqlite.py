@@ -38,7 +38,6 @@ from imageforge.store.base import (
     RescueReport,
     StoreConflict,
     StoreUnavailable,
-    TaskPage,
     UsageRow,
     too_many_unfinished,
 )
@@ -372,25 +371,8 @@ class SqliteStore(procedures.KeyProcedures, SweepProcedures, LifecycleProcedures
             self._changed(task_id)
         return applied
 
-    async def list_tasks(
-        self,
-        key_id: KeyId,
-        *,
-        limit: int,
-        after: TaskId | None = None,
-        status: str | None = None,
-        model: str | None = None,
-    ) -> TaskPage | None:
-        before = 2**62
-        if after is not None:
-            found = self._read(sql.TASK_SEQ, (after, key_id))
-            if not found:
-                return None
-            before = found[0][0]
-        filters = tuple(value for value in (status, model) if value is not None)
-        statement = sql.LIST_TASKS[status is not None, model is not None]
-        rows = self._read(statement, (key_id, before, limit + 1, *filters))
-        return TaskPage([task_from_row(row) for row in rows[:limit]], len(rows) > limit)
+    async def _fetch(self, statement: sql.Statement, args: Sequence[Any]) -> list[Any]:
+        return self._read(statement, args)
 
     async def claim_webhooks(self, *, limit: int, lease_seconds: float) -> list[DueWebhook]:
         async with self._writes.write() as db:

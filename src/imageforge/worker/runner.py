@@ -209,6 +209,11 @@ class Runner:
     async def _execute(self, task: Task) -> None:
         job = asyncio.current_task()
         assert job is not None
+        if task.cancel_requested_at is not None:
+            # Cancelled while an earlier attempt ran, which ended without failing it (a
+            # retryable error, a rescue, a drain): it must not run again.
+            await self._record_cancel(task)
+            return
         try:
             await self._generate_and_store(task, job)
         except asyncio.CancelledError:
