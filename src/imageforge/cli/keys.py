@@ -133,11 +133,13 @@ def keys_create(
         return
     console.print(
         f"Created API key [bold]{record.id}[/bold] ({name}, credits: "
-        f"{_balance_text(balance, settings.currency)}). Store the secret now:"
+        f"{_balance_text(balance, settings.currency)}). Its webhook signing secret "
+        "(verifies the signatures of its callbacks; `keys rotate-webhook-secret` replaces it):"
     )
-    print(secret)
-    console.print("Its webhook signing secret (verifies callbacks; also shown only now):")
     print(record.webhook_secret)
+    # The key stays the last line: scripts take it from there.
+    console.print("Store the secret now:")
+    print(secret)
 
 
 #: How long a rotated-out webhook secret keeps signing beside the new one.
