@@ -25,6 +25,7 @@ from imageforge.ids import KeyId, new_task_id
 from imageforge.keyring import create_api_key
 from imageforge.store import open_store, upgrade_database
 from imageforge.tasks import Task
+from imageforge.testing.processes import ServerProcess, create_key
 from tests.conftest import ApiHarness
 from tests.lifecycle import BACKENDS, StepEngine, auth, database_url_for, serve, stop, until
 from tests.upstream_servers import ServerThread
@@ -287,3 +288,33 @@ async def test_a_worker_lost_after_the_terminal_transition_still_delivers_once(
     finally:
         for lifespan, harness in workers:
             await stop(lifespan, harness)
+
+
+def test_a_server_killed_after_the_task_ended_delivers_once_after_restart(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """`kill -9` of a server whose task has ended but whose sender has not looked yet (its
+    first look is a minute away): the next server on the data dir delivers it, once."""
+    data = tmp_path / "data"
+    env = {"IMAGEFORGE_REFERENCE_ALLOWLIST": "127.0.0.1", "IMAGEFORGE_WEBHOOK_POLL_SECONDS": "60"}
+    created_key = create_key(data, "hooks")
+    with ServerProcess(data, **env) as first, first.client(created_key["key"]) as client:
+        body = {"model": "gpt-image-2", "prompt": "a fox", "callback_url": receiver.url}
+        task_id = client.post("/v1/image2/images", json=body).json()["id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/result/{task_id}").json()["status"] != "completed":
+            assert time.monotonic() < deadline, "the task did not complete"
+            time.sleep(0.05)
+        first.kill()
+    assert receiver.received == []
+    with ServerProcess(data, **{**env, "IMAGEFORGE_WEBHOOK_POLL_SECONDS": "0.1"}) as second:
+        deadline = time.monotonic() + 30
+        while not receiver.received:
+            assert time.monotonic() < deadline, "never delivered"
+            time.sleep(0.05)
+        time.sleep(1.0)
+        assert len(receiver.received) == 1
+        (hook,) = receiver.received
+        payload = Webhook(created_key["webhook_secret"]).verify(hook.body, hook.headers)
+        assert payload["id"] == task_id and payload["status"] == "completed"
+        assert second.terminate() == 0

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -89,8 +89,8 @@ class ApiKeyRecord:
     #: Credits left in micro-units at the time of reading; None is unlimited.
     balance_micros: int | None = None
     #: The `whsec_…` secret that signs this key's webhooks: set only on the record
-    #: `create_key` returns (reads never load it).
-    webhook_secret: str | None = None
+    #: `create_key` returns (reads never load it); never compared or shown in a repr.
+    webhook_secret: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_active(self) -> bool:
