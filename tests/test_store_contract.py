@@ -781,3 +781,18 @@ async def test_webhook_secrets_and_their_rotation(store: Store) -> None:
         KeyId("key_missing"), secret="whsec_x", grace_seconds=1
     )
     assert await store.webhook_secrets(KeyId("key_missing")) is None
+
+
+async def test_a_deleted_task_takes_its_webhook_rows_along(store: Store) -> None:
+    from imageforge.store.base import WebhookOutcome
+
+    task = _with_callback()
+    await store.insert_task(task)
+    claimed = await claim_one(store)
+    await store.fail(claimed.id, claimed.attempt, error="x", error_code="x")
+    (due,) = await store.claim_webhooks(limit=1, lease_seconds=0.0)
+    await store.record_webhook_attempt(due, WebhookOutcome("pending", 500, "x", 0.0))
+    assert await store.webhook_attempts(task.id)
+    assert await store.delete_finished_tasks(finished_before=time.time() + 3600, limit=10) == 1
+    assert await store.webhook_attempts(task.id) == []
+    assert await store.claim_webhooks(limit=10, lease_seconds=30) == []

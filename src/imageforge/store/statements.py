@@ -298,6 +298,8 @@ WEBHOOK_ATTEMPTS = shared(
     "SELECT attempt, at, status_code, error, next_attempt_at FROM webhook_attempts "
     "WHERE task_id = $1 ORDER BY attempt"
 )
+FORGET_WEBHOOK = shared("DELETE FROM webhook_deliveries WHERE task_id = $1")
+FORGET_WEBHOOK_ATTEMPTS = shared("DELETE FROM webhook_attempts WHERE task_id = $1")
 WEBHOOK_SECRETS = shared(
     "SELECT webhook_secret, previous_webhook_secret, previous_webhook_secret_until "
     "FROM api_keys WHERE id = $1"
