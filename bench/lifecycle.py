@@ -12,6 +12,10 @@ through a second store, as another node would (the LISTEN/NOTIFY path).
 
     .venv/bin/python bench/lifecycle.py [--waiters 1000] [--postgres postgresql://…]
 
+With `--listing N` it measures `GET /v1/tasks` instead: N tasks of one key (plus N of
+another) are written straight into the database, and pages of 100 are timed at the newest
+end, in the middle (a cursor half-way down) and filtered by status.
+
 Prints one JSON report on stdout.
 """
 
@@ -116,12 +120,70 @@ async def bench(waiters: int, postgres: str | None) -> dict[str, Any]:
         await lifespan.__aexit__(None, None, None)
 
 
+_FILL = {
+    "postgresql": (
+        "INSERT INTO tasks (id, key_id, model, engine, prompt, quality, width, height, ratio, "
+        "resolution, image_urls, status, attempt, max_attempts, run_after, price_micros, "
+        "created_at, updated_at) SELECT 'image_' || md5(k || ':' || n), k, 'gpt-image-2', "
+        "'offline', 'p', 'low', 1024, 1024, '1:1', '1k', '[]', "
+        "CASE WHEN n % 10 = 0 THEN 'failed' ELSE 'completed' END, 1, 3, 0, 0, n, n "
+        "FROM generate_series(1, {rows}) AS n, (VALUES ('key_bench_a'), ('key_bench_b')) AS keys(k)"
+    ),
+}
+
+
+async def listing(rows: int, postgres: str | None) -> dict[str, Any]:
+    import asyncpg
+
+    from imageforge.store.urls import asyncpg_dsn
+
+    if postgres is None:
+        raise SystemExit("--listing needs --postgres (it fills the tasks table with SQL)")
+    data_dir = Path(tempfile.mkdtemp(prefix="lifecycle-bench-"))
+    settings = Settings(data_dir=data_dir, database_url=postgres)
+    app = create_app(settings, run_worker=False)
+    lifespan = app.router.lifespan_context(app)
+    await lifespan.__aenter__()  # migrates
+    connection = await asyncpg.connect(asyncpg_dsn(postgres))
+    try:
+        await connection.execute(_FILL["postgresql"].format(rows=rows))
+        await connection.execute("ANALYZE tasks")
+        store = app.state.runtime.store
+        key = "key_bench_a"
+        timings: dict[str, float] = {}
+
+        async def timed(name: str, **query: Any) -> None:
+            best = float("inf")
+            for _ in range(20):
+                started = time.perf_counter()
+                page = await store.list_tasks(key, limit=100, **query)
+                best = min(best, time.perf_counter() - started)
+                assert page is not None and len(page.tasks) == 100
+            timings[name] = round(best * 1000, 2)
+
+        await timed("newest_page_ms")
+        middle = await connection.fetchval(
+            "SELECT id FROM tasks WHERE key_id = $1 ORDER BY seq LIMIT 1 OFFSET $2", key, rows // 2
+        )
+        await timed("middle_page_ms", after=middle)
+        await timed("failed_only_page_ms", status="failed")
+        return {"rows_per_key": rows, "keys": 2, "best_of_20": timings}
+    finally:
+        await connection.execute("DELETE FROM tasks WHERE key_id LIKE 'key_bench_%'")
+        await connection.close()
+        await lifespan.__aexit__(None, None, None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--waiters", type=int, default=1000)
     parser.add_argument("--postgres", help="a PostgreSQL URL (its tables are used as they are)")
+    parser.add_argument("--listing", type=int, help="measure listing over this many tasks")
     args = parser.parse_args()
-    report = asyncio.run(bench(args.waiters, args.postgres))
+    if args.listing:
+        report = asyncio.run(listing(args.listing, args.postgres))
+    else:
+        report = asyncio.run(bench(args.waiters, args.postgres))
     json.dump(report, sys.stdout, indent=2)
     print()
 
