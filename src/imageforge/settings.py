@@ -273,7 +273,6 @@ class Settings(BaseSettings):
         "reference_allowlist",
         "offline_font_files",
         "trusted_proxies",
-        "webhook_retry_schedule",
         mode="before",
     )
     @classmethod
@@ -282,15 +281,23 @@ class Settings(BaseSettings):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
 
-    @field_validator("webhook_retry_schedule")
+    @field_validator("webhook_retry_schedule", mode="before")
     @classmethod
-    def _check_schedule(cls, value: list[float]) -> list[float]:
-        if not value or len(value) > 50 or any(not 0 < step <= 86_400 for step in value):
-            raise ValueError(
-                "webhook_retry_schedule: 1 to 50 delays in seconds, each above 0 and at "
-                "most 86400 (e.g. 5,300,1800)"
-            )
-        return value
+    def _check_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return list(DEFAULT_WEBHOOK_RETRY_SCHEDULE)  # an unset variable, as compose passes it
+        items = value.split(",") if isinstance(value, str) else value
+        rule = (
+            "webhook_retry_schedule: 1 to 50 delays in seconds, each above 0 and at most "
+            "86400 (e.g. 5,300,1800)"
+        )
+        try:
+            steps = [float(item) for item in items]
+        except (TypeError, ValueError):
+            raise ValueError(rule) from None
+        if not steps or len(steps) > 50 or any(not 0 < step <= 86_400 for step in steps):
+            raise ValueError(rule)
+        return steps
 
     @field_validator("trusted_proxies")
     @classmethod
