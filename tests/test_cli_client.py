@@ -158,8 +158,23 @@ def test_result_shows_a_task_and_saves_its_image(tmp_path: Path, env: dict[str, 
     assert_one_line_error(err, "No task found", "HTTP 404")
 
 
-def test_tasks_says_when_the_server_cannot_list(tmp_path: Path, env: dict[str, str]) -> None:
-    code, out, err = imageforge(tmp_path, "tasks", **env)
+def test_tasks_lists_this_keys_tasks_newest_first(tmp_path: Path, env: dict[str, str]) -> None:
+    ids = []
+    for prompt in ("a hill", "a cloud"):
+        code, out, err = imageforge(tmp_path, "generate", prompt, "--json", "-o", str(tmp_path),
+                                    **env)  # fmt: skip
+        assert code == 0, err
+        ids.append(json.loads(out)["id"])
+    code, out, err = imageforge(tmp_path, "tasks", "--json", **env)
+    assert code == 0, err
+    listed = [json.loads(line)["id"] for line in out.splitlines()]
+    assert listed[:2] == ids[::-1]
+
+
+def test_tasks_says_when_the_server_cannot_list(tmp_path: Path) -> None:
+    with serve_task_api(Switches(listing=False), step_seconds=0.05) as api:
+        env = {"IMAGEFORGE_BASE_URL": api.base_url, "IMAGEFORGE_API_KEY": "sk-stand-in"}
+        code, out, err = imageforge(tmp_path, "tasks", **env)
     assert code == 1 and out == ""
     assert_one_line_error(err, "does not list tasks", "result ID")
 

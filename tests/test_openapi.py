@@ -223,3 +223,29 @@ async def test_the_openai_routes_document_their_bodies_answers_and_openai_error_
     listed = paths["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]
     assert listed["schema"] == {"$ref": "#/components/schemas/ModelList"}
     assert "model_not_found" in str(paths["/v1/models/{model_id}"]["get"]["responses"]["404"])
+
+
+async def test_the_lifecycle_routes_are_documented(
+    documented: tuple[ApiHarness, dict[str, Any]],
+) -> None:
+    _, document = documented
+    paths = document["paths"]
+    poll = paths["/v1/result/{task_id}"]["get"]
+    (wait,) = [p for p in poll["parameters"] if p["name"] == "wait"]
+    assert wait["in"] == "query" and (wait["schema"]["minimum"], wait["schema"]["maximum"]) == (
+        1,
+        60,
+    )
+    events = paths["/v1/result/{task_id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert any(p["name"] == "Last-Event-ID" for p in events["parameters"])
+    assert "post" in paths["/v1/result/{task_id}/cancel"]
+    assert "get" in paths["/v1/result/{task_id}/deliveries"]
+    listing = paths["/v1/tasks"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {"status", "model", "limit", "after"}
+    create = document["components"]["schemas"]["CreateImageRequest"]["properties"]
+    assert "callback_url" in create
+    assert "progress" in document["components"]["schemas"]["TaskResult"]["properties"]
+    for path in ("/v1/result/{task_id}/cancel", "/v1/result/{task_id}/deliveries"):
+        for operation in paths[path].values():
+            assert "404" in operation["responses"]

@@ -228,6 +228,18 @@ def _url_problem(url: object) -> str | None:
     return None
 
 
+def check_callback_url(url: object) -> str:
+    """The syntax of a webhook URL (the rules of a reference URL); where it points is the
+    outbound guard's to decide."""
+    problem = _url_problem(url)
+    if problem is not None:
+        raise InvalidRequest(
+            f"callback_url: {problem}", param="callback_url", code="invalid_callback_url"
+        )
+    assert isinstance(url, str)
+    return url
+
+
 def _check_image_urls(spec: ModelSpec, image_urls: Sequence[str] | None) -> tuple[str, ...]:
     if image_urls is None:
         return ()

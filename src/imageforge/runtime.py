@@ -12,6 +12,7 @@ import gc
 import importlib.util
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from imageforge.catalog import ModelSpec, billing_tiers
 from imageforge.engine_setup import build_engines, check_engines
 from imageforge.engines import Engine
 from imageforge.errors import ConfigurationError, configuring
+from imageforge.events import TaskEvents
 from imageforge.keyring import KeyRing
 from imageforge.ratelimit import RequestRateLimiter, build_rate_limiter
 from imageforge.references import AddressPolicy, FetchLimits, OutboundClient, ReferenceFetcher
@@ -31,11 +33,14 @@ from imageforge.settings import Settings
 from imageforge.storage import LocalStorage, Storage, UrlSigner, load_or_create_secret
 from imageforge.storage.probe import check_storage
 from imageforge.store import Store, open_store, upgrade_database
-from imageforge.store.base import WakesWorkers
+from imageforge.store.base import AnnouncesChanges, WakesWorkers
 from imageforge.store.urls import database_backend
+from imageforge.tasks import Task, TaskStatus
+from imageforge.wire import task_result_body
 from imageforge.worker.janitor import Janitor
 from imageforge.worker.rescuer import rescue_forever
 from imageforge.worker.runner import Runner, RunnerConfig
+from imageforge.worker.webhooks import WebhookConfig, WebhookSender
 
 if TYPE_CHECKING:
     from imageforge.storage.s3 import S3Options
@@ -160,7 +165,29 @@ class Runtime:
     #: The guarded client for URLs clients chose: references (and callbacks, with `post`).
     outbound: OutboundClient | None = None
     fetcher: ReferenceFetcher | None = None
+    #: What wakes this process's long-polls and event streams.
+    events: TaskEvents = field(default_factory=TaskEvents)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def task_body(self, task: Task, *, base_url: str, now: float) -> dict[str, Any]:
+        """The object of `GET /v1/result/{id}` (also each event's data and each webhook's
+        body): retention and the link decided now, from the task (so nothing cached
+        outlives either), by the rule in `retention.py` and the storage."""
+        expired = self.retention.image_expired(task, now)
+        image_url = None
+        if task.status is TaskStatus.COMPLETED and task.image_key is not None and not expired:
+            image_url = self.storage.url_for(
+                task.image_key,
+                base_url=base_url,
+                expires=int(now) + self.settings.image_url_ttl_seconds,
+            )
+        return task_result_body(task, image_url=image_url, expired=expired)
+
+    def _webhook_body(self, task: Task, base_url: str | None) -> dict[str, Any]:
+        # The link is built on the configured public URL, else on the one the create came in
+        # on (a worker has no request of its own to take it from).
+        base = self.settings.public_base_url or base_url or "http://127.0.0.1"
+        return self.task_body(task, base_url=base, now=time.time())
 
     @staticmethod
     def check(
@@ -239,6 +266,8 @@ class Runtime:
             image_seconds=settings.image_retention_seconds,
             task_seconds=settings.task_retention_seconds,
         )
+        events = TaskEvents()
+        store.watch_changes(events.notify)
         service = ImageService(
             store,
             models,
@@ -247,6 +276,8 @@ class Runtime:
             idempotency_ttl_seconds=settings.idempotency_ttl_seconds,
             max_unfinished_tasks=settings.max_unfinished_tasks,
             retention=retention,
+            events=events,
+            callback_policy=AddressPolicy(settings.reference_allowlist),
         )
         runtime = cls(
             settings=settings,
@@ -256,6 +287,7 @@ class Runtime:
             keyring=keyring,
             service=service,
             retention=retention,
+            events=events,
         )
         try:
             await runtime._begin(run_api=run_api, run_worker=run_worker, tune_gc=tune_gc)
@@ -277,6 +309,12 @@ class Runtime:
         if run_api:
             await runtime.keyring.refresh()
             runtime._spawn(runtime.keyring.watch(), "key watcher")
+            shared = database_backend(settings.resolved_database_url) != "sqlite"
+            # Changes committed by other processes: every node on PostgreSQL; on SQLite
+            # only an API without a worker of its own (with one, every change of the
+            # file's tasks is this process's and already announced in-process).
+            if isinstance(store, AnnouncesChanges) and (shared or not run_worker):
+                runtime._spawn(store.listen_for_task_changes(runtime.events.notify), "task changes")
         if run_worker:
             runtime._start_worker({spec.engine for spec in runtime.service.models.values()})
         if tune_gc:
@@ -314,10 +352,26 @@ class Runtime:
                 retry_max_seconds=settings.retry_max_seconds,
                 shutdown_grace_seconds=settings.shutdown_grace_seconds,
                 claim_batch=settings.claim_batch,
+                progress_write_seconds=settings.progress_write_seconds,
             ),
         )
-        # Tasks created in this process wake this process's worker at once.
+        # Tasks created in this process wake this process's worker at once, and a cancel
+        # asked of this process stops the task at once if this worker runs it.
         self.service.on_task_queued = self.runner.wake
+        self.service.on_cancel_requested = self.runner.cancel
+        self._spawn(
+            WebhookSender(
+                store=self.store,
+                outbound=self.outbound,
+                body_of=self._webhook_body,
+                config=WebhookConfig(
+                    retry_schedule=tuple(settings.webhook_retry_schedule),
+                    timeout_seconds=settings.webhook_timeout_seconds,
+                    poll_seconds=settings.webhook_poll_seconds,
+                ),
+            ).run(),
+            "webhooks",
+        )
         if isinstance(self.store, WakesWorkers):
             # Tasks created on other nodes (or re-queued by their rescuers) wake this
             # worker through the database; the runner's poll covers lost wake-ups.

@@ -22,6 +22,7 @@ from imageforge.api.routes import (
     models,
     openai_images,
     results,
+    tasks,
     usage,
 )
 from imageforge.api.routes.playground import install_playground
@@ -85,6 +86,7 @@ def create_app(
     install_error_handlers(app, unavailable_retry_after=settings.unavailable_retry_after_seconds)
     app.include_router(images.router)
     app.include_router(results.router)
+    app.include_router(tasks.router)
     app.include_router(usage.router)
     app.include_router(openai_images.router)
     app.include_router(models.router)

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 
+from imageforge.apikeys import new_webhook_secret
 from imageforge.billing import format_amount, parse_amount
 from imageforge.cli.common import ConfigOption, console, err_console, load_settings, with_store
 from imageforge.cli.tables import print_rows
@@ -18,7 +19,12 @@ from imageforge.ids import KeyId
 from imageforge.keyring import create_api_key
 from imageforge.store import ApiKeyRecord, Store
 from imageforge.store.base import UsageRow
-from imageforge.wire import key_created_body, key_info_body, usage_body
+from imageforge.wire import (
+    key_created_body,
+    key_info_body,
+    usage_body,
+    webhook_secret_rotated_body,
+)
 
 app = typer.Typer(help="Manage API keys.", no_args_is_help=True)
 
@@ -70,7 +76,47 @@ def keys_create(
         return
     console.print(
         f"Created API key [bold]{record.id}[/bold] ({name}, credits: "
-        f"{_balance_text(balance, settings.currency)}). Store the secret now:"
+        f"{_balance_text(balance, settings.currency)}). Its webhook signing secret "
+        "(verifies the signatures of its callbacks; `keys rotate-webhook-secret` replaces it):"
+    )
+    print(record.webhook_secret)
+    # The key stays the last line: scripts take it from there.
+    console.print("Store the secret now:")
+    print(secret)
+
+
+#: How long a rotated-out webhook secret keeps signing beside the new one.
+WEBHOOK_SECRET_GRACE_SECONDS = 86_400
+
+
+@app.command("rotate-webhook-secret")
+def keys_rotate_webhook_secret(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Give a key a new webhook signing secret; the old one keeps signing for 24 hours
+    (each webhook carries both signatures meanwhile)."""
+    settings = load_settings(config)
+    secret = new_webhook_secret()
+    rotated = asyncio.run(
+        with_store(
+            settings,
+            lambda store: store.rotate_webhook_secret(
+                KeyId(key_id), secret=secret, grace_seconds=WEBHOOK_SECRET_GRACE_SECONDS
+            ),
+        )
+    )
+    if not rotated:
+        err_console.print(f"[red]no key with id {key_id}[/red]")
+        raise typer.Exit(1)
+    until = time.time() + WEBHOOK_SECRET_GRACE_SECONDS
+    if as_json:
+        print(json.dumps(webhook_secret_rotated_body(key_id, secret, previous_valid_until=until)))
+        return
+    console.print(
+        f"New webhook secret for [bold]{key_id}[/bold]; the old one signs too until "
+        f"{_format_time(until)}. Store it now:"
     )
     print(secret)
 

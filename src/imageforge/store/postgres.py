@@ -41,16 +41,20 @@ from imageforge.store import statements as sql
 from imageforge.store.base import (
     RESCUE_ERROR,
     ApiKeyRecord,
+    DueWebhook,
     IdempotencyClaim,
+    LeaseReport,
     RescueReport,
     StoreUnavailable,
     UsageRow,
     too_many_unfinished,
 )
+from imageforge.store.lifecycle import LifecycleProcedures
 from imageforge.store.postgres_errors import UNAVAILABLE, DriverErrors, retried_when_rolled_back
 from imageforge.store.procedures import Procedure
 from imageforge.store.rows import (
     RUN_AFTER,
+    due_webhook_from_row,
     encode_usage,
     key_from_row,
     task_from_row,
@@ -59,7 +63,7 @@ from imageforge.store.rows import (
 )
 from imageforge.store.sweeps import SweepProcedures
 from imageforge.store.urls import DEFAULT_POOL_SIZE, asyncpg_dsn
-from imageforge.store.wakeups import TaskWakeups
+from imageforge.store.wakeups import CHANGES_CHANNEL, TaskWakeups
 from imageforge.tasks import Task
 
 T = TypeVar("T")
@@ -85,7 +89,7 @@ async def _keep_session(connection: Any) -> None:
     pool), so there is nothing to reset."""
 
 
-class PostgresStore(procedures.KeyProcedures, SweepProcedures):
+class PostgresStore(procedures.KeyProcedures, SweepProcedures, LifecycleProcedures):
     def __init__(self, pool: Any, dsn: str, *, clock: Callable[[], float] | None = None) -> None:
         """`clock`: None for the database's clock (what every deployment wants); a
         function, for tests that move time, is used in its place."""
@@ -96,6 +100,13 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
         self._clock = clock
         self._pending_reads: list[tuple[TaskId, asyncio.Future[Task | None]]] = []
         self._reads_in_flight: set[asyncio.Future[None]] = set()
+        self._changed: Callable[[TaskId], None] = lambda _task_id: None
+
+    def watch_changes(self, callback: Callable[[TaskId], None]) -> None:
+        self._changed = callback
+
+    def _announce(self, task_id: TaskId) -> None:
+        self._changed(task_id)
 
     @classmethod
     async def connect(
@@ -294,21 +305,50 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
         tasks = [task_from_row(row) for row in rows]
         # RETURNING has no order; hand tasks out oldest first like the queue does.
         tasks.sort(key=lambda task: (task.run_after, task.created_at))
+        for task in tasks:
+            self._changed(task.id)
         return tasks
 
-    @retried_when_rolled_back
     async def renew_leases(
         self, leases: Sequence[tuple[TaskId, int]], *, lease_seconds: float
     ) -> set[TaskId]:
+        return (await self.keep_leases(leases, lease_seconds=lease_seconds)).renewed
+
+    @retried_when_rolled_back
+    async def keep_leases(
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_seconds: float
+    ) -> LeaseReport:
         if not leases:
-            return set()
+            return LeaseReport(renewed=set(), cancel_requested=set())
         ids = [task_id for task_id, _ in leases]
         attempts = [attempt for _, attempt in leases]
         with self._driver_errors:
             rows = await self._pool.fetch(
                 pg.RENEW_LEASES, self._now(), lease_seconds, ids, attempts
             )
-        return {TaskId(row[0]) for row in rows}
+        return LeaseReport(
+            renewed={TaskId(row[0]) for row in rows},
+            cancel_requested={TaskId(row[0]) for row in rows if row[1]},
+        )
+
+    async def record_progress(self, task_id: TaskId, attempt: int, progress: int) -> bool:
+        return await self._changing(pg.RECORD_PROGRESS, task_id, attempt, progress)
+
+    async def _fetch(self, statement: sql.Statement, args: Sequence[Any]) -> list[Any]:
+        return await self._read(statement, *args)
+
+    async def claim_webhooks(self, *, limit: int, lease_seconds: float) -> list[DueWebhook]:
+        with self._driver_errors:
+            rows = await self._pool.fetch(pg.CLAIM_WEBHOOKS, self._now(), limit, lease_seconds)
+        return [due_webhook_from_row(row) for row in rows]
+
+    async def _changing(self, statement: str, task_id: TaskId, *args: Any) -> bool:
+        """A transition of `task_id` (its statement announces it to other nodes); this
+        process's waiters are told at once."""
+        applied = await self._transition(statement, task_id, *args)
+        if applied:
+            self._changed(task_id)
+        return applied
 
     async def complete(
         self,
@@ -321,8 +361,8 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
         upstream: str | None = None,
     ) -> bool:
         usage_json = encode_usage(usage)
-        return await self._transition(
-            sql.COMPLETE.postgres, task_id, attempt, image_key, content_type, usage_json, upstream
+        return await self._changing(
+            pg.COMPLETE, task_id, attempt, image_key, content_type, usage_json, upstream
         )
 
     async def record_upstream(
@@ -340,7 +380,7 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
         return bool(rows)
 
     async def fail(self, task_id: TaskId, attempt: int, *, error: str, error_code: str) -> bool:
-        return await self._transition(pg.FAIL, task_id, attempt, error, error_code)
+        return await self._changing(pg.FAIL, task_id, attempt, error, error_code)
 
     async def requeue(
         self,
@@ -353,11 +393,11 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
     ) -> bool:
         # A task claimable at once wakes the workers; one held back by a retry delay
         # would only wake them to find nothing, so the poll picks it up when it is due.
-        statement = pg.REQUEUE_AND_NOTIFY if delay_seconds <= 0 else sql.REQUEUE.postgres
-        return await self._transition(statement, task_id, attempt, delay_seconds, error, error_code)
+        statement = pg.REQUEUE_AND_NOTIFY if delay_seconds <= 0 else pg.REQUEUE_LATER
+        return await self._changing(statement, task_id, attempt, delay_seconds, error, error_code)
 
     async def release(self, task_id: TaskId, attempt: int) -> bool:
-        return await self._transition(pg.RELEASE_AND_NOTIFY, task_id, attempt)
+        return await self._changing(pg.RELEASE_AND_NOTIFY, task_id, attempt)
 
     @retried_when_rolled_back
     async def rescue_expired(self, *, limit: int = 500) -> RescueReport:
@@ -366,6 +406,8 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
                 rows = await connection.fetch(pg.RESCUE, self._now(), limit, RESCUE_ERROR)
                 if any(row[0] for row in rows):
                     await connection.execute(f"SELECT {pg.NOTIFY}")
+        for row in rows:
+            self._changed(TaskId(row[1]))
         return RescueReport(
             requeued=tuple(TaskId(row[1]) for row in rows if row[0]),
             failed=tuple(TaskId(row[1]) for row in rows if not row[0]),
@@ -384,6 +426,16 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
         """Run until cancelled: call `callback` whenever a task becomes claimable on
         any node (LISTEN/NOTIFY on a dedicated connection that reconnects)."""
         await TaskWakeups(self._dsn, callback).run()
+
+    async def listen_for_task_changes(self, callback: Callable[[TaskId | None], None]) -> None:
+        """Run until cancelled: `callback(task_id)` for every transition on any node,
+        `callback(None)` after each (re)connect (whatever was missed meanwhile)."""
+        await TaskWakeups(
+            self._dsn,
+            lambda: callback(None),
+            channel=CHANGES_CHANNEL,
+            on_payload=lambda payload: callback(TaskId(payload)),
+        ).run()
 
     async def close(self) -> None:
         try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from typing import Any, TypeVar
 
+from imageforge.apikeys import new_webhook_secret
 from imageforge.billing import plan_balance_change
 from imageforge.errors import NotFound
 from imageforge.ids import KeyId
@@ -71,9 +72,12 @@ def create_key(
     hint: str,
     now: float,
     balance_micros: int | None,
+    webhook_secret: str | None = None,
 ) -> Procedure[ApiKeyRecord]:
-    """A limited key (balance given) starts its ledger with a credit entry."""
-    yield sql.INSERT_KEY, (key_id, name, key_hash, hint, now, balance_micros)
+    """A limited key (balance given) starts its ledger with a credit entry. Every key has
+    a webhook secret: the one given, else a new one."""
+    webhook_secret = webhook_secret or new_webhook_secret()
+    yield sql.INSERT_KEY, (key_id, name, key_hash, hint, now, balance_micros, webhook_secret)
     if balance_micros is not None:
         yield sql.BOOK_CREDIT, (key_id, balance_micros, "initial credits", now)
     return ApiKeyRecord(
@@ -83,6 +87,7 @@ def create_key(
         created_at=now,
         revoked_at=None,
         balance_micros=balance_micros,
+        webhook_secret=webhook_secret,
     )
 
 
@@ -130,6 +135,7 @@ class KeyProcedures:
         hint: str,
         now: float,
         balance_micros: int | None = None,
+        webhook_secret: str | None = None,
     ) -> ApiKeyRecord:
         return await self._in_transaction(
             lambda: create_key(
@@ -139,6 +145,7 @@ class KeyProcedures:
                 hint=hint,
                 now=now,
                 balance_micros=balance_micros,
+                webhook_secret=webhook_secret,
             )
         )
 

@@ -6,7 +6,7 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from imageforge.api.deps import REQUIRES_API_KEY, authenticate, runtime_of
+from imageforge.api.deps import REQUIRES_API_KEY, authenticate, base_url_of, runtime_of
 from imageforge.api.request_body import json_body_schema, parse_json_body
 from imageforge.api.responses import error_responses
 from imageforge.service import MAX_IDEMPOTENCY_KEY_CHARS
@@ -54,7 +54,12 @@ async def create_image(request: Request) -> Response:
     idempotency_key = request.headers.get("idempotency-key")
     body = await parse_json_body(request, CreateImageRequest)
     runtime = runtime_of(request)
-    task, replayed = await runtime.service.create(caller, body, idempotency_key=idempotency_key)
+    base_url = None
+    if body.callback_url is not None:
+        base_url = base_url_of(request, runtime.settings.public_base_url)
+    task, replayed = await runtime.service.create(
+        caller, body, idempotency_key=idempotency_key, base_url=base_url
+    )
     headers = {"Idempotent-Replayed": "true"} if replayed else None
     return Response(
         orjson.dumps(task_created_body(task, replayed=replayed)),
