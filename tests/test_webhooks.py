@@ -318,3 +318,20 @@ def test_a_server_killed_after_the_task_ended_delivers_once_after_restart(
         payload = Webhook(created_key["webhook_secret"]).verify(hook.body, hook.headers)
         assert payload["id"] == task_id and payload["status"] == "completed"
         assert second.terminate() == 0
+
+
+async def test_the_openai_routes_pass_callback_url_to_every_images_task(
+    api: ApiHarness, receiver: Receiver
+) -> None:
+    _, key, secret = await signed_key(api)
+    answer = await api.client.post(
+        "/v1/images/generations",
+        json={"prompt": "two foxes", "n": 2, "size": "1024x1024", "callback_url": receiver.url},
+        headers=auth(key),
+    )
+    assert answer.status_code == 200, answer.text
+    task_ids = answer.headers["Imageforge-Task-Ids"].split(",")
+    assert len(task_ids) == 2 and len(answer.json()["data"]) == 2
+    hooks = await received(receiver, 2)
+    posted = sorted(Webhook(secret).verify(hook.body, hook.headers)["id"] for hook in hooks)
+    assert posted == sorted(task_ids)

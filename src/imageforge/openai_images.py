@@ -51,10 +51,8 @@ BACKGROUNDS = ("auto", "opaque", "transparent")
 MODERATIONS = ("auto", "low")
 MAX_USER_CHARS = 256
 
-#: The waits between two looks at the tasks: short at first (an offline image takes tens
-#: of milliseconds), growing to a quarter second.
-_FIRST_WAIT_SECONDS = 0.02
-_LONGEST_WAIT_SECONDS = 0.25
+#: The longest a wait goes without reading its task (see `_until_terminal`).
+_RECHECK_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +75,8 @@ class ImagesRequest:
     partial_images: int
     #: Digest of the edit's mask, when one was sent (it shapes the answer, not the tasks).
     mask_digest: str | None = None
+    #: Where each image's task posts its webhook (the task API's extension field).
+    callback_url: str | None = None
 
 
 def _choice(field: str, value: str | None, choices: Sequence[str], default: str) -> str:
@@ -160,6 +160,7 @@ def images_request(
         stream=stream,
         partial_images=partial_images,
         mask_digest=mask_digest,
+        callback_url=body.callback_url,
     )
 
 
@@ -174,6 +175,7 @@ def create_request_for_image(request: ImagesRequest, index: int) -> CreateImageR
         size=request.size,
         ratio=request.ratio,
         resolution=request.resolution,
+        callback_url=request.callback_url,
     )
 
 
@@ -201,6 +203,7 @@ async def create_images(
     *,
     idempotency_key: str | None = None,
     uploaded: Sequence[str] = (),
+    base_url: str | None = None,
 ) -> list[Task]:
     """Create the request's tasks, one per image. The first one's refusal is the answer
     (a 400, a 402...); a later one's ends the creating, and the images accepted so far
@@ -220,6 +223,7 @@ async def create_images(
                 ),
                 uploaded=uploaded,
                 request_hash=images_fingerprint(request, uploaded, index),
+                base_url=base_url,
             )
         except ImageforgeError as refused:
             if not tasks:
@@ -244,27 +248,35 @@ async def tasks_as_terminal(
     timeout_seconds: float,
 ) -> AsyncIterator[Task]:
     """Each task once it is terminal, in the order they end; stops at the timeout with
-    the rest unfinished. Looks with `service.get`, backing off from 20 ms to 250 ms: the
-    one place that waits for tasks here, so a notification of task ends can replace the
-    looking without touching its callers (the JSON answer and the stream)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_seconds
-    waiting = list(dict.fromkeys(task_ids))
-    pause = _FIRST_WAIT_SECONDS
-    while waiting:
-        still: list[str] = []
-        for task_id in waiting:
-            task = await service.get(owner, task_id)
+    the rest unfinished. The one place that waits for tasks here (the JSON answer and the
+    stream both use it): each task is awaited on the process's change hub (`service.wait`),
+    which reads it only when it changes."""
+    deadline = asyncio.get_running_loop().time() + timeout_seconds
+    waits = [
+        asyncio.ensure_future(_until_terminal(service, owner, task_id, deadline))
+        for task_id in dict.fromkeys(task_ids)
+    ]
+    try:
+        for ended in asyncio.as_completed(waits):
+            task = await ended
             if task.status.is_terminal:
                 yield task
-            else:
-                still.append(task_id)
-        waiting = still
-        remaining = deadline - loop.time()
-        if not waiting or remaining <= 0:
-            return
-        await asyncio.sleep(min(pause, remaining))
-        pause = min(pause * 1.5, _LONGEST_WAIT_SECONDS)
+    finally:
+        for wait in waits:
+            wait.cancel()
+
+
+async def _until_terminal(
+    service: ImageService, owner: ApiKeyRecord, task_id: str, deadline: float
+) -> Task:
+    # Waits in slices, reading the task between them, so that a change the hub never hears
+    # of (a worker process of its own on the same SQLite file) is seen within a slice.
+    loop = asyncio.get_running_loop()
+    while True:
+        left = deadline - loop.time()
+        task = await service.wait(owner, task_id, seconds=max(0.0, min(left, _RECHECK_SECONDS)))
+        if task.status.is_terminal or loop.time() >= deadline:
+            return task
 
 
 #: The answers' header listing the tasks behind them, in image order.

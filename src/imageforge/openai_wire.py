@@ -113,6 +113,13 @@ class ImageGenerationRequest(BaseModel):
         "when `size` is `auto` or absent.",
         examples=["2k"],
     )
+    callback_url: str | None = Field(
+        None,
+        description="Extension: the task API's `callback_url`, set on each image's task: when "
+        "it ends, its `GET /v1/result/{id}` object is POSTed there, signed per Standard "
+        "Webhooks with the key's `whsec_…` secret.",
+        examples=["https://example.com/hooks/imageforge"],
+    )
 
 
 class ImageEditForm(ImageGenerationRequest):

@@ -22,7 +22,7 @@ from fastapi import APIRouter, Request
 from starlette.datastructures import UploadFile
 from starlette.responses import Response, StreamingResponse
 
-from imageforge.api.deps import REQUIRES_API_KEY, authenticate, runtime_of
+from imageforge.api.deps import REQUIRES_API_KEY, authenticate, base_url_of, runtime_of
 from imageforge.api.errors import openai_error_event
 from imageforge.api.request_body import (
     json_body_schema,
@@ -243,12 +243,16 @@ async def _answer(
     masked: MaskedEdit | None = None,
 ) -> Response:
     runtime = runtime_of(request)
+    base_url = None
+    if images.callback_url is not None:
+        base_url = base_url_of(request, runtime.settings.public_base_url)
     tasks = await create_images(
         runtime.service,
         caller,
         images,
         idempotency_key=request.headers.get("idempotency-key"),
         uploaded=uploaded,
+        base_url=base_url,
     )
     headers = {TASK_IDS_HEADER: ",".join(task.id for task in tasks)}
     if images.stream:
