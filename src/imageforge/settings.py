@@ -242,8 +242,6 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
-    #: Mounts `/_bench/*` baseline routes; only the benchmark turns this on.
-    bench_endpoints: bool = False
 
     @field_validator("reference_allowlist", "offline_font_files", "trusted_proxies", mode="before")
     @classmethod

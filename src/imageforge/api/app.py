@@ -12,8 +12,9 @@ from imageforge import __version__
 from imageforge.api.body_guard import BodyGuardMiddleware
 from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
+from imageforge.api.hot import HotRoutes
 from imageforge.api.openapi import install_openapi
-from imageforge.api.routes import bench, files, health, images, results, usage
+from imageforge.api.routes import files, health, images, results, usage
 from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
 
@@ -57,6 +58,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    # The innermost of the app's middleware: the body guard and the proxy headers still
+    # apply to the hot routes, and so does any middleware added after these.
+    app.add_middleware(HotRoutes)
     app.add_middleware(
         BodyGuardMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -71,8 +75,6 @@ def create_app(
     app.include_router(usage.router)
     app.include_router(files.router)
     app.include_router(health.router)
-    if settings.bench_endpoints:
-        app.include_router(bench.router)
     install_offline_docs(app)
     install_openapi(app, models=settings.model_specs())
     return app

@@ -1,19 +1,16 @@
-"""GET /v1/result/{id}: the poll endpoint, the hottest path of the server."""
+"""GET /v1/result/{id}: the poll endpoint, the hottest path of the server.
+
+Declared here for the API document; answered by `api/hot.py`.
+"""
 
 from __future__ import annotations
 
-import time
-from typing import Any
-
-import orjson
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path
 from starlette.responses import Response
 
-from imageforge.api.deps import REQUIRES_API_KEY, authenticate, base_url_of, runtime_of
+from imageforge.api.deps import REQUIRES_API_KEY
 from imageforge.api.responses import error_responses
-from imageforge.runtime import Runtime
-from imageforge.tasks import Task, TaskStatus
-from imageforge.wire import TaskResult, task_result_body
+from imageforge.wire import TaskResult
 
 router = APIRouter(tags=["images"])
 
@@ -30,29 +27,8 @@ router = APIRouter(tags=["images"])
     openapi_extra=REQUIRES_API_KEY,
 )
 async def get_result(
-    request: Request,
     task_id: str = Path(description="The task id returned on create (`image_…`)."),
 ) -> Response:
-    caller = await authenticate(request)
-    runtime = runtime_of(request)
-    now = time.time()
-    task = await runtime.service.get(caller, task_id, now=now)
-    body = task_result_payload(runtime, request, task, now=now)
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
-def task_result_payload(
-    runtime: Runtime, request: Request, task: Task, *, now: float
-) -> dict[str, Any]:
-    """The body of a task's poll: retention and the link decided now, from the task (so
-    nothing cached outlives either), by the rule in `retention.py` and the storage."""
-    expired = runtime.retention.image_expired(task, now)
-    image_url = None
-    if task.status is TaskStatus.COMPLETED and task.image_key is not None and not expired:
-        settings = runtime.settings
-        image_url = runtime.storage.url_for(
-            task.image_key,
-            base_url=base_url_of(request, settings.public_base_url),
-            expires=int(now) + settings.image_url_ttl_seconds,
-        )
-    return task_result_body(task, image_url=image_url, expired=expired)
+    """Declares the operation for the API document; requests are answered ahead of the
+    router by `api/hot.py` (which keeps other methods on this path FastAPI's 405)."""
+    raise AssertionError("GET /v1/result/{task_id} is answered by imageforge.api.hot")
