@@ -17,6 +17,10 @@ Reported (one JSON object on stdout, progress on stderr):
 - worker RSS: sampled from /proc/<pid>/status; growth = peak − the first sample after the worker
   logged that it started (imports, engines and clients are loaded by then); target ≤ 200 MB.
 - lost: tasks not completed when the run ends (target 0), with failed and retried counts.
+- the baseline (openai engine): `bare_client.py`, a bare aiohttp client making the same calls to
+  the same upstream at the same concurrency, in the same run: its CPU per call, the worker's CPU
+  per task as a multiple of it (target ≤ 3×, stretch ≤ 2×), and its own ratio to the ideal (a
+  machine where it stays under 0.98 cannot show the worker's 0.90 either).
 - where the time goes: the worker's CPU seconds, the upstream's peak calls in flight, and the
   spread of task start times (a slow claim or completion path shows up there).
 
@@ -47,6 +51,8 @@ from imageforge.testing.processes import ServerProcess, cli_env, create_key, fre
 ROOT = Path(__file__).resolve().parents[1]
 
 THROUGHPUT_TARGET = 0.90
+#: The worker's CPU per task as a multiple of a bare aiohttp client's CPU per call.
+CPU_MULTIPLE_TARGET, CPU_MULTIPLE_STRETCH = 3.0, 2.0
 RSS_GROWTH_TARGET_MB = 200.0
 TASK = {"model": "gpt-image-2", "prompt": "a lighthouse on a cliff at dusk", "quality": "low"}
 
@@ -143,6 +149,20 @@ async def create_tasks(base_url: str, key: str, count: int, parallel: int = 32) 
     return ids
 
 
+def bare_client(port: int, args: argparse.Namespace) -> dict[str, Any]:
+    """The baseline: `bare_client.py`'s calls to the same upstream, in its own process."""
+    log(f"the bare aiohttp client: {args.tasks} calls at concurrency {args.concurrency}")
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bare_client.py"), "--port", str(port),
+         "--calls", str(args.tasks), "--concurrency", str(args.concurrency)],
+        capture_output=True, text=True, timeout=args.timeout, check=False,
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise RuntimeError(f"the bare client failed: {done.stderr[-2000:]}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
 def task_rows(db: Path) -> list[tuple[str, int, float | None, float | None, str | None]]:
     with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5) as conn:
         rows = conn.execute(
@@ -228,6 +248,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         worker_exit = worker.wait(timeout=60)
         stats = httpx.get(f"http://127.0.0.1:{port}/stats", timeout=5).json()
         upstream_cpu = cpu_seconds(upstream.pid) - upstream_cpu_at_ready
+        bare = bare_client(port, args) if args.engine == "openai" else None
     finally:
         if worker is not None and worker.poll() is None:
             worker.kill()
@@ -274,6 +295,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if answers and finishes
         else None,
     }
+    baseline: dict[str, Any] | None = None
+    if bare is not None:
+        multiple = cpu_per_task * 1000 / bare["cpu_ms_per_call"]
+        baseline = {
+            **bare,
+            "ratio_to_ideal": round(bare["calls_per_s"] / ideal, 3),
+            "worker_cpu_multiple": round(multiple, 2),
+            "target_multiple": CPU_MULTIPLE_TARGET,
+            "stretch_multiple": CPU_MULTIPLE_STRETCH,
+            "ok": multiple <= CPU_MULTIPLE_TARGET,
+        }
     return {
         "bench": "upstream",
         "setup": {
@@ -303,6 +335,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 else {}
             ),
         },
+        "bare_client": baseline,
         "worker_rss_mb": {
             "at_start": round(baseline_kib / 1024, 1),
             "peak": round(sampler.peak / 1024, 1),
