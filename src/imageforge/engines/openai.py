@@ -17,7 +17,7 @@ take the answer as bytes, read here with orjson. At 500 calls in flight the SDK'
 most of the worker's CPU per task: first the typed layer (the parameter transform, an identity
 for these plain fields, and a response model the engine picked apart again: a fifth of the
 loop's time), then its request building and HTTP client wrapping over aiohttp (`make
-bench-upstream`: worker CPU per task 1.28 → see docs/ARCHITECTURE.md for the figure after).
+bench-upstream`, 500 in flight: worker CPU per task 1.28 → 0.72 ms).
 """
 
 from __future__ import annotations
