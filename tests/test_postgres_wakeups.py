@@ -105,6 +105,29 @@ async def test_every_transition_to_claimable_wakes_listeners(pg_url: str) -> Non
         await store.close()
 
 
+async def test_a_burst_of_creates_wakes_listeners_with_a_few_notifications(
+    pg_url: str,
+) -> None:
+    """Creates notify after their commit, one notification of a process in flight at a
+    time: a burst of 30 wakes listeners, with fewer notifications than tasks."""
+    wakes = Wakes()
+    store = await open_store(pg_url)
+    try:
+        async with listening(pg_url, wakes):
+            before = wakes.count  # the listener's catch-up wake
+            await asyncio.gather(*(store.insert_task(make_task()) for _ in range(30)))
+            await wakes.next()
+            # The wake-ups still due arrive within a few round trips.
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    await wakes.next(timeout=0.5)
+            assert 1 <= wakes.count - before < 30
+            claimed = await store.claim(worker_id="w", limit=50, lease_seconds=5)
+            assert len(claimed) == 30
+    finally:
+        await store.close()
+
+
 async def test_the_listener_reconnects_after_its_connection_is_killed(
     pg_url: str, store: Store
 ) -> None:

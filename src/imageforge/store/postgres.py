@@ -28,6 +28,8 @@ conflict is run again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -61,6 +63,8 @@ from imageforge.store.sweeps import SweepProcedures
 from imageforge.store.urls import DEFAULT_POOL_SIZE, asyncpg_dsn
 from imageforge.store.wakeups import TaskWakeups
 from imageforge.tasks import Task
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -96,6 +100,9 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
         self._clock = clock
         self._pending_reads: list[tuple[TaskId, asyncio.Future[Task | None]]] = []
         self._reads_in_flight: set[asyncio.Future[None]] = set()
+        #: The NOTIFY in flight after creates (`_wake_workers`), and whether another is due.
+        self._waking: asyncio.Task[None] | None = None
+        self._wake_again = False
 
     @classmethod
     async def connect(
@@ -224,9 +231,35 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
                         if unfinished >= max_unfinished:
                             raise too_many_unfinished(max_unfinished)
                     run_after = await self._charge_and_insert(connection, task, values)
+        self._wake_workers()
         if run_after != values[RUN_AFTER]:
             task = task.evolve(run_after=run_after)
         return task, False
+
+    def _wake_workers(self) -> None:
+        """Tell every node's workers that a task was queued, after its commit: one NOTIFY
+        of this process in flight at a time, and one more after it for every commit that
+        came meanwhile, so a burst of creates costs a few notifications, not one each
+        (and no create's commit waits for another's, see `postgres_sql.INSERT_TASK`). A
+        notification that fails is only a wake-up lost: workers poll anyway."""
+        if self._waking is not None:
+            self._wake_again = True
+            return
+        self._waking = asyncio.get_running_loop().create_task(self._notify_until_caught_up())
+
+    async def _notify_until_caught_up(self) -> None:
+        try:
+            while True:
+                self._wake_again = False
+                try:
+                    await self._pool.execute(f"SELECT {pg.NOTIFY}")
+                except Exception:
+                    log.debug("a wake-up notification failed; workers poll", exc_info=True)
+                    return
+                if not self._wake_again:
+                    return
+        finally:
+            self._waking = None
 
     async def _charge_and_insert(self, connection: Any, task: Task, values: list[Any]) -> float:
         """Insert the task, charging its price; → the run_after stored."""
@@ -386,6 +419,10 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures):
         await TaskWakeups(self._dsn, callback).run()
 
     async def close(self) -> None:
+        if self._waking is not None:
+            self._waking.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._waking
         try:
             await asyncio.wait_for(self._pool.close(), timeout=5.0)
         except UNAVAILABLE:
