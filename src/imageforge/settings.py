@@ -283,8 +283,6 @@ class Settings(BaseSettings):
     )
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     access_log: bool = False
-    #: Mounts `/_bench/*` baseline routes; only the benchmark turns this on.
-    bench_endpoints: bool = False
 
     @field_validator(
         "reference_allowlist",

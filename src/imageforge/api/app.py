@@ -13,9 +13,9 @@ from imageforge import __version__
 from imageforge.api.body_guard import BodyGuardMiddleware
 from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
+from imageforge.api.hot import HotRoutes
 from imageforge.api.openapi import install_openapi
 from imageforge.api.routes import (
-    bench,
     files,
     health,
     images,
@@ -74,6 +74,9 @@ def create_app(
     )
     #: Unix seconds; what `GET /v1/models` gives as its models' `created`.
     app.state.started_at = int(time.time())
+    # The innermost of the app's middleware: the body guard and the proxy headers still
+    # apply to the hot routes, and so does any middleware added after these.
+    app.add_middleware(HotRoutes)
     app.add_middleware(
         BodyGuardMiddleware,
         max_bytes=settings.max_body_bytes,
@@ -92,8 +95,6 @@ def create_app(
     app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(health.router)
-    if settings.bench_endpoints:
-        app.include_router(bench.router)
     install_offline_docs(app)
     install_playground(app)
     install_openapi(app, models=settings.model_specs())

@@ -117,22 +117,34 @@ def describe_validation_error(error: dict[str, Any], document: Any = None) -> tu
     return field, f"{field}: {error.get('msg', 'is invalid')}"
 
 
+def imageforge_error_response(
+    exc: ImageforgeError, *, method: str, path: str, unavailable_retry_after: int
+) -> Response:
+    """The answer to one of imageforge's own errors (the hot routes call this directly)."""
+    if exc.status_code >= 500:
+        log.warning("%s %s: %s", method, path, exc.message)
+    headers = exc.headers
+    if headers is None and exc.status_code == 503:
+        headers = {"Retry-After": str(unavailable_retry_after)}
+    return error_response(
+        exc.status_code,
+        exc.message,
+        error_type=exc.error_type,
+        code=exc.code,
+        param=exc.param,
+        headers=headers,
+        openai=speaks_openai(path),
+    )
+
+
 def install_error_handlers(app: FastAPI, *, unavailable_retry_after: int) -> None:
     @app.exception_handler(ImageforgeError)
     async def _imageforge_error(request: Request, exc: ImageforgeError) -> Response:
-        if exc.status_code >= 500:
-            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
-        headers = exc.headers
-        if headers is None and exc.status_code == 503:
-            headers = {"Retry-After": str(unavailable_retry_after)}
-        return error_response(
-            exc.status_code,
-            exc.message,
-            error_type=exc.error_type,
-            code=exc.code,
-            param=exc.param,
-            headers=headers,
-            openai=speaks_openai(request.url.path),
+        return imageforge_error_response(
+            exc,
+            method=request.method,
+            path=request.url.path,
+            unavailable_retry_after=unavailable_retry_after,
         )
 
     @app.exception_handler(RequestValidationError)

@@ -28,7 +28,11 @@ _DOCUMENTED: dict[str, type[BaseModel]] = {}
 
 
 async def parse_json_body(request: Request, model: type[Model]) -> Model:
-    raw = await request.body()
+    return parse_json_bytes(await request.body(), model)
+
+
+def parse_json_bytes(raw: bytes, model: type[Model]) -> Model:
+    """`parse_json_body` once the body is read (the hot create route reads its own)."""
     if not raw.strip():
         raise InvalidRequest("body: a JSON object is required", param="body")
     try:

@@ -7,7 +7,9 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -39,6 +41,18 @@ def serve(
         bool, typer.Option("--no-worker", help="API only; run `imageforge worker` elsewhere.")
     ] = False,
     config: ConfigOption = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Server processes sharing the port, each on one core (PostgreSQL only).",
+        ),
+    ] = 1,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option("--parent-pid", hidden=True, help="Set by the supervisor: its pid."),
+    ] = None,
 ) -> None:
     """Start the API server (and, by default, a worker in the same process)."""
     import uvicorn
@@ -46,16 +60,20 @@ def serve(
     from imageforge.api.app import create_app
     from imageforge.api.connections import server_limits
 
+    if parent_pid is not None:
+        # One of `serve --processes N`: it dies with the supervisor, draining as on SIGTERM.
+        lifeline.exit_with_parent(parent_pid, signal.SIGTERM)
     settings = load_settings(config)
     configure_logging(settings.log_level)
+    _refuse_processes_on_sqlite(settings, processes)
     # Everything the configuration gets wrong is said before anything is announced.
     Runtime.check(settings, run_worker=not no_worker)
     if STOP.requested:
         return
-    if database_backend(settings.resolved_database_url) == "sqlite":
+    if parent_pid is None and database_backend(settings.resolved_database_url) == "sqlite":
         # Not cancelled by a stop: a key created must also be shown, or it is lost.
         announce(settings, host, port, secret=first_key_secret(settings))
-    else:
+    elif parent_pid is None:  # a supervisor's process: the supervisor announced the server
         finished, keys = run_unless_stopped(
             lambda: with_store(settings, lambda store: store.list_keys())
         )
@@ -64,6 +82,8 @@ def serve(
         announce(settings, host, port, secret=None, distributed_without_keys=not keys)
     if STOP.requested:
         return
+    if processes > 1:
+        raise typer.Exit(_supervise_servers(host, port, processes, no_worker, config))
     uvicorn_config = uvicorn.Config(
         # The one place the garbage collector is tuned: this process serves and nothing else.
         create_app(settings, run_worker=not no_worker, tune_gc=True),
@@ -86,11 +106,64 @@ def serve(
     # installed its handlers reaches it through this callback.
     unsubscribe = STOP.on_stop(lambda: setattr(server, "should_exit", True))
     try:
-        server.run()
+        # One of several processes on the port: each its own socket, the kernel spreads
+        # the connections (SO_REUSEPORT); alone, uvicorn binds as usual.
+        server.run(sockets=[shared_port_socket(host, port)] if parent_pid is not None else None)
     finally:
         unsubscribe()
     if not server.started and not STOP.requested:
         raise typer.Exit(1)
+
+
+def _refuse_processes_on_sqlite(settings: Settings, processes: int) -> None:
+    if processes > 1 and database_backend(settings.resolved_database_url) == "sqlite":
+        raise ConfigurationError(
+            "--processes needs PostgreSQL: SQLite has a single writer, and a process waiting "
+            "for the write lock stalls its event loop",
+            setting="database_url",
+            fix="set it to a PostgreSQL database, or run one process",
+        )
+
+
+def _supervise_servers(
+    host: str, port: int, processes: int, no_worker: bool, config: Path | None
+) -> int:
+    """`serve --processes N`: N serve processes on one port under a supervisor, which
+    drains them all on SIGTERM (each as a lone `serve` would) and replaces one that dies."""
+    from imageforge.supervisor import Supervisor
+
+    # Said here, once, rather than by every process in a restart loop.
+    shared_port_socket(host, port).close()
+    command = [sys.executable, "-m", "imageforge", "serve", "--parent-pid", str(os.getpid())]
+    command += ["--host", host, "--port", str(port)]
+    if no_worker:
+        command.append("--no-worker")
+    if config is not None:
+        command += ["--config", str(config)]
+    supervisor = Supervisor(
+        command, processes, stop_requested=lambda: STOP.requested, kind="server"
+    )
+    return supervisor.run()
+
+
+def shared_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port that other processes may bind too (SO_REUSEPORT):
+    the kernel hands each new connection to one of them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+            setting="port",
+            fix="choose a free port, or stop what listens there",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def first_key_secret(settings: Settings) -> str | None:
@@ -202,13 +275,7 @@ def worker(
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
     configure_logging(settings.log_level)
-    if processes > 1 and database_backend(settings.resolved_database_url) == "sqlite":
-        raise ConfigurationError(
-            "--processes needs PostgreSQL: SQLite has a single writer, and a worker waiting "
-            "for the write lock stalls its event loop",
-            setting="database_url",
-            fix="set it to a PostgreSQL database, or run one process",
-        )
+    _refuse_processes_on_sqlite(settings, processes)
     Runtime.check(settings, run_worker=True)
     if STOP.requested:
         return
@@ -220,7 +287,9 @@ def worker(
             command += ["--concurrency", str(concurrency)]
         if config is not None:
             command += ["--config", str(config)]
-        supervisor = Supervisor(command, processes, stop_requested=lambda: STOP.requested)
+        supervisor = Supervisor(
+            command, processes, stop_requested=lambda: STOP.requested, kind="worker"
+        )
         raise typer.Exit(supervisor.run())
 
     import uvloop

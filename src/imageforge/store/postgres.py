@@ -28,6 +28,8 @@ conflict is run again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -63,8 +65,10 @@ from imageforge.store.rows import (
 )
 from imageforge.store.sweeps import SweepProcedures
 from imageforge.store.urls import DEFAULT_POOL_SIZE, asyncpg_dsn
-from imageforge.store.wakeups import CHANGES_CHANNEL, TaskWakeups
+from imageforge.store.wakeups import CHANGES_CHANNEL, TaskWakeups, change_payloads
 from imageforge.tasks import Task
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -101,12 +105,43 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures, LifecycleProcedur
         self._pending_reads: list[tuple[TaskId, asyncio.Future[Task | None]]] = []
         self._reads_in_flight: set[asyncio.Future[None]] = set()
         self._changed: Callable[[TaskId], None] = lambda _task_id: None
+        #: The NOTIFY in flight after creates (`_wake_workers`), and whether another is due.
+        self._waking: asyncio.Task[None] | None = None
+        self._wake_again = False
+        #: Changed task ids not yet announced to other nodes, and the NOTIFY sending them.
+        self._changes_to_send: dict[TaskId, None] = {}
+        self._sending_changes: asyncio.Task[None] | None = None
 
     def watch_changes(self, callback: Callable[[TaskId], None]) -> None:
         self._changed = callback
 
     def _announce(self, task_id: TaskId) -> None:
+        """A transition of `task_id` committed: this process's waiters are told at once,
+        other nodes' after it (`_tell_other_nodes`)."""
         self._changed(task_id)
+        self._changes_to_send[task_id] = None
+        if self._sending_changes is None:
+            loop = asyncio.get_running_loop()
+            self._sending_changes = loop.create_task(self._tell_other_nodes())
+
+    async def _tell_other_nodes(self) -> None:
+        """NOTIFY the changed task ids, after their commits and many in one notification.
+        A notification inside a transition's statement would serialise every commit behind
+        PostgreSQL's notification-queue lock (see `postgres_sql.INSERT_TASK`); here one is in
+        flight per process, carrying every change that came meanwhile. A notification that
+        fails is only a wake-up lost: a long-poll still answers when its wait ends, an event
+        stream reads its task again at each keep-alive."""
+        try:
+            while self._changes_to_send:
+                changed = list(self._changes_to_send)
+                self._changes_to_send.clear()
+                for payload in change_payloads(changed):
+                    try:
+                        await self._pool.execute(pg.ANNOUNCE_CHANGES, payload)
+                    except Exception:
+                        log.debug("a change notification failed", exc_info=True)
+        finally:
+            self._sending_changes = None
 
     @classmethod
     async def connect(
@@ -235,9 +270,35 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures, LifecycleProcedur
                         if unfinished >= max_unfinished:
                             raise too_many_unfinished(max_unfinished)
                     run_after = await self._charge_and_insert(connection, task, values)
+        self._wake_workers()
         if run_after != values[RUN_AFTER]:
             task = task.evolve(run_after=run_after)
         return task, False
+
+    def _wake_workers(self) -> None:
+        """Tell every node's workers that a task was queued, after its commit: one NOTIFY
+        of this process in flight at a time, and one more after it for every commit that
+        came meanwhile, so a burst of creates costs a few notifications, not one each
+        (and no create's commit waits for another's, see `postgres_sql.INSERT_TASK`). A
+        notification that fails is only a wake-up lost: workers poll anyway."""
+        if self._waking is not None:
+            self._wake_again = True
+            return
+        self._waking = asyncio.get_running_loop().create_task(self._notify_until_caught_up())
+
+    async def _notify_until_caught_up(self) -> None:
+        try:
+            while True:
+                self._wake_again = False
+                try:
+                    await self._pool.execute(f"SELECT {pg.NOTIFY}")
+                except Exception:
+                    log.debug("a wake-up notification failed; workers poll", exc_info=True)
+                    return
+                if not self._wake_again:
+                    return
+        finally:
+            self._waking = None
 
     async def _charge_and_insert(self, connection: Any, task: Task, values: list[Any]) -> float:
         """Insert the task, charging its price; → the run_after stored."""
@@ -306,7 +367,7 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures, LifecycleProcedur
         # RETURNING has no order; hand tasks out oldest first like the queue does.
         tasks.sort(key=lambda task: (task.run_after, task.created_at))
         for task in tasks:
-            self._changed(task.id)
+            self._announce(task.id)
         return tasks
 
     async def renew_leases(
@@ -343,11 +404,10 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures, LifecycleProcedur
         return [due_webhook_from_row(row) for row in rows]
 
     async def _changing(self, statement: str, task_id: TaskId, *args: Any) -> bool:
-        """A transition of `task_id` (its statement announces it to other nodes); this
-        process's waiters are told at once."""
+        """A transition of `task_id`, announced once it applied (`_announce`)."""
         applied = await self._transition(statement, task_id, *args)
         if applied:
-            self._changed(task_id)
+            self._announce(task_id)
         return applied
 
     async def complete(
@@ -407,7 +467,7 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures, LifecycleProcedur
                 if any(row[0] for row in rows):
                     await connection.execute(f"SELECT {pg.NOTIFY}")
         for row in rows:
-            self._changed(TaskId(row[1]))
+            self._announce(TaskId(row[1]))
         return RescueReport(
             requeued=tuple(TaskId(row[1]) for row in rows if row[0]),
             failed=tuple(TaskId(row[1]) for row in rows if not row[0]),
@@ -434,12 +494,23 @@ class PostgresStore(procedures.KeyProcedures, SweepProcedures, LifecycleProcedur
             self._dsn,
             lambda: callback(None),
             channel=CHANGES_CHANNEL,
-            on_payload=lambda payload: callback(TaskId(payload)),
+            on_payload=lambda payload: _each_change(payload, callback),
         ).run()
 
     async def close(self) -> None:
+        for sending in (self._waking, self._sending_changes):
+            if sending is not None:
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sending
         try:
             await asyncio.wait_for(self._pool.close(), timeout=5.0)
         except UNAVAILABLE:
             # A connection still busy (or wedged) after the grace: close it hard.
             self._pool.terminate()
+
+
+def _each_change(payload: str, callback: Callable[[TaskId | None], None]) -> None:
+    for task_id in payload.split(","):
+        if task_id:
+            callback(TaskId(task_id))

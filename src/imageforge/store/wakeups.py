@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -22,10 +22,29 @@ log = logging.getLogger(__name__)
 
 #: The channel insert_task, requeue, release and rescue notify in the same transaction.
 CHANNEL = "imageforge_tasks"
-#: The channel every task transition notifies with the task's id (long-polls, events).
+#: The channel the ids of changed tasks go to, comma-separated, after their transitions
+#: commit (long-polls, events).
 CHANGES_CHANNEL = "imageforge_task_changes"
+#: PostgreSQL refuses a payload of 8,000 bytes or more.
+MAX_PAYLOAD_BYTES = 7_900
 #: application_name of the listening connection (operators and tests find it by this).
 APPLICATION_NAME = "imageforge-wakeups"
+
+
+def change_payloads(task_ids: Sequence[str]) -> list[str]:
+    """The ids as comma-separated payloads, each under PostgreSQL's payload limit."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 0
+    for task_id in task_ids:
+        if current and size + 1 + len(task_id) > MAX_PAYLOAD_BYTES:
+            payloads.append(",".join(current))
+            current, size = [], 0
+        current.append(task_id)
+        size += len(task_id) + 1
+    if current:
+        payloads.append(",".join(current))
+    return payloads
 
 
 class TaskWakeups:

@@ -245,7 +245,7 @@ async def _answer(
     runtime = runtime_of(request)
     base_url = None
     if images.callback_url is not None:
-        base_url = base_url_of(request, runtime.settings.public_base_url)
+        base_url = base_url_of(request.scope, runtime.settings.public_base_url)
     tasks = await create_images(
         runtime.service,
         caller,

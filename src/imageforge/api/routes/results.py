@@ -1,5 +1,6 @@
 """GET /v1/result/{id} (the poll endpoint, the hottest path of the server, and its
-long-poll), and the task's lifecycle routes: its events, cancel, webhook deliveries."""
+long-poll: declared here for the API document, answered by `api/hot.py`), and the task's
+lifecycle routes: its events, cancel, webhook deliveries."""
 
 from __future__ import annotations
 
@@ -14,8 +15,7 @@ from imageforge.api.deps import REQUIRES_API_KEY, authenticate, base_url_of, run
 from imageforge.api.event_stream import parse_last_event_id, task_events
 from imageforge.api.responses import error_responses
 from imageforge.runtime import Runtime
-from imageforge.service import MAX_WAIT_SECONDS, check_wait
-from imageforge.store import ApiKeyRecord
+from imageforge.service import MAX_WAIT_SECONDS
 from imageforge.tasks import Task
 from imageforge.wire import DeliveryList, TaskResult, delivery_list_body
 
@@ -49,27 +49,10 @@ _TASK_ID = Path(description="The task id returned on create (`image_…`).")
         ],
     },
 )
-async def get_result(request: Request, task_id: str = _TASK_ID) -> Response:
-    caller = await authenticate(request)
-    runtime = runtime_of(request)
-    if request.scope["query_string"]:
-        task = await long_poll(runtime, caller, task_id, request.query_params.get("wait"))
-        now = time.time()
-    else:
-        now = time.time()
-        task = await runtime.service.get(caller, task_id, now=now)
-    body = task_result_payload(runtime, request, task, now=now)
-    return Response(orjson.dumps(body), media_type="application/json")
-
-
-async def long_poll(runtime: Runtime, caller: ApiKeyRecord, task_id: str, wait: str | None) -> Task:
-    """The task for a poll that may carry `?wait=N`: at once without it, else once it is
-    finished or N seconds passed (woken by the process's change notifications, never by
-    reading the database while it waits)."""
-    seconds = check_wait(wait)
-    if seconds is None:
-        return await runtime.service.get(caller, task_id)
-    return await runtime.service.wait(caller, task_id, seconds=seconds)
+async def get_result(task_id: str = _TASK_ID) -> Response:
+    """Declares the operation for the API document; requests are answered ahead of the
+    router by `api/hot.py` (which keeps other methods on this path FastAPI's 405)."""
+    raise AssertionError("GET /v1/result/{task_id} is answered by imageforge.api.hot")
 
 
 @router.get(
@@ -160,5 +143,5 @@ def task_result_payload(
     runtime: Runtime, request: Request, task: Task, *, now: float
 ) -> dict[str, Any]:
     """The body of a task's poll (`Runtime.task_body`), its link on this request's URL."""
-    base_url = base_url_of(request, runtime.settings.public_base_url)
+    base_url = base_url_of(request.scope, runtime.settings.public_base_url)
     return runtime.task_body(task, base_url=base_url, now=now)
