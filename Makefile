@@ -34,14 +34,24 @@ typecheck: install
 	$(BIN)/mypy
 	cd clients/python && $(abspath $(BIN))/mypy
 
+# -rs: a skipped test says why and how to enable it (PostgreSQL, Chromium).
 pytest: install
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -rs $(PYTEST_ARGS)
 
 test: lint typecheck pytest
 
-# Each benchmark prints one JSON report on stdout.
+# Each benchmark prints one JSON report on stdout; `make bench` keeps them in bench/out/ and
+# writes bench/REPORT.md from them (the PostgreSQL runs are skipped without a server).
+BENCH_OUT ?= bench/out
+
 bench: install
-	$(BIN)/python bench/api.py
+	@mkdir -p $(BENCH_OUT)
+	$(BIN)/python bench/api.py > $(BENCH_OUT)/api.json
+	$(BIN)/python bench/upstream.py > $(BENCH_OUT)/upstream.json
+	-$(BIN)/python bench/upstream.py --postgres > $(BENCH_OUT)/upstream-postgres.json
+	$(BIN)/python bench/report.py $(BENCH_OUT)/api.json $(BENCH_OUT)/upstream.json \
+		$(BENCH_OUT)/upstream-postgres.json > bench/REPORT.md
+	@cat bench/REPORT.md
 
 bench-upstream: install
 	$(BIN)/python bench/upstream.py

@@ -1,26 +1,38 @@
-"""End-to-end API benchmark: the real `imageforge serve` against its own bare FastAPI routes.
+"""End-to-end API benchmark: `imageforge serve` against an independent bare FastAPI app.
 
-`make bench` runs this file; it prints one JSON report on stdout and its progress on stderr.
+`make bench` runs this file (and `upstream.py`, then `report.py` writes bench/REPORT.md); it
+prints one JSON report on stdout and its progress on stderr.
 
-Phases, each against a fresh `imageforge serve` subprocess on 127.0.0.1 with a temporary data dir:
+The baseline is `bench/bare_app.py`: a minimal FastAPI app in its own process, under uvicorn
+with the settings `imageforge serve` uses (uvloop, httptools, no access log), one route per
+hot path returning a dict of the same shape. Each ratio is imageforge's median req/s over
+the bare app's, their passes interleaved in the same run. Because the machine may be shared,
+each figure also gives the servers' CPU per request (from /proc) and the ratio of those
+(bare CPU / imageforge CPU), which a busy machine moves far less than req/s.
 
-0. setup (with the in-process worker): create an API key and `--small-tasks` 1024x640 tasks, wait
-   until all are completed, stop; copy the data dir for phase 3.
-1. poll (`--no-worker`): create `--queued-tasks` more tasks (they stay queued), then alternate
-   passes of `GET /_bench/bare/{id}` and `GET /v1/result/{id}` over a 50/50 mix of completed and
-   queued ids. The servers run with their defaults: a request line per request, and metrics.
-1b. observability cost: a second API-only server on the same data with request lines and
-   metrics off (`IMAGEFORGE_ACCESS_LOG=false`, `IMAGEFORGE_METRICS_ENABLED=false`); alternate
-   poll passes against it and against phase 1's server (on). Target: on ≥ 95 % of off.
-2. create (same server): alternate `POST /_bench/bare` and `POST /v1/image2/images`.
-3. poll during 4K renders (with the worker, on the copy of phase 0's data): keep a backlog of 4K
-   tasks queued and poll a mix of completed and rendering ids while the worker renders; first with
-   `--connections` closed-loop connections (the primary figure), then at a fixed `--render-rate`.
+Phases, each against fresh `imageforge serve` subprocesses on 127.0.0.1, for each store
+(`--stores sqlite,postgres`; PostgreSQL on `--postgres-url`, a throw-away database):
+
+0. setup (with the in-process worker): create an API key and `--small-tasks` 1024x640 tasks,
+   wait until all are completed, stop; (SQLite) copy the data dir for phase 3.
+1. poll and create (`--no-worker`): create `--queued-tasks` more tasks (they stay queued),
+   then, pass after pass: the bare app's `GET /v1/result/{id}`, imageforge's poll over the
+   completed tasks only, over a 50/50 mix of completed and queued tasks, the bare app's
+   `POST /v1/image2/images`, imageforge's create.
+2. more cores (PostgreSQL): `serve --no-worker --processes N` beside the one-process server
+   of phase 1, poll (completed) and create passes alternating between the two.
+3. poll during 4K renders (SQLite, with the worker, on the copy of phase 0's data): keep a
+   backlog of 4K tasks queued and poll a mix of completed and rendering ids while the worker
+   renders; first with `--connections` closed-loop connections (the primary figure), then at
+   a fixed `--render-rate`.
+1b. observability cost (SQLite): a second API-only server on the same data with request lines
+   and metrics off; poll passes alternate between it and phase 1's server (the defaults: on).
+   Target: on ≥ 95 % of off.
 
 Load comes from `loadgen.py` in a separate process. Throughput figures are the median req/s of
 the passes and the ratio of the medians; p50/p99 come from the pass with the median req/s and are
 also given pooled over all passes. The exit status is 0 when the bench ran, whatever the figures,
-and 1 when it broke (the server did not start, tasks did not complete, or > 1% errors).
+and 1 when it broke (a server did not start, tasks did not complete, or > 1% errors).
 """
 
 from __future__ import annotations
@@ -42,20 +54,29 @@ import time
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import metadata
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+import asyncpg
+
+from imageforge.testing.postgres import PostgresServer
 from loadgen import LoadResult, LoadSpec, percentile, run_load
 
 HOST = "127.0.0.1"
-POLL_TARGET = 0.80
-CREATE_TARGET = 0.35
+ROOT = Path(__file__).resolve().parent
 #: Poll throughput with request lines and metrics on, against both off: at most 5 % less.
 OBSERVABILITY_TARGET = 0.95
+OBSERVABILITY_OFF = {"IMAGEFORGE_ACCESS_LOG": "false", "IMAGEFORGE_METRICS_ENABLED": "false"}
+#: (target, stretch) of imageforge's req/s over the bare app's, by store and route.
+TARGETS: dict[str, dict[str, tuple[float, float | None]]] = {
+    "sqlite": {"poll": (0.80, 1.2), "create": (0.35, 0.5)},
+    "postgres": {"poll": (0.70, None), "create": (0.30, None)},
+}
 RENDER_P99_TARGET_MS = 50.0
+DEFAULT_POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 #: More errors than this (of the measured requests of a phase) means the bench broke.
 MAX_ERROR_RATE = 0.01
 #: Above this share of a core the generator may be what limits the request rate.
@@ -90,18 +111,34 @@ class Options:
     render_rate: float
     render_duration: float
     keep_data: bool
+    stores: tuple[str, ...]
+    postgres_url: str
+    processes: int
+    render: bool
 
 
 def parse_args(argv: Sequence[str] | None) -> Options:
     parser = argparse.ArgumentParser(
-        description="Benchmark imageforge's API against bare FastAPI routes in the same server.",
+        description="Benchmark imageforge's API against an independent bare FastAPI app.",
     )
     parser.add_argument("--passes", type=int, default=3, help="passes of each endpoint (3)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds measured per pass")
     parser.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds per pass")
     parser.add_argument("--connections", type=int, default=64, help="keep-alive connections")
-    parser.add_argument("--small-tasks", type=int, default=100, help="completed tasks in the mix")
-    parser.add_argument("--queued-tasks", type=int, default=100, help="queued tasks in the mix")
+    parser.add_argument("--small-tasks", type=int, default=60, help="completed tasks (60)")
+    parser.add_argument("--queued-tasks", type=int, default=60, help="queued tasks in the mix")
+    parser.add_argument(
+        "--stores", default="sqlite,postgres", help="sqlite, postgres or both (the default)"
+    )
+    parser.add_argument(
+        "--postgres-url",
+        default=os.environ.get("IMAGEFORGE_TEST_DATABASE_URL", DEFAULT_POSTGRES_URL),
+        help="a PostgreSQL server to create a throw-away database on",
+    )
+    parser.add_argument(
+        "--processes", type=int, default=2, help="`serve --processes N` of phase 2 (2; 1: skip)"
+    )
+    parser.add_argument("--no-render", action="store_true", help="skip phase 3")
     parser.add_argument(
         "--render-backlog", type=int, default=6, help="4K tasks kept unfinished in phase 3"
     )
@@ -118,6 +155,9 @@ def parse_args(argv: Sequence[str] | None) -> Options:
     args = parser.parse_args(argv)
     if args.passes < 1 or args.duration <= 0 or args.warmup < 0 or args.connections < 1:
         parser.error("--passes, --duration and --connections must be positive")
+    stores = tuple(name.strip() for name in args.stores.split(",") if name.strip())
+    if not stores or any(name not in TARGETS for name in stores):
+        parser.error("--stores: a comma-separated list of sqlite and postgres")
     return Options(
         passes=args.passes,
         duration=args.duration,
@@ -129,6 +169,10 @@ def parse_args(argv: Sequence[str] | None) -> Options:
         render_rate=max(0.0, args.render_rate),
         render_duration=args.render_duration or args.duration,
         keep_data=args.keep_data,
+        stores=stores,
+        postgres_url=args.postgres_url,
+        processes=max(1, args.processes),
+        render=not args.no_render and "sqlite" in stores,
     )
 
 
@@ -147,17 +191,13 @@ def _imageforge_command() -> str:
     return found
 
 
-def _server_env(data_dir: Path, **extra: str) -> dict[str, str]:
+def _server_env(data_dir: Path, database_url: str | None = None) -> dict[str, str]:
     """The caller's environment without its own IMAGEFORGE_* settings, plus the bench's."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("IMAGEFORGE_")}
     env["IMAGEFORGE_DATA_DIR"] = str(data_dir)
-    env["IMAGEFORGE_BENCH_ENDPOINTS"] = "1"
-    env.update(extra)
+    if database_url is not None:
+        env["IMAGEFORGE_DATABASE_URL"] = database_url
     return env
-
-
-#: A server that writes no request line and counts nothing (the observability phase's "off").
-OBSERVABILITY_OFF = {"IMAGEFORGE_ACCESS_LOG": "false", "IMAGEFORGE_METRICS_ENABLED": "false"}
 
 
 def _free_port() -> int:
@@ -175,24 +215,72 @@ def _tail(path: Path, lines: int = 30) -> str:
 
 
 class Server:
-    """One `imageforge serve` subprocess in its own session (so Ctrl-C reaches only us)."""
+    """One server subprocess in its own session (so Ctrl-C reaches only us)."""
 
     def __init__(
         self,
         *,
+        command: list[str],
+        env: dict[str, str],
+        work_dir: Path,
+        log_path: Path,
+        port: int,
+        health_path: str = "/healthz",
+    ) -> None:
+        self.command = command
+        self.env = env
+        self.work_dir = work_dir
+        self.log_path = log_path
+        self.port = port
+        self.health_path = health_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def imageforge(
+        cls,
+        *,
         data_dir: Path,
+        database_url: str | None,
         work_dir: Path,
         log_path: Path,
         worker: bool,
+        processes: int = 1,
         env: dict[str, str] | None = None,
-    ) -> None:
-        self.env = env or {}
-        self.data_dir = data_dir
-        self.work_dir = work_dir
-        self.log_path = log_path
-        self.worker = worker
-        self.port = _free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+    ) -> Server:
+        port = _free_port()
+        command = [_imageforge_command(), "serve", "--host", HOST, "--port", str(port)]
+        if not worker:
+            command.append("--no-worker")
+        if processes > 1:
+            command += ["--processes", str(processes)]
+        return cls(
+            command=command,
+            env={**_server_env(data_dir, database_url), **(env or {})},
+            work_dir=work_dir,
+            log_path=log_path,
+            port=port,
+            health_path="/readyz",
+        )
+
+    @classmethod
+    def bare(cls, *, work_dir: Path) -> Server:
+        """The independent baseline, `bare_app.py`."""
+        port = _free_port()
+        return cls(
+            command=[
+                sys.executable,
+                str(ROOT / "bare_app.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+            ],
+            env={k: v for k, v in os.environ.items() if not k.startswith("IMAGEFORGE_")},
+            work_dir=work_dir,
+            log_path=work_dir / "server-bare.log",
+            port=port,
+            health_path="/v1/result/health",
+        )
 
     @property
     def pid(self) -> int:
@@ -200,16 +288,13 @@ class Server:
         return self.proc.pid
 
     def start(self) -> float:
-        """Start the server and wait until /readyz answers 200; return how long that took."""
-        command = [_imageforge_command(), "serve", "--host", HOST, "--port", str(self.port)]
-        if not self.worker:
-            command.append("--no-worker")
+        """Start the server and wait until it answers 200; return how long that took."""
         started = time.perf_counter()
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
-                command,
+                self.command,
                 cwd=self.work_dir,
-                env=_server_env(self.data_dir, **self.env),
+                env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -226,14 +311,14 @@ class Server:
                 return time.perf_counter() - started
             time.sleep(0.05)
         raise BenchError(
-            f"the server did not answer /readyz within {SERVER_START_TIMEOUT_S:.0f} s; "
-            f"log:\n{_tail(self.log_path)}"
+            f"the server did not answer {self.health_path} within "
+            f"{SERVER_START_TIMEOUT_S:.0f} s; log:\n{_tail(self.log_path)}"
         )
 
     def _healthy(self) -> bool:
         conn = http.client.HTTPConnection(HOST, self.port, timeout=2)
         try:
-            conn.request("GET", "/readyz")
+            conn.request("GET", self.health_path)
             return conn.getresponse().status == 200
         except (OSError, http.client.HTTPException):
             return False
@@ -469,33 +554,43 @@ class RenderMonitor(threading.Thread):
 # --------------------------------------------------------------------------------------------
 
 
+@dataclass
+class StoreRun:
+    """One store's data: its data dir, database and key, and its completed tasks."""
+
+    name: str
+    data_dir: Path
+    database_url: str | None
+    key: str = ""
+    completed: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Measured:
+    """The passes of one measured load, against one server."""
+
+    label: str
+    spec: LoadSpec
+    runs: list[LoadResult] = field(default_factory=list)
+
+
 class Bench:
     def __init__(self, options: Options, work_dir: Path) -> None:
         self.opts = options
         self.work_dir = work_dir
-        self.data_dir = work_dir / "data"
-        self.render_data_dir = work_dir / "data-render"
         self.errors = ErrorBook()
         self.server_times: dict[str, list[float | None]] = {"start_s": [], "stop_s": []}
-        self.key = ""
         self.generator_limited = False
         self.setup: dict[str, Any] = {}
+        self.databases: PostgresServer | None = None
+        self.skipped: dict[str, str] = {}
 
     # servers ---------------------------------------------------------------------------
 
     @contextmanager
-    def server(
-        self, name: str, *, data_dir: Path, worker: bool, env: dict[str, str] | None = None
-    ) -> Iterator[Server]:
-        server = Server(
-            data_dir=data_dir,
-            work_dir=self.work_dir,
-            log_path=self.work_dir / f"server-{name}.log",
-            worker=worker,
-            env=env,
-        )
+    def server(self, name: str, server: Server) -> Iterator[Server]:
         try:
-            log(f"starting the server ({name}, {'with' if worker else 'without'} worker)")
+            log(f"starting the server ({name})")
             elapsed = server.start()
             self.server_times["start_s"].append(round(elapsed, 2))
             log(f"server up on port {server.port} after {elapsed:.2f} s")
@@ -505,12 +600,31 @@ class Bench:
             self.server_times["stop_s"].append(round(stopped, 2) if stopped else None)
             log(f"server stopped after {stopped:.2f} s" if stopped else "server killed")
 
-    def create_key(self) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+    def imageforge(
+        self,
+        name: str,
+        store: StoreRun,
+        *,
+        worker: bool,
+        processes: int = 1,
+        env: dict[str, str] | None = None,
+    ) -> Server:
+        return Server.imageforge(
+            data_dir=store.data_dir,
+            database_url=store.database_url,
+            work_dir=self.work_dir,
+            log_path=self.work_dir / f"server-{store.name}-{name}.log",
+            worker=worker,
+            processes=processes,
+            env=env,
+        )
+
+    def create_key(self, store: StoreRun) -> str:
+        store.data_dir.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(
             [_imageforge_command(), "keys", "create", "--name", "bench", "--json"],
             cwd=self.work_dir,
-            env=_server_env(self.data_dir),
+            env=_server_env(store.data_dir, store.database_url),
             capture_output=True,
             text=True,
             timeout=120,
@@ -522,19 +636,56 @@ class Bench:
         key: str = json.loads(lines[-1])["key"]
         return key
 
+    def open_store(self, name: str) -> StoreRun | None:
+        data_dir = self.work_dir / f"data-{name}"
+        if name == "sqlite":
+            return StoreRun(name, data_dir, None)
+        self.databases = self.databases or PostgresServer(self.opts.postgres_url)
+        try:
+            url = self.databases.create_database()
+        except (OSError, asyncpg.PostgresError) as exc:
+            self.skipped["postgres"] = (
+                f"PostgreSQL not reachable at {self.opts.postgres_url}: {exc}"
+            )
+            log(f"skipping PostgreSQL: {exc}")
+            return None
+        return StoreRun(name, data_dir, url)
+
     # phases ----------------------------------------------------------------------------
 
     def run(self) -> dict[str, Any]:
-        self.key = self.create_key()
-        completed = self.phase_setup()
-        poll, create = self.phase_poll_and_create(completed)
-        render = self.phase_render(completed)
+        bare = Server.bare(work_dir=self.work_dir)
+        stores: dict[str, Any] = {}
+        render: dict[str, Any] | None = None
+        render_store: StoreRun | None = None
+        scale: dict[str, Any] | None = None
+        try:
+            with self.server("bare", bare):
+                for name in self.opts.stores:
+                    store = self.open_store(name)
+                    if store is None:
+                        continue
+                    store.key = self.create_key(store)
+                    store.completed = self.phase_setup(store)
+                    if name == "sqlite" and self.opts.render:
+                        copy = self.work_dir / "data-render"
+                        shutil.copytree(store.data_dir, copy)
+                        render_store = replace(store, name="render", data_dir=copy)
+                    figures, scale_of_store = self.phase_poll_and_create(store, bare)
+                    stores[name] = figures
+                    scale = scale_of_store or scale
+            if render_store is not None:
+                render = self.phase_render(render_store)
+        finally:
+            if self.databases is not None:
+                self.databases.drop_all()
         report = {
             "machine": machine_info(),
             "config": self.config(),
-            "poll": poll,
-            "create": create,
+            "stores": stores,
+            "processes": scale,
             "poll_during_4k_render": render,
+            "skipped": self.skipped,
             "generator": {
                 "bottleneck_suspected": self.generator_limited,
                 "core_limit": GENERATOR_CORE_LIMIT,
@@ -549,102 +700,131 @@ class Bench:
         report["findings"] = findings(report)
         return report
 
-    def phase_setup(self) -> list[str]:
-        """Phase 0: tasks rendered by the embedded worker, for the completed half of the mix."""
-        with self.server("setup", data_dir=self.data_dir, worker=True) as server:
-            client = Client(server.port, self.key)
+    def phase_setup(self, store: StoreRun) -> list[str]:
+        """Phase 0: tasks rendered by the embedded worker, the completed ones polled."""
+        with self.server("setup", self.imageforge("setup", store, worker=True)) as server:
+            client = Client(server.port, store.key)
             started = time.perf_counter()
             ids = [
                 client.create({**SMALL_TASK, "prompt": f"bench small {i}"})
                 for i in range(self.opts.small_tasks)
             ]
-            log(f"created {len(ids)} small tasks; waiting for the worker")
+            log(f"{store.name}: created {len(ids)} small tasks; waiting for the worker")
             statuses = wait_for_tasks(client, ids)
             elapsed = time.perf_counter() - started
             client.close()
         failed = [task_id for task_id, status in statuses.items() if status != "completed"]
         if failed:
             raise BenchError(f"{len(failed)} setup tasks did not complete, e.g. {failed[0]}")
-        self.setup = {
+        self.setup[store.name] = {
             "small_tasks": len(ids),
             "small_size": SMALL_TASK["size"],
             "small_tasks_s": round(elapsed, 2),
             "small_renders_per_s": round(len(ids) / elapsed, 1),
         }
-        log(f"{len(ids)} small tasks completed in {elapsed:.1f} s")
-        shutil.copytree(self.data_dir, self.render_data_dir)
+        log(f"{store.name}: {len(ids)} small tasks completed in {elapsed:.1f} s")
         return ids
 
-    def phase_poll_and_create(self, completed: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Phases 1 and 2 on an API-only server, so no render competes for the CPU."""
-        with self.server("api", data_dir=self.data_dir, worker=False) as server:
-            client = Client(server.port, self.key)
+    def phase_poll_and_create(
+        self, store: StoreRun, bare: Server
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Phases 1 and 2 on API-only servers, so no render competes for the CPU."""
+        opts = self.opts
+        with self.server("api", self.imageforge("api", store, worker=False)) as server:
+            client = Client(server.port, store.key)
             queued = [
                 client.create({"model": "gpt-image-2", "prompt": f"bench queued {i}"})
-                for i in range(self.opts.queued_tasks)
+                for i in range(opts.queued_tasks)
             ]
-            mix_ids = _interleave(completed, queued)
+            mix_ids = _interleave(store.completed, queued)
             seen = Counter(client.status(task_id) for task_id in mix_ids)
             client.close()
-            if seen["completed"] != len(completed) or seen["queued"] != len(queued):
+            if seen["completed"] != len(store.completed) or seen["queued"] != len(queued):
                 raise BenchError(f"unexpected task statuses before the poll phase: {dict(seen)}")
-            log(f"poll mix: {dict(seen)}")
+            log(f"{store.name}: poll mix {dict(seen)}")
 
-            get_headers = {"Authorization": f"Bearer {self.key}"}
-            poll = self.compare(
-                "poll",
-                bare=self.spec(server, [f"/_bench/bare/{i}" for i in mix_ids], get_headers),
-                real=self.spec(server, [f"/v1/result/{i}" for i in mix_ids], get_headers),
-                target=POLL_TARGET,
-            )
-            poll["mix"] = {"completed": seen["completed"], "queued": seen["queued"]}
-            poll["observability"] = self.phase_observability(server, mix_ids, get_headers)
-
+            get_headers = {"Authorization": f"Bearer {store.key}"}
             post_headers = {**get_headers, "Content-Type": "application/json"}
             bodies = [
                 json.dumps({"model": "gpt-image-2", "prompt": f"bench {n}"})
                 for n in range(CREATE_BODIES)
             ]
-            create = self.compare(
-                "create",
-                bare=self.spec(server, ["/_bench/bare"], post_headers, "POST", bodies),
-                real=self.spec(server, ["/v1/image2/images"], post_headers, "POST", bodies),
-                target=CREATE_TARGET,
-            )
-        return poll, create
+            completed_paths = [f"/v1/result/{i}" for i in store.completed]
+            loads = {
+                "bare_poll": self.spec(bare, completed_paths, get_headers),
+                "poll_completed": self.spec(server, completed_paths, get_headers),
+                "poll_mix": self.spec(server, [f"/v1/result/{i}" for i in mix_ids], get_headers),
+                "bare_create": self.spec(bare, ["/v1/image2/images"], post_headers, "POST", bodies),
+                "create": self.spec(server, ["/v1/image2/images"], post_headers, "POST", bodies),
+            }
+            runs = self.interleave(store.name, loads)
+            targets = TARGETS[store.name]
+            figures = {
+                "poll_completed": self.figure(
+                    runs["poll_completed"], runs["bare_poll"], targets["poll"]
+                ),
+                "poll_mix": self.figure(runs["poll_mix"], runs["bare_poll"], targets["poll"]),
+                "create": self.figure(runs["create"], runs["bare_create"], targets["create"]),
+            }
+            figures["poll_mix"]["mix"] = {"completed": seen["completed"], "queued": seen["queued"]}
+            for name, figure in figures.items():
+                log(f"{store.name} {name}: ratio {figure['ratio']:.3f} (target {figure['target']})")
+            if store.name == "sqlite":
+                figures["observability"] = self.phase_observability(store, loads)
+            scale = None
+            if store.name == "postgres" and opts.processes > 1:
+                scale = self.phase_processes(store, server, loads)
+        return figures, scale
 
-    def phase_observability(
-        self, server: Server, mix_ids: list[str], headers: dict[str, str]
+    def phase_observability(self, store: StoreRun, loads: dict[str, LoadSpec]) -> dict[str, Any]:
+        """Phase 1b: the poll with request lines and metrics on (the defaults, phase 1's
+        server) against a second API-only server on the same data with both off."""
+        quiet = self.imageforge("quiet", store, worker=False, env=OBSERVABILITY_OFF)
+        with self.server("observability off", quiet):
+            on = loads["poll_completed"]
+            paired = {"poll_on": on, "poll_off": replace(on, port=quiet.port, server_pid=quiet.pid)}
+            runs = self.interleave(f"{store.name} observability", paired)
+        figure = self.figure(runs["poll_on"], runs["poll_off"], (OBSERVABILITY_TARGET, None))
+        figure["note"] = (
+            "on: a request line per poll (text, to the server's log) and its metrics; off: "
+            "IMAGEFORGE_ACCESS_LOG=false, IMAGEFORGE_METRICS_ENABLED=false; baseline = off"
+        )
+        log(f"{store.name} observability on/off: ratio {figure['ratio']:.3f}")
+        return figure
+
+    def phase_processes(
+        self, store: StoreRun, single: Server, loads: dict[str, LoadSpec]
     ) -> dict[str, Any]:
-        """Phase 1b: the poll with request lines and metrics on (the default, `server`)
-        against a second server on the same data with both off, passes interleaved."""
-        with self.server(
-            "api-observability-off", data_dir=self.data_dir, worker=False, env=OBSERVABILITY_OFF
-        ) as off:
-            paths = [f"/v1/result/{i}" for i in mix_ids]
-            compared = self.compare(
-                "poll_observability",
-                bare=self.spec(off, paths, headers),
-                real=self.spec(server, paths, headers),
-                target=OBSERVABILITY_TARGET,
-            )
-        return {
-            "on_rps": compared["rps"],
-            "off_rps": compared["bare_rps"],
-            "on_p99_ms": compared["p99_ms"],
-            "off_p99_ms": compared["bare_p99_ms"],
-            "ratio": compared["ratio"],
-            "target": OBSERVABILITY_TARGET,
-            "pass": compared["pass"],
-            "note": "on: a request line per poll (text, to the server's log file) and its "
-            "metrics; off: IMAGEFORGE_ACCESS_LOG=false, IMAGEFORGE_METRICS_ENABLED=false",
-        }
+        """Phase 2: `serve --processes N` on the same database, beside the one-process server."""
+        count = self.opts.processes
+        multi = self.imageforge("multi", store, worker=False, processes=count)
+        with self.server(f"{count} processes", multi):
+            paired: dict[str, LoadSpec] = {}
+            for route in ("poll_completed", "create"):
+                spec = loads[route]
+                paired[f"{route}_1"] = replace(spec, port=single.port, server_pid=single.pid)
+                # Several processes: no single pid to read the CPU of.
+                paired[f"{route}_{count}"] = replace(spec, port=multi.port, server_pid=None)
+            runs = self.interleave(f"{store.name} processes", paired)
+        report: dict[str, Any] = {"processes": count, "cpus": os.cpu_count()}
+        for route in ("poll_completed", "create"):
+            one, many = _summarise(runs[f"{route}_1"]), _summarise(runs[f"{route}_{count}"])
+            report[route] = {
+                "rps_1": one["rps"],
+                f"rps_{count}": many["rps"],
+                "scale": round(many["rps"] / one["rps"], 3) if one["rps"] else 0.0,
+                "p99_ms_1": one["p99_ms"],
+                f"p99_ms_{count}": many["p99_ms"],
+            }
+            log(f"{route}: {count} processes {report[route]['scale']:.2f}× one")
+        return report
 
-    def phase_render(self, completed: list[str]) -> dict[str, Any]:
+    def phase_render(self, store: StoreRun) -> dict[str, Any]:
         """Phase 3: poll latency while the embedded worker renders 4K pictures."""
         opts = self.opts
-        with self.server("render", data_dir=self.render_data_dir, worker=True) as server:
-            monitor = RenderMonitor(server.port, self.key, opts.render_backlog)
+        completed = store.completed
+        with self.server("render", self.imageforge("render", store, worker=True)) as server:
+            monitor = RenderMonitor(server.port, store.key, opts.render_backlog)
             monitor.fill()
             render_ids = [t.id for t in monitor.tasks]
             monitor.start()
@@ -656,7 +836,7 @@ class Bench:
                 # Every other request polls a task being rendered (or waiting for its turn).
                 ids = _interleave(completed, (render_ids * len(completed))[: len(completed)])
                 paths = [f"/v1/result/{task_id}" for task_id in ids]
-                headers = {"Authorization": f"Bearer {self.key}"}
+                headers = {"Authorization": f"Bearer {store.key}"}
 
                 log("polling while 4K renders run (closed loop)")
                 closed = run_load(self.spec(server, paths, headers, duration=opts.render_duration))
@@ -748,38 +928,52 @@ class Bench:
             server_pid=server.pid,
         )
 
-    def compare(
-        self, name: str, *, bare: LoadSpec, real: LoadSpec, target: float
-    ) -> dict[str, Any]:
-        """Alternate bare and real passes; medians of req/s and their ratio."""
-        runs: dict[str, list[LoadResult]] = {"bare": [], "real": []}
+    def interleave(self, name: str, loads: dict[str, LoadSpec]) -> dict[str, list[LoadResult]]:
+        """Pass after pass, one run of each load in turn; every run of each load."""
+        runs: dict[str, list[LoadResult]] = {label: [] for label in loads}
         for index in range(self.opts.passes):
-            for label, spec in (("bare", bare), ("real", real)):
+            for label, spec in loads.items():
                 result = run_load(spec)
                 runs[label].append(result)
+                cpu = result.server_cpu_us_per_req
                 log(
                     f"{name} {label} pass {index + 1}/{self.opts.passes}: "
                     f"{result.rps:,.0f} req/s, p50 {result.p50_ms:.2f} ms, "
-                    f"p99 {result.p99_ms:.2f} ms, errors {result.errors}, "
+                    f"p99 {result.p99_ms:.2f} ms, server "
+                    f"{'-' if cpu is None else f'{cpu:.0f}'} µs/req, errors {result.errors}, "
                     f"generator {result.client_core_fraction:.0%} of a core"
                 )
-        self.errors.add(name, runs["real"])
-        self.errors.add(f"{name}_bare", runs["bare"])
-        self._check_generator(runs["bare"] + runs["real"])
-        real_summary, bare_summary = _summarise(runs["real"]), _summarise(runs["bare"])
-        ratio = real_summary["rps"] / bare_summary["rps"] if bare_summary["rps"] else 0.0
-        log(f"{name}: ratio {ratio:.3f} (target {target})")
+        for label, results in runs.items():
+            self.errors.add(f"{name} {label}", results)
+            self._check_generator(results)
+        return runs
+
+    def figure(
+        self,
+        real_runs: list[LoadResult],
+        bare_runs: list[LoadResult],
+        target: tuple[float, float | None],
+    ) -> dict[str, Any]:
+        """imageforge's median req/s over the bare app's, and the same of CPU per request."""
+        real, bare = _summarise(real_runs), _summarise(bare_runs)
+        ratio = real["rps"] / bare["rps"] if bare["rps"] else 0.0
+        real_cpu, bare_cpu = real["server_cpu_us_per_req"], bare["server_cpu_us_per_req"]
+        cpu_ratio = bare_cpu / real_cpu if real_cpu and bare_cpu else None
         return {
-            "rps": real_summary["rps"],
-            "p50_ms": real_summary["p50_ms"],
-            "p99_ms": real_summary["p99_ms"],
-            "bare_rps": bare_summary["rps"],
-            "bare_p50_ms": bare_summary["p50_ms"],
-            "bare_p99_ms": bare_summary["p99_ms"],
+            "rps": real["rps"],
+            "p50_ms": real["p50_ms"],
+            "p99_ms": real["p99_ms"],
+            "bare_rps": bare["rps"],
+            "bare_p50_ms": bare["p50_ms"],
+            "bare_p99_ms": bare["p99_ms"],
             "ratio": round(ratio, 3),
-            "target": target,
-            "pass": ratio >= target,
-            "detail": {"real": real_summary, "bare": bare_summary},
+            "server_cpu_us_per_req": real_cpu,
+            "bare_server_cpu_us_per_req": bare_cpu,
+            "cpu_ratio": None if cpu_ratio is None else round(cpu_ratio, 3),
+            "target": target[0],
+            "stretch": target[1],
+            "pass": ratio >= target[0],
+            "detail": {"real": real, "bare": bare},
         }
 
     def _check_generator(self, runs: Sequence[LoadResult]) -> None:
@@ -800,12 +994,17 @@ class Bench:
             "render_backlog": opts.render_backlog,
             "render_rate": opts.render_rate,
             "render_duration_s": opts.render_duration,
-            "order": "bare and real passes alternate: bare, real, bare, real, ...",
-            "throughput": "median req/s of the passes; ratio = median real / median bare",
+            "stores": list(opts.stores),
+            "processes": opts.processes,
+            "order": "each pass runs every load once, in turn: bare poll, poll (completed), "
+            "poll (mix), bare create, create; then the next pass",
+            "throughput": "median req/s of the passes; ratio = median imageforge / median "
+            "bare; cpu_ratio = bare server CPU per request / imageforge's",
             "latency": "p50/p99 from the pass with the median req/s; detail.*.pooled_* over "
             "all passes; latency is from send to the last byte of the response",
             "server": "imageforge serve (uvicorn, uvloop, httptools, no access log), "
-            "bench endpoints on, default settings, fresh temporary data dir",
+            "default settings, fresh temporary data dir; baseline: bench/bare_app.py in its "
+            "own process, same uvicorn settings",
             "load_generator": "bench/loadgen.py: asyncio + uvloop, HTTP/1.1 keep-alive, "
             "one request in flight per connection, separate process",
         }
@@ -835,17 +1034,22 @@ def wait_for_tasks(client: Client, ids: Sequence[str]) -> dict[str, str]:
 def findings(report: dict[str, Any]) -> list[str]:
     """Plain-language notes on what in the figures deserves a look."""
     notes = []
+    figures = [
+        (f"{store} {name}", figure)
+        for store, by_name in report["stores"].items()
+        for name, figure in by_name.items()
+    ]
     if report["generator"]["bottleneck_suspected"]:
         notes.append("the load generator used > 90% of a core in some pass: ratios are suspect")
-    else:
+    elif figures:
         most = max(
-            report[name]["detail"][side]["client_core_fraction_max"]
-            for name in ("poll", "create")
+            figure["detail"][side]["client_core_fraction_max"]
+            for _, figure in figures
             for side in ("real", "bare")
         )
         notes.append(f"the load generator used at most {most:.0%} of a core: not the bottleneck")
-    for name in ("poll", "create"):
-        real, bare = report[name]["detail"]["real"], report[name]["detail"]["bare"]
+    for name, figure in figures:
+        real, bare = figure["detail"]["real"], figure["detail"]["bare"]
         if real["stalls_20ms"]:
             notes.append(
                 f"{name}: {real['stalls_20ms']} silences >= 20 ms with no response on any "
@@ -857,18 +1061,19 @@ def findings(report: dict[str, Any]) -> list[str]:
         if core is not None and core < 0.9:
             notes.append(
                 f"{name}: the server process used only {core:.0%} of a core while saturated: "
-                "it waits on something (fsync, a lock, a thread) instead of computing"
+                "it waits on something (fsync, a lock, a thread, or a busy machine's other "
+                "processes) instead of computing"
             )
-    observed = report["poll"]["observability"]
-    if not observed["pass"]:
-        notes.append(
-            f"poll with request lines and metrics on ran at {observed['ratio']:.1%} of off "
-            f"(target {observed['target']:.0%})"
-        )
     render = report["poll_during_4k_render"]
-    if render["render_busy_fraction"] < 0.9:
+    if render is not None and render["render_busy_fraction"] < 0.9:
         notes.append(
             f"renders ran during only {render['render_busy_fraction']:.0%} of the phase-3 window"
+        )
+    load = report["machine"]["load_average_at_end"]
+    if load[1] > (report["machine"]["cpus"] or 1) * 0.75:
+        notes.append(
+            f"the machine was busy (load average {load[1]:.1f} over 5 minutes on "
+            f"{report['machine']['cpus']} cores): req/s moves with other work, cpu_ratio less"
         )
     log_counts = report["server"]["log"]["counts"]
     if log_counts:

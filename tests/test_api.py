@@ -66,6 +66,7 @@ async def test_task_completes_with_a_signed_image_of_the_requested_size(
         "amount",
         "expired",
         "refunded",
+        "progress",
     }
     assert result["expired"] is False
     assert result["amount"] == 0.053 and result["refunded"] is False

@@ -4,6 +4,7 @@ HTTP, from the bucket (presigned, public) or through /files (proxy)."""
 from __future__ import annotations
 
 import contextlib
+import io
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -11,7 +12,9 @@ from typing import Any
 
 import httpx
 import pytest
+from PIL import Image
 
+from imageforge.ids import TaskId
 from imageforge.testing.s3 import ACCESS_KEY_ID, SECRET_ACCESS_KEY, MotoServer
 from tests.conftest import ApiHarness, make_settings, start_harness
 from tests.storages import download, link_expiry
@@ -128,3 +131,52 @@ async def test_public_links_point_at_the_cdn(tmp_path: Path, moto_s3: MotoServer
         assert "?" not in body["image_url"]
         response = await download(body["image_url"])
         assert response.status_code == 200 and response.content.startswith(PNG)
+
+
+async def test_an_edit_uploaded_to_one_node_is_read_by_another_nodes_worker(
+    tmp_path: Path, moto_s3: MotoServer
+) -> None:
+    """The uploads travel through the bucket, not a disk: the API node runs no worker, the
+    worker node shares only the database and the bucket."""
+    bucket = moto_s3.create_bucket()
+    database_url = f"sqlite+aiosqlite:///{tmp_path / 'shared.db'}"
+    s3 = {
+        "storage": "s3",
+        "s3_bucket": bucket,
+        "s3_prefix": "imageforge",
+        "s3_endpoint_url": moto_s3.endpoint_url,
+        "s3_region": "us-east-1",
+        "database_url": database_url,
+    }
+    api_lifespan, api = await start_harness(make_settings(tmp_path / "api", **s3), run_worker=False)
+    worker_lifespan, worker = await start_harness(make_settings(tmp_path / "worker", **s3))
+    try:
+        key = await api.new_key()
+        red = _png((240, 10, 10))
+        answer = await api.client.post(
+            "/v1/images/edits",
+            headers={"Authorization": f"Bearer {key}"},
+            data={"prompt": "a still life", "n": "2"},
+            files=[("image[]", ("red.png", red, "image/png"))],
+            timeout=60,
+        )
+        assert answer.status_code == 200, answer.text
+        assert len(answer.json()["data"]) == 2
+        uploads = [k for k in moto_s3.object_keys(bucket) if "/uploads/" in k]
+        assert len(uploads) == 1 and uploads[0].startswith("imageforge/uploads/")
+        assert not (tmp_path / "api" / "images").exists()
+        runner = worker.runtime.runner
+        assert runner is not None
+        for task_id in answer.headers["imageforge-task-ids"].split(","):
+            task = await worker.runtime.store.get_task(TaskId(task_id))
+            assert task is not None and task.worker_id == runner.worker_id
+    finally:
+        for harness, lifespan in ((api, api_lifespan), (worker, worker_lifespan)):
+            await harness.client.aclose()
+            await lifespan.__aexit__(None, None, None)
+
+
+def _png(color: tuple[int, int, int]) -> bytes:
+    out = io.BytesIO()
+    Image.new("RGB", (256, 256), color).save(out, format="PNG")
+    return out.getvalue()

@@ -68,3 +68,15 @@ def test_kill_9_of_the_supervisor_takes_its_workers(tmp_path: Path, fresh_pg_url
     finally:
         supervisor.close()
     print(f"\n{len(workers)} worker processes drained and gone {took:.2f}s after the supervisor")
+
+
+def test_kill_9_of_serve_processes_takes_its_servers(tmp_path: Path, fresh_pg_url: str) -> None:
+    data = tmp_path / "data"
+    env = cluster_env(fresh_pg_url, IMAGEFORGE_ENGINE="offline", IMAGEFORGE_LOG_LEVEL="info")
+    with ServerProcess(data, "--no-worker", "--processes", "2", **env) as server:
+        wait_until(lambda: server.output().count("started server process") >= 2, 30, "two servers")
+        servers = descendants(server.process.pid)
+        assert len(servers) >= 2, servers
+        took = _kill_and_time_children(server.process.pid, servers)
+        server.process.wait(timeout=10)
+    print(f"\n{len(servers)} server processes gone {took:.2f}s after the supervisor")

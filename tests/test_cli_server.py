@@ -67,7 +67,8 @@ def test_keys_created_and_revoked_by_the_cli_take_effect_within_a_second(
     data = tmp_path / "data"
     with ServerProcess(data) as server:
         created = create_key(data, "ci")
-        assert set(created) == {"id", "key", "name"}
+        assert set(created) == {"id", "key", "name", "webhook_secret"}
+        assert created["webhook_secret"].startswith("whsec_")
         assert created["name"] == "ci" and created["id"].startswith("key_")
         body = {"model": "gpt-image-2", "prompt": "x"}
         deadline = time.monotonic() + 1.0
@@ -195,3 +196,17 @@ def test_banners_print_commands_as_they_can_be_run(tmp_path: Path) -> None:
         printed = assert_runnable(server.output(), "keys create --name NAME", cwd=REPO_ROOT)
         assert printed == program, server.output()
         assert server.terminate() == 0
+
+
+def test_rotating_a_keys_webhook_secret(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    created = create_key(data, "hooks")
+    rotated = run_cli(data, "keys", "rotate-webhook-secret", created["id"], "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    body = json.loads(rotated.stdout)
+    assert body["id"] == created["id"]
+    assert body["webhook_secret"].startswith("whsec_")
+    assert body["webhook_secret"] != created["webhook_secret"]
+    assert body["previous_valid_until"] > time.time() + 86_000
+    unknown = run_cli(data, "keys", "rotate-webhook-secret", "key_0000000000000000")
+    assert unknown.returncode == 1 and "no key" in unknown.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 
 import pytest
@@ -87,4 +88,39 @@ async def test_a_directory_removed_behind_its_back_is_made_again(tmp_path: Path)
     day.rmdir()
     await storage.put("2026/11/25/b.png", b"b", "image/png")
     assert (day / "b.png").read_bytes() == b"b"
+    await storage.aclose()
+
+
+async def test_a_read_cancelled_while_the_file_opens_leaves_no_file_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that hangs up while its download's file is being opened on a thread: the
+    file the thread opens anyway is closed, not left to the garbage collector."""
+    storage = make_storage(tmp_path / "images")
+    await storage.put("2026/12/01/task-1.png", b"x" * 1000, "image/png")
+    stored = await storage.open("2026/12/01/task-1.png")
+    assert stored is not None
+    opened: list[object] = []
+    may_open = threading.Event()
+    real_open = local_module._open_binary
+
+    def slow_open(path: Path) -> object:
+        may_open.wait(5)
+        handle = real_open(path)
+        opened.append(handle)
+        return handle
+
+    monkeypatch.setattr(local_module, "_open_binary", slow_open)
+    chunks = stored.chunks()
+    reading = asyncio.ensure_future(chunks.__anext__())
+    await asyncio.sleep(0.05)
+    reading.cancel()
+    may_open.set()
+    with pytest.raises(asyncio.CancelledError):
+        await reading
+    for _ in range(100):
+        if opened and getattr(opened[0], "closed", False):
+            break
+        await asyncio.sleep(0.01)
+    assert opened and getattr(opened[0], "closed", False)
     await storage.aclose()

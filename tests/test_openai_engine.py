@@ -167,7 +167,10 @@ async def test_many_calls_in_flight_at_once(fake: FakeImagesAPI) -> None:
         await engine.aclose()
     assert len(images) == 200
     assert fake.max_in_flight == 200
-    assert time.monotonic() - started < 3.0  # 200 × 0.5 s one after another would be 100 s
+    elapsed = time.monotonic() - started
+    print(f"200 calls of 0.5 s each, all in flight at once: {elapsed:.2f} s")
+    # One after another they would take 100 s; a busy 2-core machine has measured 7.8 s.
+    assert elapsed < 25.0
 
 
 async def test_per_upstream_concurrency_limit(fake: FakeImagesAPI) -> None:

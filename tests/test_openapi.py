@@ -192,3 +192,60 @@ async def test_a_body_the_document_forbids_is_refused(
     response = await api.post_create_body(path, key, **fields)
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == param
+
+
+async def test_the_openai_routes_document_their_bodies_answers_and_openai_error_words(
+    documented: tuple[ApiHarness, dict[str, Any]],
+) -> None:
+    _, document = documented
+    paths = document["paths"]
+    generations = paths["/v1/images/generations"]["post"]
+    edits = paths["/v1/images/edits"]["post"]
+    assert generations["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/ImageGenerationRequest"
+    }
+    form = edits["requestBody"]["content"]["multipart/form-data"]["schema"]["allOf"]
+    assert form[0] == {"$ref": "#/components/schemas/ImageEditForm"}
+    assert set(form[1]["properties"]) == {"image", "image[]", "mask"}
+    assert form[1]["properties"]["image[]"]["maxItems"] == 16
+    for operation in (generations, edits):
+        answers = operation["responses"]
+        assert set(answers["200"]["content"]) == {"application/json", "text/event-stream"}
+        assert set(answers) >= {"400", "401", "413", "422", "429", "500", "503", "504"}
+        assert answers["401"]["content"]["application/json"]["example"]["error"]["type"] == (
+            "invalid_request_error"
+        )
+        assert answers["429"]["content"]["application/json"]["example"]["error"]["type"] == (
+            "insufficient_quota"
+        )
+        assert [p["name"] for p in operation["parameters"]] == ["Idempotency-Key"]
+    assert "67,108,864" in str(edits["responses"]["413"])
+    listed = paths["/v1/models"]["get"]["responses"]["200"]["content"]["application/json"]
+    assert listed["schema"] == {"$ref": "#/components/schemas/ModelList"}
+    assert "model_not_found" in str(paths["/v1/models/{model_id}"]["get"]["responses"]["404"])
+
+
+async def test_the_lifecycle_routes_are_documented(
+    documented: tuple[ApiHarness, dict[str, Any]],
+) -> None:
+    _, document = documented
+    paths = document["paths"]
+    poll = paths["/v1/result/{task_id}"]["get"]
+    (wait,) = [p for p in poll["parameters"] if p["name"] == "wait"]
+    assert wait["in"] == "query" and (wait["schema"]["minimum"], wait["schema"]["maximum"]) == (
+        1,
+        60,
+    )
+    events = paths["/v1/result/{task_id}/events"]["get"]
+    assert "text/event-stream" in events["responses"]["200"]["content"]
+    assert any(p["name"] == "Last-Event-ID" for p in events["parameters"])
+    assert "post" in paths["/v1/result/{task_id}/cancel"]
+    assert "get" in paths["/v1/result/{task_id}/deliveries"]
+    listing = paths["/v1/tasks"]["get"]
+    assert {p["name"] for p in listing["parameters"]} == {"status", "model", "limit", "after"}
+    create = document["components"]["schemas"]["CreateImageRequest"]["properties"]
+    assert "callback_url" in create
+    assert "progress" in document["components"]["schemas"]["TaskResult"]["properties"]
+    for path in ("/v1/result/{task_id}/cancel", "/v1/result/{task_id}/deliveries"):
+        for operation in paths[path].values():
+            assert "404" in operation["responses"]

@@ -105,6 +105,29 @@ async def test_every_transition_to_claimable_wakes_listeners(pg_url: str) -> Non
         await store.close()
 
 
+async def test_a_burst_of_creates_wakes_listeners_with_a_few_notifications(
+    pg_url: str,
+) -> None:
+    """Creates notify after their commit, one notification of a process in flight at a
+    time: a burst of 30 wakes listeners, with fewer notifications than tasks."""
+    wakes = Wakes()
+    store = await open_store(pg_url)
+    try:
+        async with listening(pg_url, wakes):
+            before = wakes.count  # the listener's catch-up wake
+            await asyncio.gather(*(store.insert_task(make_task()) for _ in range(30)))
+            await wakes.next()
+            # The wake-ups still due arrive within a few round trips.
+            with contextlib.suppress(TimeoutError):
+                while True:
+                    await wakes.next(timeout=0.5)
+            assert 1 <= wakes.count - before < 30
+            claimed = await store.claim(worker_id="w", limit=50, lease_seconds=5)
+            assert len(claimed) == 30
+    finally:
+        await store.close()
+
+
 async def test_the_listener_reconnects_after_its_connection_is_killed(
     pg_url: str, store: Store
 ) -> None:
@@ -184,3 +207,54 @@ async def test_a_lost_notification_costs_at_most_a_poll(
         assert statistics.median(again) < 0.1, again
     finally:
         await runtime.stop()
+
+
+async def test_task_changes_reach_other_nodes_after_their_commits(pg_url: str) -> None:
+    """Every transition of one store reaches another store's change listener with the
+    task.s id, announced after the commit."""
+    from imageforge.store.postgres import PostgresStore
+
+    writer = await open_store(pg_url)
+    reader = await open_store(pg_url)
+    assert isinstance(reader, PostgresStore)
+    seen: list[str | None] = []
+    arrived = asyncio.Event()
+
+    def changed(task_id: str | None) -> None:
+        seen.append(task_id)
+        arrived.set()
+
+    listener = asyncio.create_task(reader.listen_for_task_changes(changed))
+    try:
+        await asyncio.wait_for(arrived.wait(), 5)  # the catch-up call after connecting
+        assert seen == [None]
+        tasks = [make_task() for _ in range(120)]
+        for task in tasks:
+            await writer.insert_task(task)
+        claimed = await writer.claim(worker_id="w", limit=200, lease_seconds=30)
+        assert len(claimed) == 120
+        await asyncio.gather(
+            *(
+                writer.complete(
+                    task.id,
+                    task.attempt,
+                    image_key=f"k/{task.id}.png",
+                    content_type="image/png",
+                    usage=None,
+                )
+                for task in claimed
+            )
+        )
+        ids = {task.id for task in tasks}
+        deadline = time.monotonic() + 10
+        while seen.count(None) == 1 and time.monotonic() < deadline:
+            if all(seen.count(task_id) >= 2 for task_id in ids):  # claimed, then completed
+                break
+            await asyncio.sleep(0.05)
+        assert all(seen.count(task_id) >= 2 for task_id in ids)
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await writer.close()
+        await reader.close()

@@ -58,3 +58,11 @@ def test_the_example_responses_show_amount_and_refunded() -> None:
     assert len(shapes) == 2, shapes  # the create and the poll
     for shape in shapes:
         assert '"amount":' in shape and '"refunded":' in shape, shape
+
+
+def test_the_quick_start_is_two_commands_and_names_the_playground() -> None:
+    quick_start = README.read_text().split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```sh\n(.*?)```", quick_start, flags=re.S)
+    commands = [line.split("#")[0].strip() for line in block.splitlines()]
+    assert [c for c in commands if c] == ["make serve", "make test"]
+    assert "http://127.0.0.1:8000/playground" in quick_start

@@ -17,7 +17,12 @@ import pytest
 from PIL import Image
 
 from imageforge.engine_setup import build_router
-from imageforge.engines.base import GenerationRequest, ReferenceImage, UpstreamRef
+from imageforge.engines.base import (
+    CLIENT_CANCELLED,
+    GenerationRequest,
+    ReferenceImage,
+    UpstreamRef,
+)
 from imageforge.engines.relay import RelayEngine
 from imageforge.engines.upstream_errors import UpstreamError
 from imageforge.settings import Settings
@@ -145,6 +150,53 @@ async def test_submits_the_parameters_and_checkpoints_before_polling(
         "up",
     )
     assert Image.open(io.BytesIO(image.data)).size == (1536, 864)
+
+
+async def _upstream_status(upstream: ImageforgeUpstream, task_id: str) -> dict[str, Any]:
+    import httpx
+
+    async with httpx.AsyncClient() as client:
+        answer = await client.get(
+            f"{upstream.base_url}/v1/result/{task_id}",
+            headers={"Authorization": f"Bearer {upstream.api_key}"},
+        )
+    body: dict[str, Any] = answer.json()
+    return body
+
+
+@pytest.mark.parametrize("by_client", [True, False])
+async def test_a_cancel_by_the_client_cancels_upstream_and_no_other_does(
+    make_engine: Callable[..., RelayEngine], relay_upstream: ImageforgeUpstream, by_client: bool
+) -> None:
+    """The client's cancel reaches the upstream (imageforge has the route); a lost lease or a
+    shutdown cancels the call too, but leaves the upstream task for the next attempt."""
+    relay_upstream.hold()
+    checkpoints = Checkpoints(relay_upstream)
+    figures: list[int] = []
+    call = asyncio.ensure_future(
+        make_engine().generate(request(checkpoint=checkpoints, progress=figures.append))
+    )
+    await until(lambda: _true(bool(checkpoints.refs)))
+    assert figures == [0], "the relay reports the start of the upstream's work"
+    await asyncio.sleep(0.1)
+    call.cancel(CLIENT_CANCELLED if by_client else None)
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    remote = checkpoints.refs[0].task_id
+    if by_client:
+
+        async def cancelled_upstream() -> bool:
+            body = await _upstream_status(relay_upstream, remote)
+            return body["status"] == "failed" and body["error"].startswith("cancelled")
+
+        await until(cancelled_upstream)
+    else:
+        await asyncio.sleep(0.5)
+        assert (await _upstream_status(relay_upstream, remote))["status"] == "processing"
+
+
+async def _true(value: bool) -> bool:
+    return value
 
 
 async def test_references_are_passed_as_their_original_urls(

@@ -17,12 +17,14 @@ from imageforge_client import (
     BadRequestError,
     Capabilities,
     IdempotencyInProgressError,
+    ImageforgeClientError,
     PollSchedule,
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
     TaskResult,
 )
+from imageforge_client._operations import require_completed
 from imageforge_client._retry import RetryPolicy, retry_after_seconds
 from imageforge_client._sse import SSEDecoder
 from imageforge_client.errors import error_for_response
@@ -156,3 +158,11 @@ def test_unknown_fields_are_kept_and_money_is_decimal() -> None:
 @pytest.mark.parametrize("status", ["queued", "processing"])
 def test_unfinished_tasks_are_not_done(status: str) -> None:
     assert not TaskResult(id="i", created=1, model="m", status=status).done
+
+
+def test_a_completed_task_whose_image_is_past_retention_says_so() -> None:
+    gone = TaskResult(id="t1", created=1, model="m", status="completed", expired=True)
+    with pytest.raises(ImageforgeClientError, match="past retention"):
+        require_completed(gone)
+    kept = TaskResult(id="t2", created=1, model="m", status="completed", image_url="http://x/i")
+    assert require_completed(kept) is kept

@@ -228,3 +228,15 @@ uses_quality = false
     assert caught.value.setting == 'models."by-size".prices'
     assert "billed by resolution" in caught.value.message
     assert "1k" in (caught.value.fix or "") and "prices = {}" in (caught.value.fix or "")
+
+
+def test_the_webhook_retry_schedule(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert Settings.load().webhook_retry_schedule == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    monkeypatch.setenv("IMAGEFORGE_WEBHOOK_RETRY_SCHEDULE", "0.1, 0.2,30")
+    assert Settings.load().webhook_retry_schedule == [0.1, 0.2, 30.0]
+    monkeypatch.setenv("IMAGEFORGE_WEBHOOK_RETRY_SCHEDULE", "")
+    assert len(Settings.load().webhook_retry_schedule) == 7
+    for bad in ("soon", "0,5", "5,90000"):
+        monkeypatch.setenv("IMAGEFORGE_WEBHOOK_RETRY_SCHEDULE", bad)
+        with pytest.raises(ConfigurationError, match="IMAGEFORGE_WEBHOOK_RETRY_SCHEDULE"):
+            Settings.load()

@@ -630,3 +630,211 @@ async def test_request_counters_per_key_and_window(store: Store) -> None:
     assert await store.count_request(second, window_start=60) == 1
     assert await store.prune_request_counts(older_than=120) == 2
     assert await store.count_request(first, window_start=60) == 1
+
+
+# Lifecycle: listing, progress, cancel, the webhook outbox ---------------------------
+
+
+async def test_listing_is_newest_first_by_creation_order_within_one_second(store: Store) -> None:
+    key_id, other = KeyId("key_lister"), KeyId("key_other")
+    now = time.time()
+    # One created_at for all: the order is the creation order, not the clock.
+    ids = []
+    for n in range(7):
+        task = make_task(key_id, now=now, model="gpt-image-2-r" if n % 2 else "gpt-image-2")
+        await store.insert_task(task)
+        ids.append(task.id)
+    await store.insert_task(make_task(other, now=now))
+    page = await store.list_tasks(key_id, limit=3)
+    assert page is not None and [t.id for t in page.tasks] == ids[::-1][:3] and page.has_more
+    rest = await store.list_tasks(key_id, limit=10, after=page.tasks[-1].id)
+    assert rest is not None and [t.id for t in rest.tasks] == ids[::-1][3:]
+    assert not rest.has_more
+    odd = await store.list_tasks(key_id, limit=10, model="gpt-image-2-r")
+    assert odd is not None and [t.id for t in odd.tasks] == ids[1::2][::-1]
+    queued = await store.list_tasks(key_id, limit=10, status="queued", model="gpt-image-2")
+    assert queued is not None and [t.id for t in queued.tasks] == ids[0::2][::-1]
+    # Another key's task is no cursor; neither is an unknown one.
+    theirs = await store.list_tasks(other, limit=5)
+    assert theirs is not None
+    (foreign,) = theirs.tasks
+    assert await store.list_tasks(key_id, limit=5, after=foreign.id) is None
+    assert await store.list_tasks(key_id, limit=5, after=TaskId("image_missing")) is None
+
+
+async def test_a_page_is_stable_under_concurrent_inserts(store: Store) -> None:
+    key_id = KeyId("key_busy")
+    first = [make_task(key_id) for _ in range(5)]
+    for task in first:
+        await store.insert_task(task)
+    page = await store.list_tasks(key_id, limit=2)
+    assert page is not None
+    await asyncio.gather(*(store.insert_task(make_task(key_id)) for _ in range(10)))
+    rest = await store.list_tasks(key_id, limit=100, after=page.tasks[-1].id)
+    assert rest is not None
+    assert [t.id for t in page.tasks + rest.tasks] == [t.id for t in first[::-1]]
+
+
+async def test_progress_is_fenced_only_rises_and_resets_on_requeue(store: Store) -> None:
+    await store.insert_task(make_task())
+    task = await claim_one(store)
+    assert await store.record_progress(task.id, task.attempt, 40)
+    assert not await store.record_progress(task.id, task.attempt, 30), "never goes down"
+    assert not await store.record_progress(task.id, task.attempt + 1, 90), "not our attempt"
+    assert (await store.get_task(task.id)).progress == 40  # type: ignore[union-attr]
+    await store.requeue(task.id, task.attempt, delay_seconds=0, error="x", error_code="x")
+    assert (await store.get_task(task.id)).progress is None  # type: ignore[union-attr]
+    again = await claim_one(store)
+    await store.complete(
+        again.id, again.attempt, image_key="k", content_type="image/png", usage=None
+    )
+    assert (await store.get_task(task.id)).progress == 100  # type: ignore[union-attr]
+
+
+async def test_cancel_queued_processing_and_finished(store: Store, database_url: str) -> None:
+    from imageforge.store.base import CancelOutcome
+    from imageforge.tasks import CANCELLED_CODE
+
+    key_id = await _limited_key(store, 100)
+    queued = make_task(key_id, price_micros=30)
+    await store.insert_task(queued)
+    assert await store.cancel_task(queued.id) is CancelOutcome.CANCELLED
+    assert await store.cancel_task(queued.id) is CancelOutcome.UNCHANGED
+    cancelled = await store.get_task(queued.id)
+    assert cancelled is not None and cancelled.status is TaskStatus.FAILED
+    assert cancelled.error_code == CANCELLED_CODE and cancelled.cancelled
+    assert await _balance(store, key_id) == 100
+    assert await store.claim(worker_id="w", limit=5, lease_seconds=30) == []
+
+    await store.insert_task(make_task(key_id, price_micros=30))
+    running = await claim_one(store)
+    report = await store.keep_leases([(running.id, running.attempt)], lease_seconds=30)
+    assert report.renewed == {running.id} and not report.cancel_requested
+    assert await store.cancel_task(running.id) is CancelOutcome.REQUESTED
+    assert await store.cancel_task(running.id) is CancelOutcome.UNCHANGED, "asked once"
+    report = await store.keep_leases([(running.id, running.attempt)], lease_seconds=30)
+    assert report.cancel_requested == {running.id}
+    # The worker fails it; a second fail (a racing completion or rescue) changes nothing.
+    assert await store.fail(running.id, running.attempt, error="cancelled", error_code="cancelled")
+    assert not await store.complete(
+        running.id, running.attempt, image_key="k", content_type="image/png", usage=None
+    )
+    assert await store.cancel_task(running.id) is CancelOutcome.UNCHANGED
+    assert await _balance(store, key_id) == 100
+    kinds = [entry.kind for entry in await ledger_entries(database_url, key_id)]
+    assert kinds.count("refund") == 2
+
+
+async def test_cancel_racing_the_claim_has_one_outcome(store: Store) -> None:
+    from imageforge.store.base import CancelOutcome
+
+    for _ in range(10):
+        task = make_task()
+        await store.insert_task(task)
+        claimed, outcome = await asyncio.gather(
+            store.claim(worker_id="w", limit=1, lease_seconds=30), store.cancel_task(task.id)
+        )
+        final = await store.get_task(task.id)
+        assert final is not None
+        if claimed:
+            assert outcome is CancelOutcome.REQUESTED and final.cancel_requested_at is not None
+            assert final.status is TaskStatus.PROCESSING
+            await store.fail(task.id, claimed[0].attempt, error="x", error_code="x")
+        else:
+            assert outcome is CancelOutcome.CANCELLED and final.status is TaskStatus.FAILED
+
+
+def _with_callback(**changes: Any) -> Task:
+    return make_task(
+        callback_url="http://127.0.0.1:9/hook", callback_base_url="http://api", **changes
+    )
+
+
+async def test_the_outbox_row_comes_with_the_end_of_the_task(store: Store, clock: Clock) -> None:
+    from imageforge.store.base import WebhookOutcome
+
+    done, plain, rescued = _with_callback(), make_task(), _with_callback(max_attempts=1)
+    for task in (done, plain, rescued):
+        await store.insert_task(task)
+    assert await store.claim_webhooks(limit=10, lease_seconds=30) == []
+    claimed = {t.id: t for t in await store.claim(worker_id="w", limit=3, lease_seconds=5)}
+    for task_id in (done.id, plain.id):
+        await store.complete(
+            task_id, claimed[task_id].attempt, image_key="k", content_type="image/png", usage=None
+        )
+    clock.advance(10)
+    await store.rescue_expired()  # the last attempt: rescued → failed
+    due = await store.claim_webhooks(limit=10, lease_seconds=30)
+    assert {d.task_id for d in due} == {done.id, rescued.id}
+    assert {(d.url, d.base_url, d.attempts) for d in due} == {
+        ("http://127.0.0.1:9/hook", "http://api", 0)
+    }
+    # Held by the claim until its lease runs out.
+    assert await store.claim_webhooks(limit=10, lease_seconds=30) == []
+    first = next(d for d in due if d.task_id == done.id)
+    retry = WebhookOutcome("pending", 503, "HTTP 503", retry_in_seconds=60)
+    assert await store.record_webhook_attempt(first, retry)
+    assert not await store.record_webhook_attempt(first, retry), "fenced by the attempts seen"
+    clock.advance(31)
+    (again,) = await store.claim_webhooks(limit=10, lease_seconds=30)
+    assert again.task_id == rescued.id, "the retry is not due yet"
+    clock.advance(60)
+    due = await store.claim_webhooks(limit=10, lease_seconds=30)
+    assert {d.task_id for d in due} == {done.id, rescued.id}
+    retried = next(d for d in due if d.task_id == done.id)
+    assert retried.attempts == 1
+    assert await store.record_webhook_attempt(retried, WebhookOutcome("delivered", 200, None))
+    attempts = await store.webhook_attempts(done.id)
+    assert [(a.attempt, a.status_code) for a in attempts] == [(1, 503), (2, 200)]
+    assert attempts[0].next_attempt_at is not None and attempts[1].next_attempt_at is None
+    clock.advance(1000)
+    (left,) = await store.claim_webhooks(limit=10, lease_seconds=30)
+    assert left.task_id == rescued.id, "a delivered one is never claimed again"
+
+
+async def test_concurrent_senders_never_share_a_delivery(store: Store) -> None:
+    tasks = [_with_callback() for _ in range(20)]
+    for task in tasks:
+        await store.insert_task(task)
+    for claimed in await store.claim(worker_id="w", limit=20, lease_seconds=30):
+        await store.fail(claimed.id, claimed.attempt, error="x", error_code="x")
+    batches = await asyncio.gather(
+        *(store.claim_webhooks(limit=3, lease_seconds=30) for _ in range(10))
+    )
+    taken = [d.task_id for batch in batches for d in batch]
+    assert len(taken) == len(set(taken)) == 20
+
+
+async def test_webhook_secrets_and_their_rotation(store: Store) -> None:
+    key_id = new_key_id()
+    await store.create_key(
+        key_id=key_id, name="k", key_hash="b" * 64, hint="h", now=time.time(),
+        webhook_secret="whsec_first",
+    )  # fmt: skip
+    secrets = await store.webhook_secrets(key_id)
+    assert secrets is not None and (secrets.current, secrets.previous) == ("whsec_first", None)
+    assert await store.rotate_webhook_secret(key_id, secret="whsec_second", grace_seconds=3600)
+    secrets = await store.webhook_secrets(key_id)
+    assert secrets is not None and (secrets.current, secrets.previous) == (
+        "whsec_second",
+        "whsec_first",
+    )
+    assert not await store.rotate_webhook_secret(
+        KeyId("key_missing"), secret="whsec_x", grace_seconds=1
+    )
+    assert await store.webhook_secrets(KeyId("key_missing")) is None
+
+
+async def test_a_deleted_task_takes_its_webhook_rows_along(store: Store) -> None:
+    from imageforge.store.base import WebhookOutcome
+
+    task = _with_callback()
+    await store.insert_task(task)
+    claimed = await claim_one(store)
+    await store.fail(claimed.id, claimed.attempt, error="x", error_code="x")
+    (due,) = await store.claim_webhooks(limit=1, lease_seconds=0.0)
+    await store.record_webhook_attempt(due, WebhookOutcome("pending", 500, "x", 0.0))
+    assert await store.webhook_attempts(task.id)
+    assert await store.delete_finished_tasks(finished_before=time.time() + 3600, limit=10) == 1
+    assert await store.webhook_attempts(task.id) == []
+    assert await store.claim_webhooks(limit=10, lease_seconds=30) == []

@@ -10,24 +10,30 @@ from pydantic import BaseModel
 from imageforge.catalog import resolve_request
 from imageforge.ids import KeyId
 from imageforge.store import ApiKeyRecord
-from imageforge.store.base import UsageRow
+from imageforge.store.base import UsageRow, WebhookAttempt
 from imageforge.tasks import TaskStatus
 from imageforge.wire import (
+    DeliveryList,
     ErrorResponse,
     KeyCreated,
     KeyInfo,
     QuoteResponse,
     TaskCreated,
+    TaskList,
     TaskResult,
     UsageDay,
     UsageResponse,
+    WebhookSecretRotated,
+    delivery_list_body,
     error_body,
     key_created_body,
     key_info_body,
     quote_body,
     task_created_body,
+    task_list_body,
     task_result_body,
     usage_body,
+    webhook_secret_rotated_body,
 )
 from tests.test_store_contract import make_task
 
@@ -39,6 +45,7 @@ LIMITED = ApiKeyRecord(
     created_at=1774836724.5,
     revoked_at=None,
     balance_micros=12_500_000,
+    webhook_secret="whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw",
 )
 REVOKED_UNLIMITED = ApiKeyRecord(
     id=KeyId("key_00000000000000ff"),
@@ -47,6 +54,7 @@ REVOKED_UNLIMITED = ApiKeyRecord(
     created_at=1774836000.0,
     revoked_at=1774836999.25,
     balance_micros=None,
+    webhook_secret="whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
 )
 ROWS = [
     UsageRow("2026-11-24", "gpt-image-2", 3, 1, 1, 1, 59_000),
@@ -170,3 +178,40 @@ def test_keys(key: ApiKeyRecord) -> None:
     assert_shape(KeyInfo, info)
     assert info["active"] is (key.revoked_at is None)
     assert "ifk_secret" not in str(info)
+
+
+@pytest.mark.parametrize(
+    ("status", "progress", "shown"),
+    [
+        (TaskStatus.QUEUED, None, None),
+        (TaskStatus.PROCESSING, 40, 40),
+        (TaskStatus.COMPLETED, 100, 100),
+        (TaskStatus.FAILED, 40, None),
+    ],
+)
+def test_progress_is_shown_except_once_failed(
+    status: TaskStatus, progress: int | None, shown: int | None
+) -> None:
+    body = task_result_body(
+        make_task(status=status, progress=progress), image_url=None, expired=False
+    )
+    assert_shape(TaskResult, body)
+    assert body["progress"] == shown
+
+
+def test_task_list() -> None:
+    tasks = [task_result_body(make_task(), image_url=None, expired=False) for _ in range(2)]
+    body = task_list_body(tasks, has_more=True)
+    assert_shape(TaskList, body)
+    assert_shape(TaskList, task_list_body([], has_more=False))
+
+
+def test_deliveries_and_rotated_secret() -> None:
+    attempts = [
+        WebhookAttempt(1, 1774836724.5, 503, "HTTP 503: only a 2xx answer counts", 1774836730.0),
+        WebhookAttempt(2, 1774836731.0, None, "timed out", None),
+        WebhookAttempt(3, 1774836731.0, 200, None, None),
+    ]
+    assert_shape(DeliveryList, delivery_list_body(attempts))
+    rotated = webhook_secret_rotated_body("key_1", "whsec_x", previous_valid_until=1.5)
+    assert_shape(WebhookSecretRotated, rotated)

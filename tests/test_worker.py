@@ -266,13 +266,13 @@ async def test_one_write_renews_every_lease_the_runner_holds(rig: Rig) -> None:
     tasks = [await rig.add() for _ in range(10)]
     runner = rig.runner(concurrency=10, heartbeat_seconds=0.2, lease_seconds=5.0)
     batches: list[int] = []
-    renew = rig.store.renew_leases
+    keep = rig.store.keep_leases
 
-    async def counting(leases: Any, *, lease_seconds: float) -> set[Any]:
+    async def counting(leases: Any, *, lease_seconds: float) -> Any:
         batches.append(len(leases))
-        return await renew(leases, lease_seconds=lease_seconds)
+        return await keep(leases, lease_seconds=lease_seconds)
 
-    rig.store.renew_leases = counting  # type: ignore[method-assign]
+    rig.store.keep_leases = counting  # type: ignore[method-assign]
 
     async def scenario() -> None:
         for task in tasks:
@@ -403,3 +403,22 @@ async def test_the_worker_counts_retries_failures_and_engine_time(rig: Rig) -> N
     errors = sample("imageforge_engine_seconds_count", **task_labels, outcome="error")
     assert errors - before["errors"] == 2
     assert sample("imageforge_task_queue_seconds_count", **task_labels) - before["queued"] == 2
+
+
+async def test_a_task_cancelled_during_an_earlier_attempt_never_runs_again(rig: Rig) -> None:
+    """The cancel came while attempt 1 ran, which then ended retryable: the next claim
+    fails it as cancelled instead of generating."""
+    task = await rig.add()
+    (claimed,) = await rig.store.claim(worker_id="w0", limit=1, lease_seconds=5)
+    await rig.store.cancel_task(task.id)
+    await rig.store.requeue(
+        task.id, claimed.attempt, delay_seconds=0, error="busy", error_code="busy"
+    )
+    runner = rig.runner()
+
+    async def scenario() -> None:
+        failed = await rig.wait_for(task, TaskStatus.FAILED)
+        assert failed.error is not None and failed.error.startswith("cancelled")
+
+    await run_until(runner, scenario)
+    assert rig.engine.calls == []

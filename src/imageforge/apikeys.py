@@ -7,6 +7,7 @@ database lookup. Only the SHA-256 of a key is ever stored.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import secrets
 import string
@@ -52,3 +53,15 @@ def hash_api_key(key: str) -> str:
 def display_hint(key: str) -> str:
     """What `keys list` shows: enough to recognise a key, too little to use it."""
     return f"{key[:8]}…{key[-4:]}"
+
+
+WEBHOOK_SECRET_PREFIX = "whsec_"
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks signing secret: `whsec_` + base64 of 32 random bytes."""
+    return WEBHOOK_SECRET_PREFIX + base64.b64encode(secrets.token_bytes(32)).decode()
+
+
+def webhook_secret_bytes(secret: str) -> bytes:
+    return base64.b64decode(secret.removeprefix(WEBHOOK_SECRET_PREFIX))

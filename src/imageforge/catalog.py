@@ -128,7 +128,7 @@ def _quoted(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _one_of(field: str, value: str, choices: Sequence[str], code: str) -> str:
+def one_of(field: str, value: str, choices: Sequence[str], code: str) -> str:
     """`value` trimmed and lower-cased if it is one of `choices`, else a 400 naming them."""
     # The API layer types these fields, but a non-string must still be a 400, never a 500.
     normalised = value.strip().lower() if isinstance(value, str) else ""
@@ -228,6 +228,18 @@ def _url_problem(url: object) -> str | None:
     return None
 
 
+def check_callback_url(url: object) -> str:
+    """The syntax of a webhook URL (the rules of a reference URL); where it points is the
+    outbound guard's to decide."""
+    problem = _url_problem(url)
+    if problem is not None:
+        raise InvalidRequest(
+            f"callback_url: {problem}", param="callback_url", code="invalid_callback_url"
+        )
+    assert isinstance(url, str)
+    return url
+
+
 def _check_image_urls(spec: ModelSpec, image_urls: Sequence[str] | None) -> tuple[str, ...]:
     if image_urls is None:
         return ()
@@ -239,13 +251,7 @@ def _check_image_urls(spec: ModelSpec, image_urls: Sequence[str] | None) -> tupl
             code="invalid_image_url",
         )
     urls = tuple(image_urls)
-    if len(urls) > spec.max_references:
-        raise InvalidRequest(
-            f"image_urls: {spec.name} accepts at most {spec.max_references} reference images "
-            f"(got {len(urls)})",
-            param="image_urls",
-            code="too_many_references",
-        )
+    _check_reference_count(spec, len(urls), "image_urls")
     for index, url in enumerate(urls):
         problem = _url_problem(url)
         if problem is not None:
@@ -267,6 +273,7 @@ def resolve_request(
     size: str | None = None,
     image_urls: Sequence[str] | None = None,
     models: Mapping[str, ModelSpec] = DEFAULT_MODELS,
+    uploaded: Sequence[str] = (),
 ) -> ResolvedRequest:
     """Apply every create-request rule and default; raise InvalidRequest on the first
     violation.
@@ -275,7 +282,10 @@ def resolve_request(
     contract's field order (model, prompt, quality, ratio, resolution); then the rules that
     combine fields, most specific first: with `size`, its syntax, its four rules and the
     model's size cap; without it, the model's resolution cap, `ratio` required with
-    `resolution`, and the ratios a resolution is offered in; `image_urls` last."""
+    `resolution`, and the ratios a resolution is offered in; `image_urls` last.
+
+    `uploaded`: references the server stored for the client (`references.stored`), already
+    checked; they follow the URLs in `image_urls` and count against the model's limit."""
     spec = _resolve_model(model, models)
     _check_prompt(prompt)
 
@@ -284,15 +294,15 @@ def resolve_request(
         resolved_quality = (
             DEFAULT_QUALITY
             if quality is None
-            else _one_of("quality", quality, QUALITIES, "invalid_quality")
+            else one_of("quality", quality, QUALITIES, "invalid_quality")
         )
 
     # Enum values are judged even when `size` overrides them: a bad value is a client bug.
-    sent_ratio = None if ratio is None else _one_of("ratio", ratio, RATIOS, "invalid_ratio")
+    sent_ratio = None if ratio is None else one_of("ratio", ratio, RATIOS, "invalid_ratio")
     sent_resolution = (
         None
         if resolution is None
-        else _one_of("resolution", resolution, RESOLUTIONS, "invalid_resolution")
+        else one_of("resolution", resolution, RESOLUTIONS, "invalid_resolution")
     )
 
     if size is not None:
@@ -320,8 +330,23 @@ def resolve_request(
         height=height,
         ratio=used_ratio,
         resolution=resolution_tier(width, height),
-        image_urls=_check_image_urls(spec, image_urls),
+        image_urls=_check_image_urls(spec, image_urls) + _check_uploaded(spec, uploaded),
     )
+
+
+def _check_uploaded(spec: ModelSpec, uploaded: Sequence[str]) -> tuple[str, ...]:
+    _check_reference_count(spec, len(uploaded), "image")
+    return tuple(uploaded)
+
+
+def _check_reference_count(spec: ModelSpec, count: int, field: str) -> None:
+    if count > spec.max_references:
+        raise InvalidRequest(
+            f"{field}: {spec.name} accepts at most {spec.max_references} reference images "
+            f"(got {count})",
+            param=field,
+            code="too_many_references",
+        )
 
 
 def price_key(spec: ModelSpec, resolved: ResolvedRequest) -> str:

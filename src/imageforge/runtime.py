@@ -12,6 +12,7 @@ import gc
 import importlib.util
 import logging
 import tempfile
+import time
 from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from imageforge.catalog import ModelSpec, billing_tiers
 from imageforge.engine_setup import build_engines, check_engines
 from imageforge.engines import Engine
 from imageforge.errors import ConfigurationError, configuring
+from imageforge.events import TaskEvents
 from imageforge.keyring import KeyRing
 from imageforge.observability.metrics import QueueDepth, metrics
 from imageforge.observability.metrics_server import MetricsServer
@@ -34,12 +36,15 @@ from imageforge.settings import Settings
 from imageforge.storage import LocalStorage, Storage, UrlSigner, load_or_create_secret
 from imageforge.storage.probe import check_storage
 from imageforge.store import Store, open_store, upgrade_database
-from imageforge.store.base import WakesWorkers
+from imageforge.store.base import AnnouncesChanges, WakesWorkers
 from imageforge.store.migrate import head_revision
 from imageforge.store.urls import database_backend
+from imageforge.tasks import Task, TaskStatus
+from imageforge.wire import task_result_body
 from imageforge.worker.janitor import Janitor
 from imageforge.worker.rescuer import rescue_forever
 from imageforge.worker.runner import Runner, RunnerConfig
+from imageforge.worker.webhooks import WebhookConfig, WebhookSender
 
 if TYPE_CHECKING:
     from imageforge.storage.s3 import S3Options
@@ -173,10 +178,32 @@ class Runtime:
     #: Tasks by status for /metrics, read when scraped.
     queue_depth: QueueDepth = field(init=False)
     metrics_server: MetricsServer | None = None
+    #: What wakes this process's long-polls and event streams.
+    events: TaskEvents = field(default_factory=TaskEvents)
     _background: list[asyncio.Task[None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.queue_depth = QueueDepth(self.store)
+
+    def task_body(self, task: Task, *, base_url: str, now: float) -> dict[str, Any]:
+        """The object of `GET /v1/result/{id}` (also each event's data and each webhook's
+        body): retention and the link decided now, from the task (so nothing cached
+        outlives either), by the rule in `retention.py` and the storage."""
+        expired = self.retention.image_expired(task, now)
+        image_url = None
+        if task.status is TaskStatus.COMPLETED and task.image_key is not None and not expired:
+            image_url = self.storage.url_for(
+                task.image_key,
+                base_url=base_url,
+                expires=int(now) + self.settings.image_url_ttl_seconds,
+            )
+        return task_result_body(task, image_url=image_url, expired=expired)
+
+    def _webhook_body(self, task: Task, base_url: str | None) -> dict[str, Any]:
+        # The link is built on the configured public URL, else on the one the create came in
+        # on (a worker has no request of its own to take it from).
+        base = self.settings.public_base_url or base_url or "http://127.0.0.1"
+        return self.task_body(task, base_url=base, now=time.time())
 
     @staticmethod
     def check(
@@ -262,6 +289,8 @@ class Runtime:
             image_seconds=settings.image_retention_seconds,
             task_seconds=settings.task_retention_seconds,
         )
+        events = TaskEvents()
+        store.watch_changes(events.notify)
         service = ImageService(
             store,
             models,
@@ -271,6 +300,8 @@ class Runtime:
             max_unfinished_tasks=settings.max_unfinished_tasks,
             retention=retention,
             metrics=metrics() if settings.metrics_enabled else None,
+            events=events,
+            callback_policy=AddressPolicy(settings.reference_allowlist),
         )
         runtime = cls(
             settings=settings,
@@ -282,6 +313,7 @@ class Runtime:
             retention=retention,
             storage_location=location,
             schema_head=schema_head,
+            events=events,
         )
         try:
             runtime.tracing = tracing if tracing is not None else build_tracing(settings)
@@ -306,6 +338,12 @@ class Runtime:
         if run_api:
             await runtime.keyring.refresh()
             runtime._spawn(runtime.keyring.watch(), "key watcher")
+            shared = database_backend(settings.resolved_database_url) != "sqlite"
+            # Changes committed by other processes: every node on PostgreSQL; on SQLite
+            # only an API without a worker of its own (with one, every change of the
+            # file's tasks is this process's and already announced in-process).
+            if isinstance(store, AnnouncesChanges) and (shared or not run_worker):
+                runtime._spawn(store.listen_for_task_changes(runtime.events.notify), "task changes")
         if run_worker:
             runtime._start_worker({spec.engine for spec in runtime.service.models.values()})
         if tune_gc:
@@ -321,6 +359,7 @@ class Runtime:
         )
         self.fetcher = ReferenceFetcher(
             client=self.outbound,
+            storage=self.storage,
             limits=FetchLimits(
                 max_bytes=settings.reference_max_bytes,
                 max_pixels=settings.reference_max_pixels,
@@ -342,12 +381,28 @@ class Runtime:
                 retry_max_seconds=settings.retry_max_seconds,
                 shutdown_grace_seconds=settings.shutdown_grace_seconds,
                 claim_batch=settings.claim_batch,
+                progress_write_seconds=settings.progress_write_seconds,
             ),
             metrics=metrics() if settings.metrics_enabled else None,
             tracing=self.tracing,
         )
-        # Tasks created in this process wake this process's worker at once.
+        # Tasks created in this process wake this process's worker at once, and a cancel
+        # asked of this process stops the task at once if this worker runs it.
         self.service.on_task_queued = self.runner.wake
+        self.service.on_cancel_requested = self.runner.cancel
+        self._spawn(
+            WebhookSender(
+                store=self.store,
+                outbound=self.outbound,
+                body_of=self._webhook_body,
+                config=WebhookConfig(
+                    retry_schedule=tuple(settings.webhook_retry_schedule),
+                    timeout_seconds=settings.webhook_timeout_seconds,
+                    poll_seconds=settings.webhook_poll_seconds,
+                ),
+            ).run(),
+            "webhooks",
+        )
         if isinstance(self.store, WakesWorkers):
             # Tasks created on other nodes (or re-queued by their rescuers) wake this
             # worker through the database; the runner's poll covers lost wake-ups.
@@ -366,6 +421,7 @@ class Runtime:
                     holder=self.runner.worker_id,
                     interval_seconds=settings.janitor_interval_seconds,
                     orphan_grace_seconds=settings.orphan_grace_seconds,
+                    upload_retention_seconds=settings.upload_retention_seconds,
                 ),
             ),
             "rescuer",

@@ -12,20 +12,29 @@ from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
 
 from imageforge.billing import InsufficientCredits, PriceBook
-from imageforge.catalog import ModelSpec, ResolvedRequest, price_key, resolve_request
+from imageforge.catalog import (
+    ModelSpec,
+    ResolvedRequest,
+    check_callback_url,
+    price_key,
+    resolve_request,
+)
 from imageforge.errors import InvalidRequest, NotFound
+from imageforge.events import TaskEvents
 from imageforge.ids import TaskId, looks_like_task_id, new_task_id
 from imageforge.observability.metrics import Metrics
+from imageforge.references import AddressPolicy, OutboundError
+from imageforge.references.outbound import check_url
 from imageforge.retention import Retention
 from imageforge.store import ApiKeyRecord, Store
-from imageforge.store.base import IdempotencyClaim, UsageRow
-from imageforge.tasks import Task
+from imageforge.store.base import CancelOutcome, IdempotencyClaim, UsageRow, WebhookAttempt
+from imageforge.tasks import Task, TaskStatus
 from imageforge.wire import CreateImageRequest
 
 _MAX_CACHED_TASKS = 50_000
@@ -52,9 +61,62 @@ def check_idempotency_key(value: str) -> str:
 
 
 def request_fingerprint(body: CreateImageRequest) -> str:
-    """Same fields, same values → same hash, whatever the key order or ignored extras."""
-    canonical = orjson.dumps(body.model_dump(), option=orjson.OPT_SORT_KEYS)
+    """Same fields, same values → same hash, whatever the key order or ignored extras.
+    (`callback_url` counts only when sent: bodies without it hash as they always did.)"""
+    fields = body.model_dump(exclude={"callback_url"} if body.callback_url is None else None)
+    canonical = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()
+
+
+#: Longest `?wait=` of a long-poll, in seconds.
+MAX_WAIT_SECONDS = 60
+#: Tasks per page of `GET /v1/tasks`: the default and the most.
+DEFAULT_PAGE = 20
+MAX_PAGE = 100
+
+
+def check_wait(raw: str | None) -> int | None:
+    """`?wait=N` of a long-poll: None when absent, else an integer 1–60 (400 otherwise)."""
+    if raw is None:
+        return None
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_WAIT_SECONDS:
+        raise InvalidRequest(
+            f"wait: must be an integer number of seconds from 1 to {MAX_WAIT_SECONDS} "
+            f"(got {raw[:40]!r})",
+            param="wait",
+            code="invalid_wait",
+        )
+    return int(raw)
+
+
+def check_page_limit(raw: str | None) -> int:
+    if raw is None:
+        return DEFAULT_PAGE
+    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_PAGE:
+        raise InvalidRequest(
+            f"limit: must be an integer from 1 to {MAX_PAGE} (got {raw[:40]!r})",
+            param="limit",
+            code="invalid_limit",
+        )
+    return int(raw)
+
+
+def check_status_filter(raw: str | None) -> str | None:
+    if raw is None:
+        return None
+    if raw not in {status.value for status in TaskStatus}:
+        raise InvalidRequest(
+            f"status: must be one of queued, processing, completed, failed (got {raw[:40]!r})",
+            param="status",
+            code="invalid_status",
+        )
+    return raw
+
+
+@dataclass(frozen=True)
+class Page:
+    tasks: list[Task]
+    has_more: bool
 
 
 @dataclass(frozen=True)
@@ -85,7 +147,11 @@ class ImageService:
         on_task_queued: Callable[[], None] = lambda: None,
         retention: Retention | None = None,
         metrics: Metrics | None = None,
+        events: TaskEvents | None = None,
+        callback_policy: AddressPolicy | None = None,
     ) -> None:
+        """`events`: what wakes long-polls and event streams (see events.py).
+        `callback_policy`: where webhooks may go (checked on create, again when sent)."""
         self._store = store
         self._metrics = metrics
         self._models = models
@@ -97,6 +163,11 @@ class ImageService:
         #: Terminal tasks by (owner key id, task id).
         self._terminal: dict[tuple[str, str], Task] = {}
         self._retention = retention or Retention()
+        self.events = events or TaskEvents()
+        self._callback_policy = callback_policy or AddressPolicy()
+        #: Called with the id of a processing task a client asked to cancel (the runner in
+        #: this process stops it at once; others see the request at their next heartbeat).
+        self.on_cancel_requested: Callable[[TaskId], object] = lambda _task_id: None
 
     @property
     def models(self) -> Mapping[str, ModelSpec]:
@@ -106,9 +177,10 @@ class ImageService:
     def currency(self) -> str:
         return self._prices.currency
 
-    def quote(self, body: CreateImageRequest) -> Quote:
-        """Validate and price a request without creating or charging anything."""
-        resolved = self._resolve(body)
+    def quote(self, body: CreateImageRequest, *, uploaded: Sequence[str] = ()) -> Quote:
+        """Validate and price a request without creating or charging anything.
+        `uploaded`: references stored for the client (see `catalog.resolve_request`)."""
+        resolved = self._resolve(body, uploaded)
         tier = price_key(self._models[resolved.model], resolved)
         return Quote(
             resolved=resolved,
@@ -117,7 +189,7 @@ class ImageService:
             currency=self._prices.currency,
         )
 
-    def _resolve(self, body: CreateImageRequest) -> ResolvedRequest:
+    def _resolve(self, body: CreateImageRequest, uploaded: Sequence[str]) -> ResolvedRequest:
         return resolve_request(
             model=body.model,
             prompt=body.prompt,
@@ -127,6 +199,7 @@ class ImageService:
             size=body.size,
             image_urls=body.image_urls,
             models=self._models,
+            uploaded=uploaded,
         )
 
     async def create(
@@ -135,16 +208,27 @@ class ImageService:
         body: CreateImageRequest,
         *,
         idempotency_key: str | None = None,
+        uploaded: Sequence[str] = (),
+        request_hash: str | None = None,
+        base_url: str | None = None,
     ) -> tuple[Task, bool]:
         """Accept a task: validate, price, charge and insert in one transaction.
-        → (task, replayed); replayed is True when an Idempotency-Key matched."""
-        quote = self.quote(body)
+        → (task, replayed); replayed is True when an Idempotency-Key matched.
+
+        `uploaded`: references stored for the client. `request_hash`: what identifies the
+        request for the Idempotency-Key when `body` is only part of it (default: `body`'s
+        fingerprint); a caller that passes it makes it cover `uploaded` too. `base_url`: the
+        public URL the request came in on, for the webhook's image link."""
+        quote = self.quote(body, uploaded=uploaded)
         resolved = quote.resolved
+        callback_url = None
+        if body.callback_url is not None:
+            callback_url = await self.check_callback(body.callback_url)
         claim = None
         if idempotency_key is not None:
             claim = IdempotencyClaim(
                 key=check_idempotency_key(idempotency_key),
-                request_hash=request_fingerprint(body),
+                request_hash=request_hash or request_fingerprint(body),
                 ttl_seconds=self._idempotency_ttl,
             )
         now = time.time()
@@ -163,6 +247,8 @@ class ImageService:
             max_attempts=self._max_attempts,
             price_micros=quote.price_micros,
             now=now,
+            callback_url=callback_url,
+            callback_base_url=base_url,
         )
         try:
             stored, replayed = await self._store.insert_task(
@@ -208,3 +294,116 @@ class ImageService:
             self._terminal.pop((owner.id, task_id), None)
             raise task_not_found(task_id)
         return task
+
+    async def check_callback(self, url: str) -> str:
+        """A webhook URL a client may give: its syntax, then every address its host resolves
+        to through the outbound guard (the same policy and allow-list as references). The
+        sender checks again and connects only to the address it checked."""
+        check_callback_url(url)
+        try:
+            target = check_url(url)
+            port = target.port or (443 if target.scheme == "https" else 80)
+            await self._callback_policy.resolve(target.host, port)
+        except OutboundError as exc:
+            raise InvalidRequest(
+                f"callback_url: {exc.reason}; only public addresses, or what "
+                "IMAGEFORGE_REFERENCE_ALLOWLIST admits, may receive webhooks",
+                param="callback_url",
+                code="invalid_callback_url",
+            ) from None
+        return url
+
+    # Lifecycle ----------------------------------------------------------------
+
+    async def wait(self, owner: ApiKeyRecord, task_id: str, *, seconds: float) -> Task:
+        """The task once terminal, or as it is after `seconds`. Waiting reads nothing:
+        each change wakes it (`events`) and it reads the task once then."""
+        deadline = time.monotonic() + seconds
+        with self.events.subscribe(task_id) as changes:
+            while True:
+                task = await self.get(owner, task_id)
+                left = deadline - time.monotonic()
+                if task.status.is_terminal or left <= 0:
+                    return task
+                await changes.wait(left)
+
+    async def follow(
+        self, owner: ApiKeyRecord, task_id: str, *, keepalive_seconds: float
+    ) -> AsyncIterator[Task | None]:
+        """The task now, then again after every change, ending with it terminal; None
+        after `keepalive_seconds` without a change (the task is read then too, in case a
+        wake-up was lost, and yielded if it changed)."""
+        with self.events.subscribe(task_id) as changes:
+            last: Task | None = None
+            while True:
+                task = await self.get(owner, task_id)
+                if last is None or _moved(last, task):
+                    yield task
+                    last = task
+                if task.status.is_terminal:
+                    return
+                if not await changes.wait(keepalive_seconds):
+                    yield None
+
+    async def cancel(self, owner: ApiKeyRecord, task_id: str) -> Task:
+        """Cancel the owner's task: a queued one fails now (refunded); a processing one is
+        stopped by its worker; a finished one stays as it is. → the task as it is now."""
+        task = await self.get(owner, task_id)
+        if task.status.is_terminal:
+            return task
+        outcome = await self._store.cancel_task(task.id)
+        if outcome is CancelOutcome.REQUESTED:
+            self.on_cancel_requested(task.id)
+        return await self.get(owner, task_id)
+
+    async def list_tasks(
+        self,
+        owner: ApiKeyRecord,
+        *,
+        limit: int = DEFAULT_PAGE,
+        after: str | None = None,
+        status: str | None = None,
+        model: str | None = None,
+    ) -> Page:
+        """The owner's tasks, newest first, after the task `after` (the last of the page
+        before). Tasks past the task retention are left out, as `get` answers 404 for them."""
+        if after is not None and not looks_like_task_id(after):
+            raise _unknown_cursor(after)
+        page = await self._store.list_tasks(
+            owner.id,
+            limit=limit,
+            after=TaskId(after) if after is not None else None,
+            status=status,
+            model=model,
+        )
+        if page is None:
+            raise _unknown_cursor(after or "")
+        now = time.time()
+        tasks = [
+            task
+            for task in page.tasks
+            if self._retention.task_seconds is None or not self._retention.task_expired(task, now)
+        ]
+        return Page(tasks=tasks, has_more=page.has_more)
+
+    async def deliveries(self, owner: ApiKeyRecord, task_id: str) -> list[WebhookAttempt]:
+        task = await self.get(owner, task_id)
+        return await self._store.webhook_attempts(task.id)
+
+
+def _moved(before: Task, after: Task) -> bool:
+    return (before.status, before.attempt, before.progress) != (
+        after.status,
+        after.attempt,
+        after.progress,
+    )
+
+
+def _unknown_cursor(after: str) -> InvalidRequest:
+    # One message for an unknown id and another key's: existence is never revealed.
+    return InvalidRequest(
+        f"after: no task of yours has the id {after[:100]!r}; pass the id of the last task "
+        "of the previous page",
+        param="after",
+        code="invalid_cursor",
+    )

@@ -43,6 +43,9 @@ from imageforge.engines.diffusers.config import DiffusersModelConfig
 from imageforge.errors import ConfigurationError
 
 DEFAULT_CONFIG_FILE = "imageforge.toml"
+#: Standard Webhooks' schedule after the first attempt: 5 s, 5 min, 30 min, 2 h, 5 h, 10 h,
+#: 10 h (about 27 hours in all).
+DEFAULT_WEBHOOK_RETRY_SCHEDULE = (5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0)
 #: S3 refuses presigned links that live longer than 7 days.
 MAX_PRESIGNED_SECONDS = 604_800
 #: S3's bucket naming rules (which MinIO, R2 and Ceph follow too).
@@ -132,6 +135,27 @@ class Settings(BaseSettings):
         0.5, gt=0, le=1.0, description="Fallback queue poll when no wake-up arrives."
     )
     max_attempts: int = Field(3, ge=1, le=100, description="Claims a task may use before failing.")
+    progress_write_seconds: float = Field(
+        0.5,
+        gt=0,
+        le=60,
+        description="A task's progress is written to the database at most this often.",
+    )
+    events_keepalive_seconds: float = Field(
+        15.0, gt=0, le=60, description="A quiet event stream gets a keep-alive comment this often."
+    )
+    webhook_retry_schedule: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: list(DEFAULT_WEBHOOK_RETRY_SCHEDULE),
+        description="Seconds before each retry of a webhook that was not answered with a "
+        "2xx (each with up to 25% jitter); after the last, the delivery has failed. "
+        "Comma-separated in the environment.",
+    )
+    webhook_timeout_seconds: float = Field(
+        15.0, gt=0, le=30, description="One webhook attempt: connect, send and answer."
+    )
+    webhook_poll_seconds: float = Field(
+        1.0, gt=0, le=60, description="How often a worker looks for webhooks due."
+    )
     retry_base_seconds: float = Field(2.0, ge=0)
     retry_max_seconds: float = Field(60.0, ge=0)
     shutdown_grace_seconds: float = Field(20.0, ge=0)
@@ -150,6 +174,23 @@ class Settings(BaseSettings):
     reference_timeout_seconds: float = Field(30.0, gt=0)
 
     max_body_bytes: int = Field(1024 * 1024, ge=1024, description="Largest accepted request body.")
+    max_upload_bytes: int = Field(
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest body of `POST /v1/images/edits` (its uploaded images and fields).",
+    )
+    upload_retention_seconds: int = Field(
+        7 * 86_400,
+        ge=60,
+        description="Uploaded edit images are deleted this long after their upload.",
+    )
+    openai_wait_seconds: float = Field(
+        300.0,
+        gt=0,
+        le=3600,
+        description="How long the OpenAI-shaped routes wait for their images before answering "
+        "with those done (or a 504 when none is).",
+    )
     # Slow clients hold connections; these bound how long (a reverse proxy in front is the
     # usual protection at scale, and these hold where there is none).
     header_timeout_seconds: float = Field(
@@ -275,15 +316,36 @@ class Settings(BaseSettings):
         "http://collector:4318; the standard OTEL_EXPORTER_OTLP_* variables also turn it on.",
     )
     otel_service_name: str = Field("imageforge", min_length=1, description="service.name of spans.")
-    #: Mounts `/_bench/*` baseline routes; only the benchmark turns this on.
-    bench_endpoints: bool = False
 
-    @field_validator("reference_allowlist", "offline_font_files", "trusted_proxies", mode="before")
+    @field_validator(
+        "reference_allowlist",
+        "offline_font_files",
+        "trusted_proxies",
+        mode="before",
+    )
     @classmethod
     def _split_comma_list(cls, value: Any) -> Any:
         if isinstance(value, str):
             return [item.strip() for item in value.split(",") if item.strip()]
         return value
+
+    @field_validator("webhook_retry_schedule", mode="before")
+    @classmethod
+    def _check_schedule(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            return list(DEFAULT_WEBHOOK_RETRY_SCHEDULE)  # an unset variable, as compose passes it
+        items = value.split(",") if isinstance(value, str) else value
+        rule = (
+            "webhook_retry_schedule: 1 to 50 delays in seconds, each above 0 and at most "
+            "86400 (e.g. 5,300,1800)"
+        )
+        try:
+            steps = [float(item) for item in items]
+        except (TypeError, ValueError):
+            raise ValueError(rule) from None
+        if not steps or len(steps) > 50 or any(not 0 < step <= 86_400 for step in steps):
+            raise ValueError(rule)
+        return steps
 
     @field_validator("trusted_proxies")
     @classmethod

@@ -1,4 +1,5 @@
-"""`imageforge worker --processes N`: several worker processes under one command.
+"""`imageforge worker --processes N` and `serve --processes N`: several processes under one
+command.
 
 A worker process runs its event loop on one core (`make bench-upstream`: ~0.85 ms of CPU per
 upstream call), so a machine with more cores runs more processes. The supervisor starts them,
@@ -47,9 +48,16 @@ class Supervisor:
     command line's SIGTERM/SIGINT handler, installed before the supervisor starts)."""
 
     def __init__(
-        self, command: Sequence[str], processes: int, *, stop_requested: Callable[[], bool]
+        self,
+        command: Sequence[str],
+        processes: int,
+        *,
+        stop_requested: Callable[[], bool],
+        kind: str = "worker",
     ) -> None:
         self._command = list(command)
+        #: What the processes are, in log lines ("worker", "server").
+        self._kind = kind
         self._slots = [_Slot() for _ in range(processes)]
         self._stop_requested = stop_requested
 
@@ -77,7 +85,8 @@ class Supervisor:
                     slot.delay = RESTART_DELAY_SECONDS
                 wait, slot.delay = slot.delay, min(RESTART_DELAY_MAX_SECONDS, slot.delay * 2)
                 log.error(
-                    "worker process %d exited with %s after %.0fs; starting another in %.0fs",
+                    "%s process %d exited with %s after %.0fs; starting another in %.0fs",
+                    self._kind,
                     slot.process.pid,
                     _describe(code),
                     lived,
@@ -99,12 +108,16 @@ class Supervisor:
             signal.pthread_sigmask(signal.SIG_SETMASK, previous)
         slot.started_at = time.monotonic()
         log.info(
-            "started worker process %d (%d of %d)", slot.process.pid, index + 1, len(self._slots)
+            "started %s process %d (%d of %d)",
+            self._kind,
+            slot.process.pid,
+            index + 1,
+            len(self._slots),
         )
 
     def _drain(self) -> int:
         running = [slot.process for slot in self._slots if slot.process is not None]
-        log.info("draining %d worker processes", len(running))
+        log.info("draining %d %s processes", len(running), self._kind)
         for process in running:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)
@@ -113,7 +126,7 @@ class Supervisor:
             code = process.wait()
             if code != 0:
                 clean = False
-                log.error("worker process %d exited with %s", process.pid, _describe(code))
+                log.error("%s process %d exited with %s", self._kind, process.pid, _describe(code))
         return 0 if clean else 1
 
 

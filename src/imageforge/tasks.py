@@ -15,6 +15,10 @@ from typing import Any
 
 from imageforge.ids import KeyId, TaskId
 
+#: The error of a task a client cancelled starts with this word (the contract's rule).
+CANCELLED_ERROR = "cancelled by the client"
+CANCELLED_CODE = "cancelled"
+
 
 class TaskStatus(enum.StrEnum):
     #: Accepted and waiting for a worker (also after a retryable failure or a rescue).
@@ -71,6 +75,15 @@ class Task:
     updated_at: float
     started_at: float | None
     finished_at: float | None
+    #: 0–100 while processing, where the engine reports how far along it is.
+    progress: int | None = None
+    #: When a client asked to cancel the task while it was processing (the worker holding
+    #: it stops it and fails it as cancelled).
+    cancel_requested_at: float | None = None
+    #: Where the signed webhook goes when the task ends (`callback_url` on create).
+    callback_url: str | None = None
+    #: The public base URL the create came in on: the webhook's image link is built on it.
+    callback_base_url: str | None = None
 
     @property
     def refunded(self) -> bool:
@@ -110,6 +123,8 @@ class Task:
         max_attempts: int,
         price_micros: int,
         now: float,
+        callback_url: str | None = None,
+        callback_base_url: str | None = None,
     ) -> Task:
         """A task as it is accepted: queued, never claimed, nothing recorded yet."""
         return cls(
@@ -142,7 +157,14 @@ class Task:
             updated_at=now,
             started_at=None,
             finished_at=None,
+            callback_url=callback_url,
+            callback_base_url=callback_base_url if callback_url is not None else None,
         )
+
+    @property
+    def cancelled(self) -> bool:
+        """Failed because a client cancelled it."""
+        return self.status is TaskStatus.FAILED and self.error_code == CANCELLED_CODE
 
     def evolve(self, **changes: Any) -> Task:
         return replace(self, **changes)

@@ -20,7 +20,7 @@ from imageforge.tasks import TaskStatus
 
 if TYPE_CHECKING:
     from imageforge.catalog import ResolvedRequest
-    from imageforge.store.base import ApiKeyRecord, AuditEntry, UsageRow
+    from imageforge.store.base import ApiKeyRecord, AuditEntry, UsageRow, WebhookAttempt
     from imageforge.tasks import Task
 
 TaskStatusName = Literal["queued", "processing", "completed", "failed"]
@@ -113,6 +113,25 @@ class CreateImageRequest(BaseModel):
         ),
     )
 
+    callback_url: str | None = Field(
+        None,
+        description="When the task ends (completed or failed), POST its `GET /v1/result/{id}` "
+        "object here, signed per Standard Webhooks with the key's `whsec_…` secret "
+        "(`webhook-id`, `webhook-timestamp`, `webhook-signature`). http or https; private, "
+        "loopback and link-local addresses are refused unless allow-listed "
+        "(`IMAGEFORGE_REFERENCE_ALLOWLIST`). Retried for about a day until a 2xx; 410 stops.",
+        examples=["https://example.com/hooks/imageforge"],
+        json_schema_extra=lambda schema: _constrain(
+            schema,
+            {
+                "format": "uri",
+                "minLength": len("http://x"),
+                "maxLength": MAX_URL_CHARS,
+                "pattern": URL_PATTERN,
+            },
+        ),
+    )
+
 
 def _constrain(schema: dict[str, Any], constraints: dict[str, Any]) -> None:
     """Add `constraints` to the non-null branch of an optional field's schema."""
@@ -185,6 +204,48 @@ class TaskResult(BaseModel):
         "free task has nothing to refund); false otherwise.",
         examples=[False],
     )
+    progress: int | None = Field(
+        None,
+        ge=0,
+        le=100,
+        description="How far along the task is, 0–100, where the engine reports it (the "
+        "offline engine and the relay do); 100 once completed; null while queued, for "
+        "engines that do not report, and once failed.",
+        examples=[50],
+    )
+
+
+class TaskList(BaseModel):
+    """Answer of `GET /v1/tasks`: the caller's tasks, newest first."""
+
+    object: Literal["list"] = Field("list", description="Always `list`.")
+    data: list[TaskResult] = Field(description="Up to `limit` tasks, as `GET /v1/result/{id}`.")
+    has_more: bool = Field(
+        description="More tasks follow: ask again with `after` = the last id of `data`."
+    )
+
+
+class DeliveryAttempt(BaseModel):
+    attempt: int = Field(description="1 for the first attempt, then 2, 3, …", examples=[1])
+    at: float = Field(description="Unix seconds when the attempt ended.")
+    status_code: int | None = Field(
+        description="The receiver's HTTP status; null when none came back.", examples=[200]
+    )
+    error: str | None = Field(
+        description="Why the attempt did not count (a non-2xx status, a timeout, a refused "
+        "address); null when it was delivered.",
+        examples=[None],
+    )
+    next_attempt_at: float | None = Field(
+        description="Unix seconds when the next attempt is due; null when none will follow."
+    )
+
+
+class DeliveryList(BaseModel):
+    """Answer of `GET /v1/result/{id}/deliveries`: the task's webhook attempts, oldest first."""
+
+    object: Literal["list"] = Field("list", description="Always `list`.")
+    data: list[DeliveryAttempt] = Field(description="Empty until the first attempt.")
 
 
 class QuoteResponse(BaseModel):
@@ -263,6 +324,19 @@ class KeyCreated(BaseModel):
     id: str = Field(description="The key's id.", examples=["key_3f9a0c1d2e4b5a69"])
     key: str = Field(description="The secret to send as `Authorization: Bearer …`.")
     name: str = Field(description="The label given with --name.")
+    webhook_secret: str = Field(
+        description="`whsec_…`: verifies the signatures of this key's webhooks."
+    )
+
+
+class WebhookSecretRotated(BaseModel):
+    """`imageforge keys rotate-webhook-secret KEY_ID --json`."""
+
+    id: str = Field(description="The key's id.")
+    webhook_secret: str = Field(description="The new `whsec_…` secret.")
+    previous_valid_until: float = Field(
+        description="Unix seconds until which the old secret keeps signing too."
+    )
 
 
 class KeyInfo(BaseModel):
@@ -313,6 +387,29 @@ def task_result_body(task: Task, *, image_url: str | None, expired: bool) -> dic
         "amount": to_json_number(task.cost_micros),
         "refunded": task.refunded,
         "expired": completed and expired,
+        "progress": task.progress if status is not TaskStatus.FAILED else None,
+    }
+
+
+def task_list_body(tasks: Sequence[dict[str, Any]], *, has_more: bool) -> dict[str, Any]:
+    """`TaskList`, from `task_result_body`s."""
+    return {"object": "list", "data": list(tasks), "has_more": has_more}
+
+
+def delivery_list_body(attempts: Sequence[WebhookAttempt]) -> dict[str, Any]:
+    """`DeliveryList`."""
+    return {
+        "object": "list",
+        "data": [
+            {
+                "attempt": attempt.attempt,
+                "at": attempt.at,
+                "status_code": attempt.status_code,
+                "error": attempt.error,
+                "next_attempt_at": attempt.next_attempt_at,
+            }
+            for attempt in attempts
+        ],
     }
 
 
@@ -371,7 +468,14 @@ def usage_body(key: ApiKeyRecord, currency: str, rows: Sequence[UsageRow]) -> di
 
 def key_created_body(key: ApiKeyRecord, secret: str) -> dict[str, Any]:
     """`KeyCreated`."""
-    return {"id": key.id, "key": secret, "name": key.name}
+    return {"id": key.id, "key": secret, "name": key.name, "webhook_secret": key.webhook_secret}
+
+
+def webhook_secret_rotated_body(
+    key_id: str, secret: str, *, previous_valid_until: float
+) -> dict[str, Any]:
+    """`WebhookSecretRotated`."""
+    return {"id": key_id, "webhook_secret": secret, "previous_valid_until": previous_valid_until}
 
 
 def key_info_body(key: ApiKeyRecord) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -12,9 +13,22 @@ from imageforge import __version__
 from imageforge.api.body_guard import BodyGuardMiddleware
 from imageforge.api.docs import install_offline_docs
 from imageforge.api.errors import install_error_handlers
+from imageforge.api.hot import HotRoutes
 from imageforge.api.observe import ObserveMiddleware
 from imageforge.api.openapi import install_openapi
-from imageforge.api.routes import admin, bench, files, health, images, metrics, results, usage
+from imageforge.api.routes import (
+    admin,
+    files,
+    health,
+    images,
+    metrics,
+    models,
+    openai_images,
+    results,
+    tasks,
+    usage,
+)
+from imageforge.api.routes.playground import install_playground
 from imageforge.observability.logs import line_writer
 from imageforge.observability.metrics import metrics as process_metrics
 from imageforge.observability.request_log import LOGGER_NAME as REQUEST_LOGGER
@@ -30,6 +44,9 @@ signed `image_url`) or `failed` (with an `error`).
 
 Every API request carries `Authorization: Bearer <api key>`. Errors have an OpenAI-style body:
 `{"error": {"message", "type", "param", "code"}}`.
+
+The OpenAI Images API (`POST /v1/images/generations`, `POST /v1/images/edits`, `GET /v1/models`)
+runs over the same queue, so the `openai` SDK works with `base_url` set to this server's `/v1`.
 """
 
 
@@ -40,17 +57,24 @@ def create_app(
     storage: StorageFactory | None = None,
     tune_gc: bool = False,
     tracing: Tracing | None = None,
+    serve_metrics: bool = True,
 ) -> FastAPI:
     """The ASGI app; its lifespan starts and stops the `Runtime` (see `Runtime.start`
     for `storage` and `tune_gc`). `tracing`: spans go there instead of where the settings
-    say (tests)."""
+    say (tests). `serve_metrics`: serve `metrics_port` (not in one of `serve --processes N`,
+    whose supervisor serves it for all)."""
     if tracing is None:
         tracing = build_tracing(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         runtime = await Runtime.start(
-            settings, run_worker=run_worker, storage=storage, tune_gc=tune_gc, tracing=tracing
+            settings,
+            run_worker=run_worker,
+            storage=storage,
+            tune_gc=tune_gc,
+            tracing=tracing,
+            serve_metrics=serve_metrics,
         )
         app.state.runtime = runtime
         try:
@@ -67,10 +91,16 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+    #: Unix seconds; what `GET /v1/models` gives as its models' `created`.
+    app.state.started_at = int(time.time())
+    # The innermost of the app's middleware: the body guard and the proxy headers still
+    # apply to the hot routes, and so does any middleware added after these.
+    app.add_middleware(HotRoutes)
     app.add_middleware(
         BodyGuardMiddleware,
         max_bytes=settings.max_body_bytes,
         idle_timeout=settings.body_timeout_seconds,
+        larger_bodies={openai_images.EDITS: settings.max_upload_bytes},
     )
     # Here rather than in the server, so the setting holds under any ASGI server; the
     # scheme it passes on is what image links are built with.
@@ -89,14 +119,16 @@ def create_app(
     install_error_handlers(app, unavailable_retry_after=settings.unavailable_retry_after_seconds)
     app.include_router(images.router)
     app.include_router(results.router)
+    app.include_router(tasks.router)
     app.include_router(usage.router)
+    app.include_router(openai_images.router)
+    app.include_router(models.router)
     app.include_router(files.router)
     app.include_router(health.router)
     app.include_router(admin.router)
     if settings.metrics_enabled and settings.metrics_port is None:
         app.include_router(metrics.router)
-    if settings.bench_endpoints:
-        app.include_router(bench.router)
     install_offline_docs(app)
+    install_playground(app)
     install_openapi(app, models=settings.model_specs())
     return app

@@ -1,7 +1,9 @@
 """Every request body is read through this guard, whichever route reads it and however
 (our parser, FastAPI's, a form):
 
-- larger than `max_bytes` → 413, declared (Content-Length) or counted (chunked) alike;
+- larger than `max_bytes` (or, on a path of `larger_bodies`, that path's own limit: the
+  uploads of `POST /v1/images/edits`) → 413, declared (Content-Length) or counted
+  (chunked) alike, while the body streams in;
 - no byte for `idle_timeout` seconds while the body is incomplete → 408;
 - the client gone before the body ended → one info line, nothing sent.
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Literal
 
 import orjson
@@ -38,10 +41,19 @@ class _BodyRefused(Exception):
 
 
 class BodyGuardMiddleware:
-    def __init__(self, app: ASGIApp, *, max_bytes: int, idle_timeout: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_bytes: int,
+        idle_timeout: float,
+        larger_bodies: Mapping[str, int] | None = None,
+    ) -> None:
         self.app = app
         self.max_bytes = max_bytes
         self.idle_timeout = idle_timeout
+        #: Exact paths whose bodies have a limit of their own.
+        self.larger_bodies = dict(larger_bodies or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # GET and HEAD carry no body any route reads: the poll, the hottest path, pays nothing.
@@ -56,6 +68,7 @@ class _GuardedRequest:
 
     def __init__(self, guard: BodyGuardMiddleware, scope: Scope, receive: Receive, send: Send):
         self.guard = guard
+        self.max_bytes = guard.larger_bodies.get(scope["path"], guard.max_bytes)
         self.scope = scope
         self._receive = receive
         self._send = send
@@ -74,7 +87,7 @@ class _GuardedRequest:
                 self.expects_continue = True
 
     async def run(self) -> None:
-        if self.declared is not None and self.declared > self.guard.max_bytes:
+        if self.declared is not None and self.declared > self.max_bytes:
             self.refusal = "too_large"
         else:
             try:
@@ -109,7 +122,7 @@ class _GuardedRequest:
         elif message["type"] == "http.request":
             self.received += len(message.get("body", b""))
             self.complete = not message.get("more_body", False)
-            if self.received > self.guard.max_bytes:
+            if self.received > self.max_bytes:
                 self.refusal = "too_large"
                 raise _BodyRefused
         return message
@@ -142,7 +155,7 @@ class _GuardedRequest:
     async def _answer(self, refusal: Refusal) -> None:
         if refusal == "too_large":
             status, code = 413, "payload_too_large"
-            message = f"body: must be at most {self.guard.max_bytes:,} bytes"
+            message = f"body: must be at most {self.max_bytes:,} bytes"
         else:
             status, code = 408, "request_timeout"
             message = (

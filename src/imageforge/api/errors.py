@@ -1,4 +1,16 @@
-"""Every failure becomes one OpenAI-style error body, mapped here and only here."""
+"""Every failure becomes one OpenAI-style error body, mapped here and only here.
+
+Two route families share the body `{"error": {"message", "type", "param", "code"}}`:
+
+- the GPT Image 2 task API keeps imageforge's own `type` vocabulary (`not_found_error`,
+  `insufficient_credits` with 402, ...);
+- the OpenAI Images API routes (`OPENAI_PATHS`) answer in OpenAI's: `invalid_request_error`
+  for every 4xx but 429, `server_error` for 5xx, and credits that ran out as OpenAI says it
+  (429 `insufficient_quota`, with `x-should-retry: false` so the `openai` SDK does not
+  retry it). The statuses are what make that SDK raise its typed exceptions
+  (`BadRequestError` 400, `AuthenticationError` 401, `NotFoundError` 404,
+  `RateLimitError` 429, ...).
+"""
 
 from __future__ import annotations
 
@@ -28,6 +40,33 @@ _STATUS_TYPES = {
 }
 
 
+#: Path prefixes of the OpenAI Images API routes (api/routes/openai_images.py).
+OPENAI_PATHS = ("/v1/images/", "/v1/models")
+
+
+def speaks_openai(path: str) -> bool:
+    return path.startswith(OPENAI_PATHS)
+
+
+def in_openai_terms(
+    status: int, error_type: str, code: str | None, headers: dict[str, str] | None
+) -> tuple[int, str, str | None, dict[str, str] | None]:
+    """(status, type, code, headers) of an error as OpenAI's API would word it."""
+    if status == 402:
+        return 429, "insufficient_quota", "insufficient_quota", {"x-should-retry": "false"}
+    if status == 429:
+        return 429, "requests", "rate_limit_exceeded" if code == "rate_limited" else code, headers
+    return status, "server_error" if status >= 500 else "invalid_request_error", code, headers
+
+
+def openai_error_event(exc: ImageforgeError) -> dict[str, Any]:
+    """An error inside an OpenAI event stream, whose status was sent long before: the
+    `error` event's data, which the `openai` SDK raises as an `APIError`."""
+    _, error_type, code, _ = in_openai_terms(exc.status_code, exc.error_type, exc.code, None)
+    body = error_body(exc.message, error_type=error_type, code=code, param=exc.param)
+    return {"type": "error", **body}
+
+
 def error_response(
     status: int,
     message: str,
@@ -36,7 +75,11 @@ def error_response(
     code: str | None,
     param: str | None = None,
     headers: dict[str, str] | None = None,
+    openai: bool = False,
 ) -> Response:
+    """The error answer; `openai`: worded for the OpenAI Images API routes."""
+    if openai:
+        status, error_type, code, headers = in_openai_terms(status, error_type, code, headers)
     body = error_body(message, error_type=error_type, code=code, param=param)
     return Response(
         orjson.dumps(body), status_code=status, media_type="application/json", headers=headers
@@ -74,21 +117,34 @@ def describe_validation_error(error: dict[str, Any], document: Any = None) -> tu
     return field, f"{field}: {error.get('msg', 'is invalid')}"
 
 
+def imageforge_error_response(
+    exc: ImageforgeError, *, method: str, path: str, unavailable_retry_after: int
+) -> Response:
+    """The answer to one of imageforge's own errors (the hot routes call this directly)."""
+    if exc.status_code >= 500:
+        log.warning("%s %s: %s", method, path, exc.message)
+    headers = exc.headers
+    if headers is None and exc.status_code == 503:
+        headers = {"Retry-After": str(unavailable_retry_after)}
+    return error_response(
+        exc.status_code,
+        exc.message,
+        error_type=exc.error_type,
+        code=exc.code,
+        param=exc.param,
+        headers=headers,
+        openai=speaks_openai(path),
+    )
+
+
 def install_error_handlers(app: FastAPI, *, unavailable_retry_after: int) -> None:
     @app.exception_handler(ImageforgeError)
     async def _imageforge_error(request: Request, exc: ImageforgeError) -> Response:
-        if exc.status_code >= 500:
-            log.warning("%s %s: %s", request.method, request.url.path, exc.message)
-        headers = exc.headers
-        if headers is None and exc.status_code == 503:
-            headers = {"Retry-After": str(unavailable_retry_after)}
-        return error_response(
-            exc.status_code,
-            exc.message,
-            error_type=exc.error_type,
-            code=exc.code,
-            param=exc.param,
-            headers=headers,
+        return imageforge_error_response(
+            exc,
+            method=request.method,
+            path=request.url.path,
+            unavailable_retry_after=unavailable_retry_after,
         )
 
     @app.exception_handler(RequestValidationError)
@@ -96,7 +152,12 @@ def install_error_handlers(app: FastAPI, *, unavailable_retry_after: int) -> Non
         errors = exc.errors()
         param, message = describe_validation_error(errors[0] if errors else {}, exc.body)
         return error_response(
-            400, message, error_type="invalid_request_error", code="invalid_request", param=param
+            400,
+            message,
+            error_type="invalid_request_error",
+            code="invalid_request",
+            param=param,
+            openai=speaks_openai(request.url.path),
         )
 
     @app.exception_handler(StarletteHTTPException)
@@ -108,11 +169,16 @@ def install_error_handlers(app: FastAPI, *, unavailable_retry_after: int) -> Non
             error_type=error_type,
             code=code,
             headers=dict(exc.headers) if exc.headers else None,
+            openai=speaks_openai(request.url.path),
         )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return error_response(
-            500, "Internal server error.", error_type="server_error", code="internal_error"
+            500,
+            "Internal server error.",
+            error_type="server_error",
+            code="internal_error",
+            openai=speaks_openai(request.url.path),
         )

@@ -28,7 +28,11 @@ _DOCUMENTED: dict[str, type[BaseModel]] = {}
 
 
 async def parse_json_body(request: Request, model: type[Model]) -> Model:
-    raw = await request.body()
+    return parse_json_bytes(await request.body(), model)
+
+
+def parse_json_bytes(raw: bytes, model: type[Model]) -> Model:
+    """`parse_json_body` once the body is read (the hot create route reads its own)."""
     if not raw.strip():
         raise InvalidRequest("body: a JSON object is required", param="body")
     try:
@@ -38,6 +42,12 @@ async def parse_json_body(request: Request, model: type[Model]) -> Model:
         raise InvalidRequest(message, param="body") from None
     if not isinstance(data, dict):
         raise InvalidRequest("body: must be a JSON object", param="body")
+    return validate_fields(model, data)
+
+
+def validate_fields(model: type[Model], data: dict[str, Any]) -> Model:
+    """`data` (a parsed JSON object, or a form's fields) as `model`; the first problem is
+    a 400 worded by `describe_validation_error`."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -73,3 +83,24 @@ def documented_bodies() -> dict[str, Any]:
     )
     schemas: dict[str, Any] = definitions.get("$defs", {})
     return schemas
+
+
+def multipart_body_schema(model: type[BaseModel], files: dict[str, Any]) -> dict[str, Any]:
+    """OpenAPI `requestBody` of a multipart form: `model`'s fields (a component, as with
+    `json_body_schema`) beside the file parts `files` (name → schema)."""
+    _DOCUMENTED[model.__name__] = model
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "allOf": [
+                            {"$ref": f"#/components/schemas/{model.__name__}"},
+                            {"type": "object", "properties": files},
+                        ]
+                    }
+                }
+            },
+        }
+    }

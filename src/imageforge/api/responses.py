@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from imageforge.api.errors import in_openai_terms
 from imageforge.wire import ErrorResponse
 
 
@@ -137,6 +138,84 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def error_response(description: str, example: dict[str, Any]) -> dict[str, Any]:
     """One error answer worded for its route (`example`: the `error` object)."""
     return _error(description, example)
+
+
+def openai_error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`error_responses`, worded as the OpenAI Images API routes answer (api/errors.py)."""
+    documented: dict[int | str, dict[str, Any]] = {}
+    for status in statuses:
+        entry = ERROR_RESPONSES[status]
+        example = dict(entry["content"]["application/json"]["example"]["error"])
+        _, example["type"], example["code"], _ = in_openai_terms(
+            status, example["type"], example["code"], None
+        )
+        documented[status] = _error(entry["description"], example)
+    return documented
+
+
+#: The error answers of the OpenAI images routes (generations and edits).
+OPENAI_IMAGE_ERRORS = openai_error_responses(400, 401, 413, 422, 429, 503)
+OPENAI_IMAGE_ERRORS[429] = error_response(
+    "Rate limited (`type: requests`), too many unfinished tasks, or credits that do not "
+    "cover the first image (`type: insufficient_quota`, `x-should-retry: false`).",
+    {
+        "message": "insufficient credits: this image costs 0.053 USD and the balance is 0 USD",
+        "type": "insufficient_quota",
+        "param": None,
+        "code": "insufficient_quota",
+    },
+)
+OPENAI_IMAGE_ERRORS[500] = error_response(
+    "No image succeeded, not for a reason of the request's (`x-should-retry: false`).",
+    {
+        "message": "all 2 images failed: upstream busy",
+        "type": "server_error",
+        "param": None,
+        "code": "engine_error",
+    },
+)
+OPENAI_IMAGE_ERRORS[504] = error_response(
+    "No image was done within the wait; they are still being generated.",
+    {
+        "message": "the images were not done within 300 s; they are still being generated: "
+        "poll GET /v1/result/{id} for image_…",
+        "type": "server_error",
+        "param": None,
+        "code": "timeout",
+    },
+)
+#: The `stream: true` answer of those routes.
+OPENAI_STREAM_CONTENT = {
+    "text/event-stream": {
+        "schema": {"type": "string"},
+        "example": 'event: image_generation.completed\ndata: {"type": '
+        '"image_generation.completed", "b64_json": "iVBORw0…", "created_at": 1774836724, '
+        '"background": "opaque", "output_format": "png", "quality": "low", "size": '
+        '"1024x1024", "usage": {…}}\n\n',
+    }
+}
+
+#: The edits route's 413, under its own limit.
+UPLOAD_413 = error_response(
+    "The body (files and fields) is larger than `IMAGEFORGE_MAX_UPLOAD_BYTES` (64 MiB by default).",
+    {
+        "message": "body: must be at most 67,108,864 bytes",
+        "type": "invalid_request_error",
+        "param": "body",
+        "code": "payload_too_large",
+    },
+)
+
+#: `GET /v1/models/{id}` of an unknown model.
+MODEL_404 = error_response(
+    "No model of that id is configured.",
+    {
+        "message": "The model 'dall-e-3' does not exist",
+        "type": "invalid_request_error",
+        "param": "model",
+        "code": "model_not_found",
+    },
+)
 
 
 #: The task API's answer to an admin-only key (`keys create --admin`).

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import typer
 
-from imageforge.cli import keys
+from imageforge.cli import client_commands, keys
 from imageforge.cli.common import ConfigOption, console, exit_for_configuration, load_settings
 from imageforge.cli.serve import serve, worker
 from imageforge.errors import ConfigurationError
@@ -25,6 +25,7 @@ app = typer.Typer(
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 app.command()(serve)
 app.command()(worker)
+client_commands.register(app)
 app.add_typer(keys.app, name="keys")
 app.add_typer(db_app, name="db")
 

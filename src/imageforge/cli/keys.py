@@ -5,17 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import textwrap
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
-from rich import box
-from rich.table import Table
 
 from imageforge.admin import CLI_ACTOR, Actor, AdminService
+from imageforge.apikeys import new_webhook_secret
 from imageforge.billing import format_amount, parse_amount
 from imageforge.cli.common import ConfigOption, console, err_console, load_settings, with_store
 from imageforge.cli.remote import (
@@ -27,11 +26,18 @@ from imageforge.cli.remote import (
     remote_admin,
     usage_rows_from_body,
 )
+from imageforge.cli.tables import print_rows
 from imageforge.errors import ImageforgeError
+from imageforge.ids import KeyId
 from imageforge.settings import Settings
 from imageforge.store import ApiKeyRecord
 from imageforge.store.base import UsageRow
-from imageforge.wire import key_created_body, key_info_body, usage_body
+from imageforge.wire import (
+    key_created_body,
+    key_info_body,
+    usage_body,
+    webhook_secret_rotated_body,
+)
 
 T = TypeVar("T")
 #: The command line acting on the database: audited as `cli`.
@@ -58,60 +64,6 @@ def _amount(value: str | None, option: str) -> int | None:
 
 def _balance_text(balance: int | None, currency: str) -> str:
     return "unlimited" if balance is None else format_amount(balance, currency)
-
-
-#: Between two columns of a table: the (blank) divider and one space of padding.
-_COLUMN_GAP = 2
-
-
-def _print_rows(
-    headers: Sequence[str], rows: Sequence[Sequence[str]], *, whole: Sequence[str]
-) -> None:
-    """A table, with the `whole` columns (ids, model names: what other commands take as
-    arguments) never cut or wrapped and the others wrapped between words; when even that
-    does not fit the terminal, one block per row instead, so nothing is ever cut short."""
-    columns = list(zip(headers, *rows, strict=True))
-    widest = [max(len(cell) for cell in column) for column in columns]
-    # What each column needs at least: whole values, or else its longest word.
-    least = [
-        width
-        if column[0] in whole
-        else max(len(word) for cell in column for word in cell.split() or [""])
-        for column, width in zip(columns, widest, strict=True)
-    ]
-    room = console.width - _COLUMN_GAP * (len(headers) - 1)
-    if sum(least) > room:
-        label = max(len(header) for header in headers[1:])
-        indent = " " * (label + 4)
-        for row in rows:
-            # Plain prints: rich would cut a whole value longer than the terminal.
-            print(row[0])
-            for header, value in zip(headers[1:], row[1:], strict=True):
-                lines = textwrap.wrap(
-                    value,
-                    width=max(console.width, len(indent) + 20),
-                    initial_indent=f"  {header:<{label}}  ",
-                    subsequent_indent=indent,
-                    # Ids and model names are single words: never broken.
-                    break_long_words=False,
-                    break_on_hyphens=False,
-                )
-                print("\n".join(lines) or f"  {header}")
-        return
-    # Widths fixed here, so rich never squeezes a column below what it needs: what is
-    # left after every column's least goes to the columns that can use it, in order.
-    widths = list(least)
-    spare = room - sum(widths)
-    for index, width in enumerate(widest):
-        grow = min(spare, width - widths[index])
-        widths[index] += grow
-        spare -= grow
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False, padding=(0, 1, 0, 0))
-    for header, width in zip(headers, widths, strict=True):
-        table.add_column(header, width=width, no_wrap=header in whole, overflow="fold")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
 
 
 def _on_database(
@@ -190,7 +142,51 @@ def keys_create(
     )
     console.print(
         f"Created {kind} [bold]{record.id}[/bold] ({name}, credits: "
-        f"{_balance_text(balance, currency).strip()}). Store the secret now:"
+        f"{_balance_text(balance, currency).strip()})."
+    )
+    if record.webhook_secret is not None:
+        console.print(
+            "Its webhook signing secret (verifies the signatures of its callbacks; "
+            "`keys rotate-webhook-secret` replaces it):"
+        )
+        print(record.webhook_secret)
+    # The key stays the last line: scripts take it from there.
+    console.print("Store the secret now:")
+    print(secret)
+
+
+#: How long a rotated-out webhook secret keeps signing beside the new one.
+WEBHOOK_SECRET_GRACE_SECONDS = 86_400
+
+
+@app.command("rotate-webhook-secret")
+def keys_rotate_webhook_secret(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_…).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOption = None,
+) -> None:
+    """Give a key a new webhook signing secret; the old one keeps signing for 24 hours
+    (each webhook carries both signatures meanwhile)."""
+    settings = load_settings(config)
+    secret = new_webhook_secret()
+    rotated = asyncio.run(
+        with_store(
+            settings,
+            lambda store: store.rotate_webhook_secret(
+                KeyId(key_id), secret=secret, grace_seconds=WEBHOOK_SECRET_GRACE_SECONDS
+            ),
+        )
+    )
+    if not rotated:
+        err_console.print(f"[red]no key with id {key_id}[/red]")
+        raise typer.Exit(1)
+    until = time.time() + WEBHOOK_SECRET_GRACE_SECONDS
+    if as_json:
+        print(json.dumps(webhook_secret_rotated_body(key_id, secret, previous_valid_until=until)))
+        return
+    console.print(
+        f"New webhook secret for [bold]{key_id}[/bold]; the old one signs too until "
+        f"{_format_time(until)}. Store it now:"
     )
     print(secret)
 
@@ -259,7 +255,7 @@ def keys_usage(
         f"{key.id} ({key.name}): balance {_balance_text(key.balance_micros, currency)}, "
         f"spend {format_amount(sum(r.spend_micros for r in rows), currency)} in {days} days"
     )
-    _print_rows(
+    print_rows(
         ("day", "model", "tasks", "completed", "failed", "unfinished", "spend"),
         [
             (
@@ -309,7 +305,7 @@ def keys_list(
     if as_json:
         print(json.dumps([key_info_body(record) for record in records]))
         return
-    _print_rows(
+    print_rows(
         ("id", "name", "key", "kind", "credits", "created", "revoked"),
         [
             (

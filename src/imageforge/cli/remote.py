@@ -57,6 +57,7 @@ def key_from_body(body: dict[str, Any]) -> ApiKeyRecord:
         balance_micros=_micros(body["balance"]),
         admin=body.get("admin", False),
         task_api=body.get("task_api", True),
+        webhook_secret=body.get("webhook_secret"),
     )
 
 

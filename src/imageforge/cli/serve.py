@@ -7,8 +7,10 @@ import fcntl
 import logging
 import os
 import signal
+import socket
 import sys
-from typing import Annotated
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -30,6 +32,9 @@ from imageforge.settings import Settings
 from imageforge.store import Store
 from imageforge.store.urls import database_backend
 
+if TYPE_CHECKING:
+    from imageforge.supervisor import Supervisor
+
 #: Held while serve checks for and creates the first key (in the data dir).
 FIRST_KEY_LOCK = "first-key.lock"
 
@@ -41,6 +46,18 @@ def serve(
         bool, typer.Option("--no-worker", help="API only; run `imageforge worker` elsewhere.")
     ] = False,
     config: ConfigOption = None,
+    processes: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=256,
+            help="Server processes sharing the port, each on one core (PostgreSQL only).",
+        ),
+    ] = 1,
+    parent_pid: Annotated[
+        int | None,
+        typer.Option("--parent-pid", hidden=True, help="Set by the supervisor: its pid."),
+    ] = None,
 ) -> None:
     """Start the API server (and, by default, a worker in the same process)."""
     import uvicorn
@@ -48,17 +65,21 @@ def serve(
     from imageforge.api.app import create_app
     from imageforge.api.connections import server_limits
 
+    if parent_pid is not None:
+        # One of `serve --processes N`: it dies with the supervisor, draining as on SIGTERM.
+        lifeline.exit_with_parent(parent_pid, signal.SIGTERM)
     settings = load_settings(config)
     configure_logging(settings.log_level, settings.log_format)
-    multiprocess.prepare(processes=1)
+    _refuse_processes_on_sqlite(settings, processes)
+    multiprocess.prepare(processes=processes, child=parent_pid is not None)
     # Everything the configuration gets wrong is said before anything is announced.
     Runtime.check(settings, run_worker=not no_worker)
     if STOP.requested:
         return
-    if database_backend(settings.resolved_database_url) == "sqlite":
+    if parent_pid is None and database_backend(settings.resolved_database_url) == "sqlite":
         # Not cancelled by a stop: a key created must also be shown, or it is lost.
         announce(settings, host, port, secret=first_key_secret(settings))
-    else:
+    elif parent_pid is None:  # a supervisor's process: the supervisor announced the server
         finished, keys = run_unless_stopped(
             lambda: with_store(settings, lambda store: store.list_keys())
         )
@@ -67,9 +88,17 @@ def serve(
         announce(settings, host, port, secret=None, distributed_without_keys=not keys)
     if STOP.requested:
         return
+    if processes > 1:
+        raise typer.Exit(_supervise_servers(settings, host, port, processes, no_worker, config))
     uvicorn_config = uvicorn.Config(
         # The one place the garbage collector is tuned: this process serves and nothing else.
-        create_app(settings, run_worker=not no_worker, tune_gc=True),
+        create_app(
+            settings,
+            run_worker=not no_worker,
+            tune_gc=True,
+            # One of `serve --processes N`: the supervisor serves `metrics_port` for all.
+            serve_metrics=parent_pid is None,
+        ),
         host=host,
         port=port,
         loop="uvloop",
@@ -92,11 +121,79 @@ def serve(
     # installed its handlers reaches it through this callback.
     unsubscribe = STOP.on_stop(lambda: setattr(server, "should_exit", True))
     try:
-        server.run()
+        # One of several processes on the port: each its own socket, the kernel spreads
+        # the connections (SO_REUSEPORT); alone, uvicorn binds as usual.
+        server.run(sockets=[shared_port_socket(host, port)] if parent_pid is not None else None)
     finally:
         unsubscribe()
     if not server.started and not STOP.requested:
         raise typer.Exit(1)
+
+
+def _refuse_processes_on_sqlite(settings: Settings, processes: int) -> None:
+    if processes > 1 and database_backend(settings.resolved_database_url) == "sqlite":
+        raise ConfigurationError(
+            "--processes needs PostgreSQL: SQLite has a single writer, and a process waiting "
+            "for the write lock stalls its event loop",
+            setting="database_url",
+            fix="set it to a PostgreSQL database, or run one process",
+        )
+
+
+def _supervise_servers(
+    settings: Settings,
+    host: str,
+    port: int,
+    processes: int,
+    no_worker: bool,
+    config: Path | None,
+) -> int:
+    """`serve --processes N`: N serve processes on one port under a supervisor, which
+    drains them all on SIGTERM (each as a lone `serve` would) and replaces one that dies."""
+    from imageforge.supervisor import Supervisor
+
+    # Said here, once, rather than by every process in a restart loop.
+    shared_port_socket(host, port).close()
+    command = [sys.executable, "-m", "imageforge", "serve", "--parent-pid", str(os.getpid())]
+    command += ["--host", host, "--port", str(port)]
+    if no_worker:
+        command.append("--no-worker")
+    if config is not None:
+        command += ["--config", str(config)]
+    supervisor = Supervisor(
+        command, processes, stop_requested=lambda: STOP.requested, kind="server"
+    )
+    return _run_supervised(settings, supervisor)
+
+
+def _run_supervised(settings: Settings, supervisor: Supervisor) -> int:
+    """Run the processes, serving `metrics_port` (the sum of theirs) meanwhile."""
+    metrics_server = _supervisor_metrics(settings)
+    try:
+        return supervisor.run()
+    finally:
+        if metrics_server is not None:
+            metrics_server.stop()
+
+
+def shared_port_socket(host: str, port: int) -> socket.socket:
+    """A listening socket on host:port that other processes may bind too (SO_REUSEPORT):
+    the kernel hands each new connection to one of them."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(
+            f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+            setting="port",
+            fix="choose a free port, or stop what listens there",
+        ) from None
+    sock.set_inheritable(True)
+    return sock
 
 
 def first_key_secret(settings: Settings) -> str | None:
@@ -137,20 +234,21 @@ def announce(
     create_key = f"{command_name()} keys create --name NAME"
     if distributed_without_keys:
         print(
-            f"imageforge: serving on {base}. There is no API key yet, and in distributed "
-            "mode (PostgreSQL) serve does not create one. Create one, once, against this "
-            f"database:\n\n  {create_key}\n",
+            f"imageforge: serving on {base} (playground: {base}/playground). There is no API "
+            "key yet, and in distributed mode (PostgreSQL) serve does not create one. Create "
+            f"one, once, against this database:\n\n  {create_key}\n",
             flush=True,
         )
         return
     if secret is None:
         print(
-            f"imageforge: serving on {base} (data in {settings.data_dir}); "
-            f"create an API key with: {create_key}",
+            f"imageforge: serving on {base} (data in {settings.data_dir}; playground: "
+            f"{base}/playground); create an API key with: {create_key}",
             flush=True,
         )
         return
     body = '{"model": "gpt-image-2", "prompt": "A serene mountain lake at sunset"}'
+    client_variables = f"IMAGEFORGE_BASE_URL={base} IMAGEFORGE_API_KEY={secret} "
     lines = [
         "",
         "imageforge is ready. An API key was created for you (shown once, store it now):",
@@ -167,6 +265,12 @@ def announce(
         "Then poll it with the id you got until its status is completed:",
         "",
         f'  curl -s {base}/v1/result/IMAGE_ID -H "Authorization: Bearer {secret}"',
+        "",
+        f"Or open the playground in a browser and paste the key: {base}/playground",
+        "",
+        "Or from another shell, saving the picture:",
+        "",
+        f"  {client_variables}{command_name()} generate 'a lake' -o lake.png",
         "",
         f"API reference: {base}/docs",
         "",
@@ -201,14 +305,8 @@ def worker(
     if concurrency is not None:
         settings = settings.model_copy(update={"worker_concurrency": concurrency})
     configure_logging(settings.log_level, settings.log_format)
+    _refuse_processes_on_sqlite(settings, processes)
     multiprocess.prepare(processes=processes, child=parent_pid is not None)
-    if processes > 1 and database_backend(settings.resolved_database_url) == "sqlite":
-        raise ConfigurationError(
-            "--processes needs PostgreSQL: SQLite has a single writer, and a worker waiting "
-            "for the write lock stalls its event loop",
-            setting="database_url",
-            fix="set it to a PostgreSQL database, or run one process",
-        )
     Runtime.check(settings, run_worker=True)
     if STOP.requested:
         return
@@ -220,13 +318,10 @@ def worker(
             command += ["--concurrency", str(concurrency)]
         if config is not None:
             command += ["--config", str(config)]
-        supervisor = Supervisor(command, processes, stop_requested=lambda: STOP.requested)
-        metrics_server = _supervisor_metrics(settings)
-        try:
-            raise typer.Exit(supervisor.run())
-        finally:
-            if metrics_server is not None:
-                metrics_server.stop()
+        supervisor = Supervisor(
+            command, processes, stop_requested=lambda: STOP.requested, kind="worker"
+        )
+        raise typer.Exit(_run_supervised(settings, supervisor))
 
     import uvloop
 

@@ -14,6 +14,7 @@ from imageforge.errors import ConfigurationError, ImageforgeError
 from imageforge.references.images import ReferenceImage
 
 __all__ = [
+    "CLIENT_CANCELLED",
     "Engine",
     "EngineError",
     "GeneratedImage",
@@ -21,10 +22,20 @@ __all__ = [
     "Quality",
     "ReferenceImage",
     "UpstreamRef",
+    "cancelled_by_client",
     "missing_extra",
 ]
 
 Quality = Literal["low", "medium", "high"]
+
+#: The message of the `CancelledError` an engine call gets when a client cancelled the
+#: task (`Task.cancel(msg)`): only then should an engine cancel upstream work; any other
+#: cancellation (a lost lease, a shutdown) leaves it for the next attempt to resume.
+CLIENT_CANCELLED = "cancelled by the client"
+
+
+def cancelled_by_client(error: BaseException) -> bool:
+    return bool(error.args) and error.args[0] == CLIENT_CANCELLED
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import quote
@@ -36,7 +37,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on how imageforge was installed
     raise missing_extra("relay", "aiohttp") from exc
 
-from imageforge.engines.base import GeneratedImage, GenerationRequest, UpstreamRef
+from imageforge.engines.base import (
+    GeneratedImage,
+    GenerationRequest,
+    UpstreamRef,
+    cancelled_by_client,
+)
 from imageforge.engines.upstream_errors import (
     UpstreamError,
     bad_answer_error,
@@ -58,6 +64,8 @@ _POLL_GROWTH = 1.5
 _PENDING = frozenset({"queued", "processing"})
 _MAX_REMOTE_ID_CHARS = 200
 _USER_AGENT = "imageforge-relay/0.1"
+#: How long a cancel sent upstream may take before our task is failed without its answer.
+_CANCEL_UPSTREAM_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -115,7 +123,10 @@ class RelayEngine:
             return None
         try:
             return await self._router.call_on(
-                upstream, lambda up: self._collect(up, ref.task_id, first_wait=0.0)
+                upstream,
+                lambda up: self._collect(
+                    up, ref.task_id, first_wait=0.0, progress=request.progress
+                ),
             )
         except _UpstreamTaskGone:
             log.warning(
@@ -132,9 +143,14 @@ class RelayEngine:
         remote_id = await self._submit(upstream, route, request)
         if request.checkpoint is not None:
             await request.checkpoint(UpstreamRef(upstream.name, remote_id))
+        if request.progress is not None:
+            request.progress(0)
         try:
             return await self._collect(
-                upstream, remote_id, first_wait=upstream.config.poll_initial_seconds
+                upstream,
+                remote_id,
+                first_wait=upstream.config.poll_initial_seconds,
+                progress=request.progress,
             )
         except _UpstreamTaskGone:
             raise UpstreamError(
@@ -169,12 +185,21 @@ class RelayEngine:
         return remote_id
 
     async def _collect(
-        self, upstream: Upstream, remote_id: str, *, first_wait: float
+        self,
+        upstream: Upstream,
+        remote_id: str,
+        *,
+        first_wait: float,
+        progress: Callable[[int], None] | None = None,
     ) -> GeneratedImage:
         config = upstream.config
         try:
             async with asyncio.timeout(config.timeout_seconds):
-                return await self._poll_and_download(upstream, remote_id, first_wait)
+                return await self._poll_and_download(upstream, remote_id, first_wait, progress)
+        except asyncio.CancelledError as exc:
+            if cancelled_by_client(exc):
+                await self._cancel_upstream(upstream, remote_id)
+            raise
         except TimeoutError:
             raise UpstreamError(
                 f"upstream '{upstream.name}' did not finish the task within "
@@ -188,8 +213,25 @@ class RelayEngine:
             # Submitted (and paid for) here: collecting it anywhere else is impossible.
             raise exc.not_failing_over() from None
 
+    async def _cancel_upstream(self, upstream: Upstream, remote_id: str) -> None:
+        """Our client cancelled: ask the upstream to stop too, where it offers
+        `POST /v1/result/{id}/cancel` (as imageforge does). Best effort: an upstream that
+        does not, or does not answer in time, finishes the task unwatched."""
+        path = f"/v1/result/{quote(remote_id, safe='')}/cancel"
+        try:
+            async with asyncio.timeout(_CANCEL_UPSTREAM_SECONDS):
+                await self._send(upstream, "POST", path, headers=upstream.authorization())
+        except (UpstreamError, TimeoutError) as exc:
+            log.info("upstream %r did not cancel task %s: %s", upstream.name, remote_id, exc)
+        else:
+            log.info("cancelled task %s on upstream %r", remote_id, upstream.name)
+
     async def _poll_and_download(
-        self, upstream: Upstream, remote_id: str, first_wait: float
+        self,
+        upstream: Upstream,
+        remote_id: str,
+        first_wait: float,
+        progress: Callable[[int], None] | None = None,
     ) -> GeneratedImage:
         config = upstream.config
         wait = first_wait
@@ -230,6 +272,10 @@ class RelayEngine:
                 )
             if status not in _PENDING:
                 raise bad_answer_error(upstream.name, f"reported an unknown status {status!r}")
+            figure = body.get("progress")
+            if progress is not None and isinstance(figure, int) and 0 <= figure <= 100:
+                # An upstream that reports progress (imageforge does) passes it on.
+                progress(figure)
             wait = interval
             interval = min(interval * _POLL_GROWTH, config.poll_max_seconds)
 

@@ -1,4 +1,7 @@
-"""Fetch a task's reference images (`image_urls`) without becoming an SSRF proxy."""
+"""Fetch a task's reference images (`image_urls`) without becoming an SSRF proxy.
+
+A reference the client uploaded (`storage:<key>`, see `stored.py`) is read back through
+the storage interface instead, and checked and decoded exactly like a fetched one."""
 
 from __future__ import annotations
 
@@ -6,6 +9,7 @@ import asyncio
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from imageforge.errors import ImageforgeError
 from imageforge.references.addresses import AddressPolicy
@@ -18,6 +22,10 @@ from imageforge.references.images import (
     inspect_image,
 )
 from imageforge.references.outbound import OutboundClient, Timeouts, check_url, display_url
+from imageforge.references.stored import stored_key
+
+if TYPE_CHECKING:
+    from imageforge.storage.base import Storage
 
 USER_AGENT = "imageforge/0.1 (reference fetcher)"
 _HEADERS = {
@@ -63,9 +71,14 @@ class ReferenceFetchError(ImageforgeError):
 
     def __init__(self, *, index: int, url: str, reason: str, retryable: bool) -> None:
         self.index = index
-        self.url = display_url(url)
         self.reason = reason
         self.retryable = retryable
+        if stored_key(url) is not None:
+            # Uploaded: the client knows it as the n-th image it sent, not by a URL.
+            self.url = "uploaded image"
+            super().__init__(f"image[{index}] (uploaded): {reason}", param=f"image[{index}]")
+            return
+        self.url = display_url(url)
         super().__init__(
             f"image_urls[{index}] ({self.url}): {reason}", param=f"image_urls[{index}]"
         )
@@ -83,8 +96,12 @@ class ReferenceFetcher:
         allowlist: Sequence[str] = (),
         limits: FetchLimits = FetchLimits(),
         client: OutboundClient | None = None,
+        storage: Storage | None = None,
     ) -> None:
+        """`storage`: where uploaded references are read back from (None: a stored
+        reference fails its task)."""
         self._limits = limits
+        self._storage = storage
         self.decoding = PixelBudget(limits.max_decoding_pixels)
         self._decoder = ThreadPoolExecutor(_DECODE_THREADS, thread_name_prefix="reference-decode")
         self._owns_client = client is None
@@ -110,6 +127,8 @@ class ReferenceFetcher:
             return []
         # A URL that is wrong on its face fails the task before anything touches the network.
         for index, url in enumerate(urls):
+            if stored_key(url) is not None:
+                continue
             try:
                 check_url(url)
             except OutboundError as refused:
@@ -131,34 +150,56 @@ class ReferenceFetcher:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
+    async def _read_stored(self, index: int, url: str, key: str) -> bytes:
+        """An uploaded reference's bytes, read back through the storage interface."""
+        try:
+            stored = await self._storage.open(key) if self._storage is not None else None
+            if stored is None:
+                raise ReferenceFetchError(
+                    index=index,
+                    url=url,
+                    reason="the uploaded image is no longer stored",
+                    retryable=False,
+                )
+            return b"".join([chunk async for chunk in stored.chunks()])
+        except OSError as exc:
+            raise ReferenceFetchError(
+                index=index, url=url, reason=f"storage unavailable ({exc})", retryable=True
+            ) from None
+
     async def _fetch_one(self, index: int, url: str, fit: tuple[int, int] | None) -> ReferenceImage:
         limits = self._limits
-        try:
-            fetched = await self._client.get(
-                url,
-                max_bytes=limits.max_bytes,
-                timeouts=self._timeouts,
-                headers=_HEADERS,
-                max_redirects=limits.max_redirects,
-            )
-        except OutboundError as failed:
-            raise ReferenceFetchError(
-                index=index, url=url, reason=failed.reason, retryable=failed.retryable
-            ) from None
+        key = stored_key(url)
+        if key is not None:
+            body, content_encoding = await self._read_stored(index, url, key), None
+        else:
+            try:
+                fetched = await self._client.get(
+                    url,
+                    max_bytes=limits.max_bytes,
+                    timeouts=self._timeouts,
+                    headers=_HEADERS,
+                    max_redirects=limits.max_redirects,
+                )
+            except OutboundError as failed:
+                raise ReferenceFetchError(
+                    index=index, url=url, reason=failed.reason, retryable=failed.retryable
+                ) from None
+            body, content_encoding = fetched.body, fetched.content_encoding
         try:
             loop = asyncio.get_running_loop()
             inspected = await loop.run_in_executor(
-                self._decoder, inspect_image, fetched.body, limits.max_pixels, fit
+                self._decoder, inspect_image, body, limits.max_pixels, fit
             )
             async with self.decoding.hold(inspected.decoded_pixels):
                 data, fmt, width, height = await loop.run_in_executor(
-                    self._decoder, decode_image, fetched.body, inspected, fit
+                    self._decoder, decode_image, body, inspected, fit
                 )
         except ImageRejected as rejected:
             reason = rejected.reason
-            if fetched.content_encoding:
+            if content_encoding:
                 reason += (
-                    f" (the body was sent with Content-Encoding: {fetched.content_encoding}, "
+                    f" (the body was sent with Content-Encoding: {content_encoding}, "
                     "which is never decoded)"
                 )
             raise ReferenceFetchError(

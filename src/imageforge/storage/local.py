@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from imageforge.storage.base import READ_CHUNK_BYTES, StoredImage, check_key, content_type_for
 from imageforge.storage.signing import UrlSigner
@@ -161,7 +162,7 @@ class LocalStorage:
             return None
 
         async def read(start: int, end: int) -> AsyncIterator[bytes]:
-            handle = await asyncio.to_thread(path.open, "rb")
+            handle = await _open_for_reading(path)
             try:
                 if start:
                     handle.seek(start)
@@ -231,3 +232,25 @@ def _fsync_directory(directory: Path) -> None:
 
 def _unlink(path: Path) -> None:
     path.unlink(missing_ok=True)
+
+
+async def _open_for_reading(path: Path) -> BinaryIO:
+    """`path` opened on a thread. A caller cancelled meanwhile (a client that hung up) does not
+    leave the file the thread goes on to open to the garbage collector: it is closed."""
+    opening: asyncio.Future[BinaryIO] = asyncio.get_running_loop().run_in_executor(
+        None, _open_binary, path
+    )
+    try:
+        return await asyncio.shield(opening)
+    except asyncio.CancelledError:
+        opening.add_done_callback(_close_if_opened)
+        raise
+
+
+def _open_binary(path: Path) -> BinaryIO:
+    return path.open("rb")
+
+
+def _close_if_opened(opening: asyncio.Future[BinaryIO]) -> None:
+    if not opening.cancelled() and opening.exception() is None:
+        opening.result().close()

@@ -13,10 +13,11 @@ tasks are due; on SQLite, one machine, it is that machine's.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from imageforge.errors import (
     IdempotencyConflict,
@@ -91,6 +92,9 @@ class ApiKeyRecord:
     admin: bool = False
     #: May use the task API (create, poll, usage); an admin-only key may not.
     task_api: bool = True
+    #: The `whsec_…` secret that signs this key's webhooks: set only on the record
+    #: `create_key` returns (reads never load it); never compared or shown in a repr.
+    webhook_secret: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def is_active(self) -> bool:
@@ -160,6 +164,68 @@ class RescueReport:
     failed: tuple[TaskId, ...]
 
 
+@dataclass(frozen=True, slots=True)
+class LeaseReport:
+    #: The tasks whose leases were renewed (still this worker's).
+    renewed: set[TaskId]
+    #: Of those, the ones a client asked to cancel: the worker stops them.
+    cancel_requested: set[TaskId]
+
+
+class CancelOutcome(enum.Enum):
+    #: It was queued: it is failed (cancelled) and refunded now.
+    CANCELLED = "cancelled"
+    #: It is processing: the worker holding it was asked to stop it.
+    REQUESTED = "requested"
+    #: It had finished already, or a cancel was asked for before: nothing changed.
+    UNCHANGED = "unchanged"
+
+
+@dataclass(frozen=True, slots=True)
+class TaskPage:
+    tasks: list[Task]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DueWebhook:
+    """A delivery a sender claimed: it has `lease_seconds` to attempt and record it."""
+
+    task_id: TaskId
+    key_id: KeyId
+    url: str
+    #: The public base URL the task was created on (its image link is built on it).
+    base_url: str | None
+    #: Attempts recorded before this one (the fencing token of the record).
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookOutcome:
+    #: `pending` (try again after `retry_in_seconds`), `delivered` or `failed` (given up).
+    state: Literal["pending", "delivered", "failed"]
+    status_code: int | None
+    error: str | None
+    retry_in_seconds: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookAttempt:
+    attempt: int
+    at: float
+    status_code: int | None
+    error: str | None
+    #: When the next attempt is due; None when there will be none.
+    next_attempt_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookSecrets:
+    current: str
+    #: The secret before the last rotation, while it still signs (both are sent).
+    previous: str | None
+
+
 class Store(Protocol):
     # Keys -------------------------------------------------------------------
     async def create_key(
@@ -173,8 +239,10 @@ class Store(Protocol):
         balance_micros: int | None = None,
         admin: bool = False,
         task_api: bool = True,
+        webhook_secret: str | None = None,
     ) -> ApiKeyRecord:
-        """A limited key (balance given) starts its ledger with a credit entry."""
+        """A limited key (balance given) starts its ledger with a credit entry; the key's
+        webhook secret is `webhook_secret`, else a new one (on the record returned)."""
         ...
 
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None: ...
@@ -295,6 +363,62 @@ class Store(Protocol):
 
     async def count_tasks_by_status(self) -> dict[str, int]: ...
 
+    # Lifecycle: listing, progress, cancel, webhooks -------------------------
+
+    def watch_changes(self, callback: Callable[[TaskId], None]) -> None:
+        """Call `callback` (on the event loop) after every transition this store object
+        commits: the in-process half of what wakes long-polls and event streams."""
+        ...
+
+    async def list_tasks(
+        self,
+        key_id: KeyId,
+        *,
+        limit: int,
+        after: TaskId | None = None,
+        status: str | None = None,
+        model: str | None = None,
+    ) -> TaskPage | None:
+        """The key's tasks newest first (creation order), after the task `after`; None when
+        `after` is not one of the key's tasks."""
+        ...
+
+    async def keep_leases(
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_seconds: float
+    ) -> LeaseReport:
+        """`renew_leases`, also saying which of the renewed tasks a client cancelled."""
+        ...
+
+    async def record_progress(self, task_id: TaskId, attempt: int, progress: int) -> bool:
+        """A processing task's 0–100 figure, only for the holder of `attempt`, only upwards."""
+        ...
+
+    async def cancel_task(self, task_id: TaskId) -> CancelOutcome:
+        """queued → failed (cancelled, refunded, webhook queued) in one transaction; a
+        processing task gets a cancel request; a finished one is left as it is."""
+        ...
+
+    async def claim_webhooks(self, *, limit: int, lease_seconds: float) -> list[DueWebhook]:
+        """Up to `limit` due deliveries, each held for `lease_seconds` (many senders at
+        once never take the same one)."""
+        ...
+
+    async def record_webhook_attempt(self, delivery: DueWebhook, outcome: WebhookOutcome) -> bool:
+        """Book one attempt; False when the claim ran out and another sender took it."""
+        ...
+
+    async def webhook_attempts(self, task_id: TaskId) -> list[WebhookAttempt]: ...
+
+    async def webhook_secrets(self, key_id: KeyId) -> WebhookSecrets | None:
+        """The secrets that sign the key's webhooks now (None: no such key)."""
+        ...
+
+    async def rotate_webhook_secret(
+        self, key_id: KeyId, *, secret: str, grace_seconds: float
+    ) -> bool:
+        """A new signing secret; the old one signs too for `grace_seconds`."""
+        ...
+
     # Retention and the janitor's sweeps -------------------------------------
     async def take_sweep_lease(self, name: str, *, holder: str, lease_seconds: float) -> bool:
         """Take the lease on the sweep `name` for `lease_seconds` on the store's clock if it
@@ -346,4 +470,15 @@ class WakesWorkers(Protocol):
 
     async def listen_for_queued_tasks(self, callback: Callable[[], None]) -> None:
         """Run until cancelled, calling `callback` whenever a task may be claimable."""
+        ...
+
+
+@runtime_checkable
+class AnnouncesChanges(Protocol):
+    """Optional store capability: changes committed by other processes are announced
+    (PostgreSQL LISTEN/NOTIFY with the task id; SQLite: the file changed, id unknown)."""
+
+    async def listen_for_task_changes(self, callback: Callable[[TaskId | None], None]) -> None:
+        """Run until cancelled: `callback(task_id)` when that task changed, `callback(None)`
+        when any task may have changed (a reconnect, or a store that cannot tell)."""
         ...

@@ -28,6 +28,8 @@ conflict is run again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -41,16 +43,20 @@ from imageforge.store import statements as sql
 from imageforge.store.base import (
     RESCUE_ERROR,
     ApiKeyRecord,
+    DueWebhook,
     IdempotencyClaim,
+    LeaseReport,
     RescueReport,
     StoreUnavailable,
     UsageRow,
     too_many_unfinished,
 )
+from imageforge.store.lifecycle import LifecycleProcedures
 from imageforge.store.postgres_errors import UNAVAILABLE, DriverErrors, retried_when_rolled_back
 from imageforge.store.procedures import Procedure
 from imageforge.store.rows import (
     RUN_AFTER,
+    due_webhook_from_row,
     encode_usage,
     key_from_row,
     task_from_row,
@@ -59,8 +65,10 @@ from imageforge.store.rows import (
 )
 from imageforge.store.sweeps import SweepProcedures
 from imageforge.store.urls import DEFAULT_POOL_SIZE, asyncpg_dsn
-from imageforge.store.wakeups import TaskWakeups
+from imageforge.store.wakeups import CHANGES_CHANNEL, TaskWakeups, change_payloads
 from imageforge.tasks import Task
+
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
@@ -85,7 +93,9 @@ async def _keep_session(connection: Any) -> None:
     pool), so there is nothing to reset."""
 
 
-class PostgresStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepProcedures):
+class PostgresStore(
+    procedures.KeyProcedures, procedures.AuditProcedures, SweepProcedures, LifecycleProcedures
+):
     def __init__(self, pool: Any, dsn: str, *, clock: Callable[[], float] | None = None) -> None:
         """`clock`: None for the database's clock (what every deployment wants); a
         function, for tests that move time, is used in its place."""
@@ -96,6 +106,44 @@ class PostgresStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepP
         self._clock = clock
         self._pending_reads: list[tuple[TaskId, asyncio.Future[Task | None]]] = []
         self._reads_in_flight: set[asyncio.Future[None]] = set()
+        self._changed: Callable[[TaskId], None] = lambda _task_id: None
+        #: The NOTIFY in flight after creates (`_wake_workers`), and whether another is due.
+        self._waking: asyncio.Task[None] | None = None
+        self._wake_again = False
+        #: Changed task ids not yet announced to other nodes, and the NOTIFY sending them.
+        self._changes_to_send: dict[TaskId, None] = {}
+        self._sending_changes: asyncio.Task[None] | None = None
+
+    def watch_changes(self, callback: Callable[[TaskId], None]) -> None:
+        self._changed = callback
+
+    def _announce(self, task_id: TaskId) -> None:
+        """A transition of `task_id` committed: this process's waiters are told at once,
+        other nodes' after it (`_tell_other_nodes`)."""
+        self._changed(task_id)
+        self._changes_to_send[task_id] = None
+        if self._sending_changes is None:
+            loop = asyncio.get_running_loop()
+            self._sending_changes = loop.create_task(self._tell_other_nodes())
+
+    async def _tell_other_nodes(self) -> None:
+        """NOTIFY the changed task ids, after their commits and many in one notification.
+        A notification inside a transition's statement would serialise every commit behind
+        PostgreSQL's notification-queue lock (see `postgres_sql.INSERT_TASK`); here one is in
+        flight per process, carrying every change that came meanwhile. A notification that
+        fails is only a wake-up lost: a long-poll still answers when its wait ends, an event
+        stream reads its task again at each keep-alive."""
+        try:
+            while self._changes_to_send:
+                changed = list(self._changes_to_send)
+                self._changes_to_send.clear()
+                for payload in change_payloads(changed):
+                    try:
+                        await self._pool.execute(pg.ANNOUNCE_CHANGES, payload)
+                    except Exception:
+                        log.debug("a change notification failed", exc_info=True)
+        finally:
+            self._sending_changes = None
 
     @classmethod
     async def connect(
@@ -227,9 +275,35 @@ class PostgresStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepP
                         if unfinished >= max_unfinished:
                             raise too_many_unfinished(max_unfinished)
                     run_after = await self._charge_and_insert(connection, task, values)
+        self._wake_workers()
         if run_after != values[RUN_AFTER]:
             task = task.evolve(run_after=run_after)
         return task, False
+
+    def _wake_workers(self) -> None:
+        """Tell every node's workers that a task was queued, after its commit: one NOTIFY
+        of this process in flight at a time, and one more after it for every commit that
+        came meanwhile, so a burst of creates costs a few notifications, not one each
+        (and no create's commit waits for another's, see `postgres_sql.INSERT_TASK`). A
+        notification that fails is only a wake-up lost: workers poll anyway."""
+        if self._waking is not None:
+            self._wake_again = True
+            return
+        self._waking = asyncio.get_running_loop().create_task(self._notify_until_caught_up())
+
+    async def _notify_until_caught_up(self) -> None:
+        try:
+            while True:
+                self._wake_again = False
+                try:
+                    await self._pool.execute(f"SELECT {pg.NOTIFY}")
+                except Exception:
+                    log.debug("a wake-up notification failed; workers poll", exc_info=True)
+                    return
+                if not self._wake_again:
+                    return
+        finally:
+            self._waking = None
 
     async def _charge_and_insert(self, connection: Any, task: Task, values: list[Any]) -> float:
         """Insert the task, charging its price; → the run_after stored."""
@@ -297,21 +371,49 @@ class PostgresStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepP
         tasks = [task_from_row(row) for row in rows]
         # RETURNING has no order; hand tasks out oldest first like the queue does.
         tasks.sort(key=lambda task: (task.run_after, task.created_at))
+        for task in tasks:
+            self._announce(task.id)
         return tasks
 
-    @retried_when_rolled_back
     async def renew_leases(
         self, leases: Sequence[tuple[TaskId, int]], *, lease_seconds: float
     ) -> set[TaskId]:
+        return (await self.keep_leases(leases, lease_seconds=lease_seconds)).renewed
+
+    @retried_when_rolled_back
+    async def keep_leases(
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_seconds: float
+    ) -> LeaseReport:
         if not leases:
-            return set()
+            return LeaseReport(renewed=set(), cancel_requested=set())
         ids = [task_id for task_id, _ in leases]
         attempts = [attempt for _, attempt in leases]
         with self._driver_errors:
             rows = await self._pool.fetch(
                 pg.RENEW_LEASES, self._now(), lease_seconds, ids, attempts
             )
-        return {TaskId(row[0]) for row in rows}
+        return LeaseReport(
+            renewed={TaskId(row[0]) for row in rows},
+            cancel_requested={TaskId(row[0]) for row in rows if row[1]},
+        )
+
+    async def record_progress(self, task_id: TaskId, attempt: int, progress: int) -> bool:
+        return await self._changing(pg.RECORD_PROGRESS, task_id, attempt, progress)
+
+    async def _fetch(self, statement: sql.Statement, args: Sequence[Any]) -> list[Any]:
+        return await self._read(statement, *args)
+
+    async def claim_webhooks(self, *, limit: int, lease_seconds: float) -> list[DueWebhook]:
+        with self._driver_errors:
+            rows = await self._pool.fetch(pg.CLAIM_WEBHOOKS, self._now(), limit, lease_seconds)
+        return [due_webhook_from_row(row) for row in rows]
+
+    async def _changing(self, statement: str, task_id: TaskId, *args: Any) -> bool:
+        """A transition of `task_id`, announced once it applied (`_announce`)."""
+        applied = await self._transition(statement, task_id, *args)
+        if applied:
+            self._announce(task_id)
+        return applied
 
     async def complete(
         self,
@@ -324,8 +426,8 @@ class PostgresStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepP
         upstream: str | None = None,
     ) -> bool:
         usage_json = encode_usage(usage)
-        return await self._transition(
-            sql.COMPLETE.postgres, task_id, attempt, image_key, content_type, usage_json, upstream
+        return await self._changing(
+            pg.COMPLETE, task_id, attempt, image_key, content_type, usage_json, upstream
         )
 
     async def record_upstream(
@@ -343,7 +445,7 @@ class PostgresStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepP
         return bool(rows)
 
     async def fail(self, task_id: TaskId, attempt: int, *, error: str, error_code: str) -> bool:
-        return await self._transition(pg.FAIL, task_id, attempt, error, error_code)
+        return await self._changing(pg.FAIL, task_id, attempt, error, error_code)
 
     async def requeue(
         self,
@@ -356,11 +458,11 @@ class PostgresStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepP
     ) -> bool:
         # A task claimable at once wakes the workers; one held back by a retry delay
         # would only wake them to find nothing, so the poll picks it up when it is due.
-        statement = pg.REQUEUE_AND_NOTIFY if delay_seconds <= 0 else sql.REQUEUE.postgres
-        return await self._transition(statement, task_id, attempt, delay_seconds, error, error_code)
+        statement = pg.REQUEUE_AND_NOTIFY if delay_seconds <= 0 else pg.REQUEUE_LATER
+        return await self._changing(statement, task_id, attempt, delay_seconds, error, error_code)
 
     async def release(self, task_id: TaskId, attempt: int) -> bool:
-        return await self._transition(pg.RELEASE_AND_NOTIFY, task_id, attempt)
+        return await self._changing(pg.RELEASE_AND_NOTIFY, task_id, attempt)
 
     @retried_when_rolled_back
     async def rescue_expired(self, *, limit: int = 500) -> RescueReport:
@@ -369,6 +471,8 @@ class PostgresStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepP
                 rows = await connection.fetch(pg.RESCUE, self._now(), limit, RESCUE_ERROR)
                 if any(row[0] for row in rows):
                     await connection.execute(f"SELECT {pg.NOTIFY}")
+        for row in rows:
+            self._announce(TaskId(row[1]))
         return RescueReport(
             requeued=tuple(TaskId(row[1]) for row in rows if row[0]),
             failed=tuple(TaskId(row[1]) for row in rows if not row[0]),
@@ -392,9 +496,30 @@ class PostgresStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepP
         any node (LISTEN/NOTIFY on a dedicated connection that reconnects)."""
         await TaskWakeups(self._dsn, callback).run()
 
+    async def listen_for_task_changes(self, callback: Callable[[TaskId | None], None]) -> None:
+        """Run until cancelled: `callback(task_id)` for every transition on any node,
+        `callback(None)` after each (re)connect (whatever was missed meanwhile)."""
+        await TaskWakeups(
+            self._dsn,
+            lambda: callback(None),
+            channel=CHANGES_CHANNEL,
+            on_payload=lambda payload: _each_change(payload, callback),
+        ).run()
+
     async def close(self) -> None:
+        for sending in (self._waking, self._sending_changes):
+            if sending is not None:
+                sending.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sending
         try:
             await asyncio.wait_for(self._pool.close(), timeout=5.0)
         except UNAVAILABLE:
             # A connection still busy (or wedged) after the grace: close it hard.
             self._pool.terminate()
+
+
+def _each_change(payload: str, callback: Callable[[TaskId | None], None]) -> None:
+    for task_id in payload.split(","):
+        if task_id:
+            callback(TaskId(task_id))

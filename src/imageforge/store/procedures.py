@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 
 import orjson
 
+from imageforge.apikeys import new_webhook_secret
 from imageforge.billing import plan_balance_change
 from imageforge.errors import NotFound
 from imageforge.ids import KeyId
@@ -81,9 +82,25 @@ def create_key(
     balance_micros: int | None,
     admin: bool = False,
     task_api: bool = True,
+    webhook_secret: str | None = None,
 ) -> Procedure[ApiKeyRecord]:
-    """A limited key (balance given) starts its ledger with a credit entry."""
-    yield sql.INSERT_KEY, (key_id, name, key_hash, hint, now, balance_micros, admin, task_api)
+    """A limited key (balance given) starts its ledger with a credit entry. Every key has
+    a webhook secret: the one given, else a new one."""
+    webhook_secret = webhook_secret or new_webhook_secret()
+    yield (
+        sql.INSERT_KEY,
+        (
+            key_id,
+            name,
+            key_hash,
+            hint,
+            now,
+            balance_micros,
+            admin,
+            task_api,
+            webhook_secret,
+        ),
+    )
     if balance_micros is not None:
         yield sql.BOOK_CREDIT, (key_id, balance_micros, "initial credits", now)
     return ApiKeyRecord(
@@ -95,6 +112,7 @@ def create_key(
         balance_micros=balance_micros,
         admin=admin,
         task_api=task_api,
+        webhook_secret=webhook_secret,
     )
 
 
@@ -144,6 +162,7 @@ class KeyProcedures:
         balance_micros: int | None = None,
         admin: bool = False,
         task_api: bool = True,
+        webhook_secret: str | None = None,
     ) -> ApiKeyRecord:
         return await self._in_transaction(
             lambda: create_key(
@@ -155,6 +174,7 @@ class KeyProcedures:
                 balance_micros=balance_micros,
                 admin=admin,
                 task_api=task_api,
+                webhook_secret=webhook_secret,
             )
         )
 

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from imageforge.ids import KeyId, TaskId
-from imageforge.store.base import ApiKeyRecord, AuditEntry, UsageRow
+from imageforge.store.base import ApiKeyRecord, AuditEntry, DueWebhook, UsageRow
 from imageforge.tasks import Task, TaskStatus
 
 #: Every column of `tasks`, in the order of `task_values` and `task_from_row`.
@@ -42,6 +42,9 @@ TASK_COLUMN_NAMES = (
     "updated_at",
     "started_at",
     "finished_at",
+    "progress",
+    "cancel_requested_at",
+    "callback",
 )
 TASK_COLUMNS = ", ".join(TASK_COLUMN_NAMES)
 #: Where `run_after` stands in `task_values` (stores stamp it when a task is accepted).
@@ -51,6 +54,20 @@ KEY_COLUMNS = "id, name, hint, created_at, revoked_at, balance_micros, admin, ta
 
 def encode_usage(usage: dict[str, Any] | None) -> str | None:
     return orjson.dumps(usage).decode() if usage is not None else None
+
+
+def encode_callback(task: Task) -> str | None:
+    if task.callback_url is None:
+        return None
+    return orjson.dumps({"url": task.callback_url, "base_url": task.callback_base_url}).decode()
+
+
+def decode_callback(value: str | None) -> tuple[str | None, str | None]:
+    """(url, base_url) of a `callback` column."""
+    if not value:
+        return None, None
+    decoded = orjson.loads(value)
+    return decoded["url"], decoded.get("base_url")
 
 
 def task_values(task: Task) -> list[Any]:
@@ -85,10 +102,14 @@ def task_values(task: Task) -> list[Any]:
         task.updated_at,
         task.started_at,
         task.finished_at,
+        task.progress,
+        task.cancel_requested_at,
+        encode_callback(task),
     ]
 
 
 def task_from_row(row: Sequence[Any]) -> Task:
+    callback_url, callback_base_url = decode_callback(row[31])
     return Task(
         id=TaskId(row[0]),
         key_id=KeyId(row[1]),
@@ -119,6 +140,10 @@ def task_from_row(row: Sequence[Any]) -> Task:
         updated_at=row[26],
         started_at=row[27],
         finished_at=row[28],
+        progress=row[29],
+        cancel_requested_at=row[30],
+        callback_url=callback_url,
+        callback_base_url=callback_base_url,
     )
 
 
@@ -168,3 +193,12 @@ def usage_rows(counts: Iterable[Sequence[Any]], spend: Iterable[Sequence[Any]]) 
         for (day, model) in sorted(counted.keys() | spent.keys())
         for total, completed, failed, unfinished in [counted.get((day, model), (0, 0, 0, 0))]
     ]
+
+
+def due_webhook_from_row(row: Sequence[Any]) -> DueWebhook:
+    """From (task_id, key_id, callback, attempts)."""
+    url, base_url = decode_callback(row[2])
+    assert url is not None, "an outbox row always has a callback"
+    return DueWebhook(
+        task_id=TaskId(row[0]), key_id=KeyId(row[1]), url=url, base_url=base_url, attempts=row[3]
+    )

@@ -11,6 +11,7 @@ from sqlalchemy import (
     Boolean,
     Column,
     Float,
+    Identity,
     Index,
     Integer,
     MetaData,
@@ -53,6 +54,14 @@ api_keys = Table(
         server_default=true(),
         comment="may create and read tasks; off for an admin-only key; set once, on creation",
     ),
+    Column("webhook_secret", String(100), nullable=True, comment="whsec_…: signs callbacks"),
+    Column(
+        "previous_webhook_secret",
+        String(100),
+        nullable=True,
+        comment="the secret before the last rotation; still signs until the time below",
+    ),
+    Column("previous_webhook_secret_until", Float, nullable=True),
 )
 
 tasks = Table(
@@ -94,6 +103,26 @@ tasks = Table(
     Column("updated_at", Float, nullable=False, comment="every transition"),
     Column("started_at", Float, nullable=True, comment="first claim"),
     Column("finished_at", Float, nullable=True, comment="complete or fail"),
+    Column(
+        "seq",
+        BigInteger().with_variant(Integer, "sqlite"),
+        Identity(),
+        nullable=False,
+        comment="creation order, strictly increasing: the listing's order and cursor",
+    ),
+    Column("progress", Integer, nullable=True, comment="0-100 while processing, if reported"),
+    Column(
+        "cancel_requested_at",
+        Float,
+        nullable=True,
+        comment="a client asked to cancel while processing; the worker holding it stops",
+    ),
+    Column(
+        "callback",
+        Text,
+        nullable=True,
+        comment='JSON {"url", "base_url"}: where the webhook goes when the task ends',
+    ),
 )
 
 # The claim query scans only queued rows, the rescuer only processing rows.
@@ -111,6 +140,11 @@ Index(
     postgresql_where=text("status = 'processing'"),
 )
 Index("ix_tasks_key_created", tasks.c.key_id, tasks.c.created_at)
+# Listing: a key's tasks newest first, by keyset on seq (also by status and by model).
+Index("ux_tasks_seq", tasks.c.seq, unique=True)
+Index("ix_tasks_key_seq", tasks.c.key_id, tasks.c.seq)
+Index("ix_tasks_key_status_seq", tasks.c.key_id, tasks.c.status, tasks.c.seq)
+Index("ix_tasks_key_model_seq", tasks.c.key_id, tasks.c.model, tasks.c.seq)
 # The per-key quota of unfinished tasks counts only these rows.
 Index(
     "ix_tasks_unfinished_by_key",
@@ -210,4 +244,46 @@ admin_audit = Table(
     ),
     Column("request_id", String(128), nullable=True, comment="the request's X-Request-Id"),
     comment="append-only: every admin action, read or write; never updated or deleted",
+)
+
+
+webhook_deliveries = Table(
+    "webhook_deliveries",
+    metadata,
+    Column("task_id", String(48), primary_key=True, comment="one delivery per finished task"),
+    Column("key_id", String(40), nullable=False, comment="whose secret signs it"),
+    Column("callback", Text, nullable=False, comment="the task's callback JSON"),
+    Column("state", String(16), nullable=False, comment="pending | delivered | failed"),
+    Column("attempts", Integer, nullable=False, comment="attempts so far; fences each record"),
+    Column(
+        "next_attempt_at",
+        Float,
+        nullable=False,
+        comment="store's clock; a sender's claim pushes it a lease ahead",
+    ),
+    Column("created_at", Float, nullable=False, comment="the terminal transition's time"),
+    Column("updated_at", Float, nullable=False),
+    comment="the outbox: written in the transaction that ends the task",
+)
+Index(
+    "ix_webhook_deliveries_due",
+    webhook_deliveries.c.next_attempt_at,
+    sqlite_where=text("state = 'pending'"),
+    postgresql_where=text("state = 'pending'"),
+)
+
+webhook_attempts = Table(
+    "webhook_attempts",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True),
+    Column("task_id", String(48), nullable=False),
+    Column("attempt", Integer, nullable=False, comment="1, 2, …"),
+    Column("at", Float, nullable=False, comment="when the attempt ended"),
+    Column("status_code", Integer, nullable=True, comment="the receiver's answer, if any"),
+    Column("error", Text, nullable=True, comment="why it did not count, if it did not"),
+    Column("next_attempt_at", Float, nullable=True, comment="null: no more attempts"),
+    comment="every delivery attempt, for GET /v1/result/{id}/deliveries",
+)
+Index(
+    "ux_webhook_attempts_task", webhook_attempts.c.task_id, webhook_attempts.c.attempt, unique=True
 )

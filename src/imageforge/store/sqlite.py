@@ -15,6 +15,7 @@ one machine, one clock). Driver errors are mapped deliberately (`_DriverErrors`)
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 import time
@@ -31,17 +32,22 @@ from imageforge.store.base import (
     RESCUE_ERROR,
     ApiKeyRecord,
     DriverErrors,
+    DueWebhook,
     IdempotencyClaim,
+    LeaseReport,
     RescueReport,
     StoreConflict,
     StoreUnavailable,
     UsageRow,
     too_many_unfinished,
 )
+from imageforge.store.lifecycle import LifecycleProcedures
 from imageforge.store.procedures import Procedure
 from imageforge.store.rows import (
     RUN_AFTER,
+    TASK_COLUMN_NAMES,
     TASK_COLUMNS,
+    due_webhook_from_row,
     encode_usage,
     key_from_row,
     task_from_row,
@@ -55,7 +61,11 @@ from imageforge.tasks import Task
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_INSERT_TASK = f"INSERT INTO tasks ({TASK_COLUMNS}) VALUES ({', '.join('?' * 29)})"
+# `seq`, the creation order: max + 1, which the one writer makes strictly increasing.
+_INSERT_TASK = (
+    f"INSERT INTO tasks ({TASK_COLUMNS}, seq) VALUES ({', '.join('?' * len(TASK_COLUMN_NAMES))}, "
+    "(SELECT coalesce(max(seq), 0) + 1 FROM tasks))"
+)
 # Conditional on the balance covering the price: concurrent creates can never take a
 # key below zero, whatever their interleaving (and the writer holds the database, so
 # the balance read after a refusal is the one that refused).
@@ -77,8 +87,20 @@ _CLAIM = sql.for_sqlite(
 )
 _RENEW_LEASE = sql.for_sqlite(
     "UPDATE tasks SET lease_expires_at = {now} + $2 "
-    "WHERE id = $3 AND attempt = $4 AND status = 'processing'"
+    "WHERE id = $3 AND attempt = $4 AND status = 'processing' "
+    # The value, not `IS NOT NULL`: SQLite 3.40 answers that with 1 for a NULL here.
+    "RETURNING cancel_requested_at"
 )
+# A claim holds a delivery by moving its next attempt a lease ahead: a sender that dies
+# leaves it to be taken again then.
+_CLAIM_WEBHOOKS = sql.for_sqlite(
+    "UPDATE webhook_deliveries SET next_attempt_at = {now} + $3, updated_at = {now} "
+    "WHERE task_id IN (SELECT task_id FROM webhook_deliveries WHERE state = 'pending' "
+    "AND next_attempt_at <= {now} ORDER BY next_attempt_at LIMIT $2) "
+    "RETURNING task_id, key_id, callback, attempts"
+)
+# `PRAGMA data_version` changes whenever another connection commits to the file.
+_POLL_CHANGES_SECONDS = 0.25
 # Each rescue is conditional on the row still being processing with the lease still
 # expired, so a completion or heartbeat that got in first wins.
 _RESCUE_REQUEUE = sql.for_sqlite(
@@ -96,7 +118,7 @@ _RESCUE_FAIL = sql.for_sqlite(
     "WHERE id IN (SELECT id FROM tasks WHERE status = 'processing' "
     "AND lease_expires_at < {now} AND attempt >= max_attempts LIMIT $2) "
     "AND status = 'processing' AND lease_expires_at < {now} "
-    "RETURNING id, key_id, price_micros, model"
+    "RETURNING id, key_id, price_micros, model, callback"
 )
 # The unique (task_id, kind) index makes a second refund of one task impossible.
 _BOOK_REFUND = sql.for_sqlite(
@@ -170,7 +192,9 @@ def sqlite_path(database_url: str) -> Path:
     return Path(url.database)
 
 
-class SqliteStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepProcedures):
+class SqliteStore(
+    procedures.KeyProcedures, procedures.AuditProcedures, SweepProcedures, LifecycleProcedures
+):
     def __init__(
         self,
         path: Path,
@@ -195,9 +219,30 @@ class SqliteStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepPro
         self._reader.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         self._reader.execute("PRAGMA query_only = ON")
         self._writes = GroupCommit(self._db, self._driver_errors)
+        self._changed: Callable[[TaskId], None] = lambda _task_id: None
 
     def _now(self) -> float:
         return self._clock()
+
+    def watch_changes(self, callback: Callable[[TaskId], None]) -> None:
+        self._changed = callback
+
+    def _announce(self, task_id: TaskId) -> None:
+        self._changed(task_id)
+
+    async def listen_for_task_changes(self, callback: Callable[[TaskId | None], None]) -> None:
+        """Run until cancelled: `callback(None)` whenever another process committed to the
+        file (one pragma per interval on the reader, whatever waits)."""
+        (version,) = self._reader.execute("PRAGMA data_version").fetchone()
+        while True:
+            await asyncio.sleep(_POLL_CHANGES_SECONDS)
+            try:
+                (now,) = self._reader.execute("PRAGMA data_version").fetchone()
+            except sqlite3.Error:
+                continue
+            if now != version:
+                version = now
+                callback(None)
 
     def _read(self, statement: sql.Statement, args: Sequence[Any] = ()) -> list[Any]:
         with self._driver_errors:
@@ -300,21 +345,44 @@ class SqliteStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepPro
         tasks = [task_from_row(row) for row in rows]
         # RETURNING has no order; hand tasks out oldest first like the queue does.
         tasks.sort(key=lambda task: (task.run_after, task.created_at))
+        for task in tasks:
+            self._changed(task.id)
         return tasks
 
     async def renew_leases(
         self, leases: Sequence[tuple[TaskId, int]], *, lease_seconds: float
     ) -> set[TaskId]:
+        return (await self.keep_leases(leases, lease_seconds=lease_seconds)).renewed
+
+    async def keep_leases(
+        self, leases: Sequence[tuple[TaskId, int]], *, lease_seconds: float
+    ) -> LeaseReport:
+        report = LeaseReport(renewed=set(), cancel_requested=set())
         if not leases:
-            return set()
-        renewed: set[TaskId] = set()
+            return report
         async with self._writes.write() as db:
             now = self._clock()
             for task_id, attempt in leases:
-                cursor = db.execute(_RENEW_LEASE, (now, lease_seconds, task_id, attempt))
-                if cursor.rowcount == 1:
-                    renewed.add(task_id)
-        return renewed
+                row = db.execute(_RENEW_LEASE, (now, lease_seconds, task_id, attempt)).fetchone()
+                if row is not None:
+                    report.renewed.add(task_id)
+                    if row[0] is not None:
+                        report.cancel_requested.add(task_id)
+        return report
+
+    async def record_progress(self, task_id: TaskId, attempt: int, progress: int) -> bool:
+        applied = await self._transition(sql.RECORD_PROGRESS, task_id, attempt, progress)
+        if applied:
+            self._changed(task_id)
+        return applied
+
+    async def _fetch(self, statement: sql.Statement, args: Sequence[Any]) -> list[Any]:
+        return self._read(statement, args)
+
+    async def claim_webhooks(self, *, limit: int, lease_seconds: float) -> list[DueWebhook]:
+        async with self._writes.write() as db:
+            rows = db.execute(_CLAIM_WEBHOOKS, (self._clock(), limit, lease_seconds)).fetchall()
+        return [due_webhook_from_row(row) for row in rows]
 
     async def complete(
         self,
@@ -327,9 +395,15 @@ class SqliteStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepPro
         upstream: str | None = None,
     ) -> bool:
         usage_json = encode_usage(usage)
-        return await self._transition(
-            sql.COMPLETE, task_id, attempt, image_key, content_type, usage_json, upstream
-        )
+        args = (task_id, attempt, image_key, content_type, usage_json, upstream)
+        async with self._writes.write() as db:
+            now = self._clock()
+            completed = db.execute(sql.COMPLETE.sqlite, (now, *args)).fetchall()
+            if completed:
+                db.execute(sql.ENQUEUE_WEBHOOK.sqlite, (now, task_id))
+        if completed:
+            self._changed(task_id)
+        return bool(completed)
 
     async def record_upstream(
         self, task_id: TaskId, attempt: int, *, upstream: str, upstream_task_id: str
@@ -350,12 +424,15 @@ class SqliteStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepPro
             rows = db.execute(sql.FAIL.sqlite, (now, task_id, attempt, error, error_code))
             failed = rows.fetchall()
             self._refund(db, failed, now)
+        if failed:
+            self._changed(task_id)
         return len(failed) == 1
 
     def _refund(self, db: sqlite3.Connection, rows: list[Any], now: float) -> None:
-        """Refund failed tasks given as (id, key_id, price_micros, model) rows, in the
-        transaction that failed them."""
-        for task_id, key_id, price, model in rows:
+        """Refund failed tasks given as (id, key_id, price_micros, model, callback) rows
+        and queue their webhooks, in the transaction that failed them."""
+        for task_id, key_id, price, model, _callback in rows:
+            db.execute(sql.ENQUEUE_WEBHOOK.sqlite, (now, task_id))
             if price <= 0:
                 continue
             if db.execute(_BOOK_REFUND, (key_id, task_id, price, model, now)).rowcount == 1:
@@ -370,12 +447,18 @@ class SqliteStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepPro
         error: str,
         error_code: str,
     ) -> bool:
-        return await self._transition(
+        applied = await self._transition(
             sql.REQUEUE, task_id, attempt, delay_seconds, error, error_code
         )
+        if applied:
+            self._changed(task_id)
+        return applied
 
     async def release(self, task_id: TaskId, attempt: int) -> bool:
-        return await self._transition(sql.RELEASE, task_id, attempt)
+        applied = await self._transition(sql.RELEASE, task_id, attempt)
+        if applied:
+            self._changed(task_id)
+        return applied
 
     async def rescue_expired(self, *, limit: int = 500) -> RescueReport:
         async with self._writes.write() as db:
@@ -383,6 +466,8 @@ class SqliteStore(procedures.KeyProcedures, procedures.AuditProcedures, SweepPro
             requeued = db.execute(_RESCUE_REQUEUE, args).fetchall()
             failed = db.execute(_RESCUE_FAIL, args).fetchall()
             self._refund(db, failed, args[0])
+        for row in (*requeued, *failed):
+            self._changed(TaskId(row[0]))
         return RescueReport(
             requeued=tuple(TaskId(row[0]) for row in requeued),
             failed=tuple(TaskId(row[0]) for row in failed),

@@ -80,8 +80,8 @@ def shared(template: str) -> Statement:
 # Keys ---------------------------------------------------------------------------------
 
 INSERT_KEY = shared(
-    "INSERT INTO api_keys (id, name, key_hash, hint, created_at, balance_micros, admin, task_api) "
-    "VALUES ($1, $2, $3, $4, $5, $6, $7, $8)"
+    "INSERT INTO api_keys (id, name, key_hash, hint, created_at, balance_micros, admin, task_api, "
+    "webhook_secret) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)"
 )
 GET_KEY = shared(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE id = $1")
 FIND_KEY = shared(f"SELECT {KEY_COLUMNS} FROM api_keys WHERE key_hash = $1")
@@ -171,9 +171,14 @@ _HELD = "id = $2 AND attempt = $3 AND status = 'processing'"
 
 COMPLETE = shared(
     "UPDATE tasks SET status = 'completed', image_key = $4, content_type = $5, usage = $6, "
-    "upstream = coalesce($7, upstream), error = NULL, error_code = NULL, "
+    "upstream = coalesce($7, upstream), error = NULL, error_code = NULL, progress = 100, "
     "lease_expires_at = NULL, finished_at = {now}, updated_at = {now} "
-    f"WHERE {_HELD} RETURNING id"
+    f"WHERE {_HELD} RETURNING id, key_id, callback"
+)
+# Progress only rises within an attempt (a figure that arrives late changes nothing).
+RECORD_PROGRESS = shared(
+    "UPDATE tasks SET progress = $4, updated_at = {now} "
+    f"WHERE {_HELD} AND (progress IS NULL OR progress < $4) RETURNING id"
 )
 RECORD_UPSTREAM = shared(
     "UPDATE tasks SET upstream = $4, upstream_task_id = $5, updated_at = {now} "
@@ -182,6 +187,7 @@ RECORD_UPSTREAM = shared(
 # The retry delay is counted on the store's clock, so it holds whatever the worker's says.
 REQUEUE = shared(
     "UPDATE tasks SET status = 'queued', run_after = {now} + $4, error = $5, error_code = $6, "
+    "progress = NULL, "
     "lease_expires_at = NULL, worker_id = NULL, updated_at = {now} "
     f"WHERE {_HELD} RETURNING id"
 )
@@ -189,14 +195,14 @@ REQUEUE = shared(
 # the budget instead of refunding the attempt.
 RELEASE = shared(
     "UPDATE tasks SET status = 'queued', run_after = {now}, max_attempts = max_attempts + 1, "
-    "lease_expires_at = NULL, worker_id = NULL, updated_at = {now} "
+    "progress = NULL, lease_expires_at = NULL, worker_id = NULL, updated_at = {now} "
     f"WHERE {_HELD} RETURNING id"
 )
 # Failing, in the store's own statement, refunds too: (id, key_id, price_micros, model).
 FAIL = shared(
     "UPDATE tasks SET status = 'failed', error = $4, error_code = $5, "
     "lease_expires_at = NULL, finished_at = {now}, updated_at = {now} "
-    f"WHERE {_HELD} RETURNING id, key_id, price_micros, model"
+    f"WHERE {_HELD} RETURNING id, key_id, price_micros, model, callback"
 )
 
 # Retention and the janitor's sweeps --------------------------------------------------
@@ -226,4 +232,104 @@ _FINISHED_WITHOUT_IMAGE = (
 DELETE_FINISHED_TASKS = shared(
     f"DELETE FROM tasks WHERE id IN (SELECT id FROM tasks WHERE {_FINISHED_WITHOUT_IMAGE} "
     f"ORDER BY finished_at LIMIT $2) AND {_FINISHED_WITHOUT_IMAGE} RETURNING id"
+)
+
+# Listing: a key's tasks newest first, by keyset on `seq` (no OFFSET: each page is an index
+# range scan from the cursor). One statement per combination of filters, so each can use
+# its own index.
+_LIST = f"SELECT {TASK_COLUMNS}, seq FROM tasks WHERE key_id = $1 AND seq < $2"
+
+
+def _listing(status: bool, model: bool) -> Statement:
+    filters = [column for column, used in (("status", status), ("model", model)) if used]
+    where = "".join(f" AND {column} = ${n}" for n, column in enumerate(filters, start=4))
+    return shared(f"{_LIST}{where} ORDER BY seq DESC LIMIT $3")
+
+
+#: By (status given, model given); arguments: key id, seq bound, limit, then the filters.
+LIST_TASKS = {
+    (status, model): _listing(status, model) for status in (False, True) for model in (False, True)
+}
+#: The cursor: where a key's task stands in creation order.
+TASK_SEQ = shared("SELECT seq FROM tasks WHERE id = $1 AND key_id = $2")
+
+# Cancel -------------------------------------------------------------------------------
+
+# A queued task never runs: it fails at once (refunded in the same transaction).
+CANCEL_QUEUED = shared(
+    "UPDATE tasks SET status = 'failed', error = $3, error_code = $4, progress = NULL, "
+    "lease_expires_at = NULL, worker_id = NULL, finished_at = {now}, updated_at = {now} "
+    "WHERE id = $2 AND status = 'queued' RETURNING id, key_id, price_micros, model, callback"
+)
+# A processing task is the worker's: it is asked to stop (the lease keeper sees the mark).
+REQUEST_CANCEL = shared(
+    "UPDATE tasks SET cancel_requested_at = {now}, updated_at = {now} "
+    "WHERE id = $2 AND status = 'processing' AND cancel_requested_at IS NULL RETURNING id"
+)
+# The unique (task_id, kind) index makes a second refund of one task impossible.
+BOOK_REFUND = shared(
+    "INSERT INTO ledger (key_id, task_id, kind, amount_micros, model, created_at) "
+    "VALUES ($2, $3, 'refund', $4, $5, {now}) "
+    "ON CONFLICT (task_id, kind) WHERE task_id IS NOT NULL DO NOTHING RETURNING id"
+)
+CREDIT_REFUND = shared(
+    "UPDATE api_keys SET balance_micros = balance_micros + $1 "
+    "WHERE id = $2 AND balance_micros IS NOT NULL"
+)
+
+# Webhooks: the outbox ---------------------------------------------------------------
+
+
+def outbox_insert(source: str, where: str = "") -> str:
+    """The delivery of every finished task in `source` (a table or a CTE with id, key_id
+    and callback) that has a callback; a task is delivered at most once (its id is the
+    delivery's key)."""
+    return (
+        "INSERT INTO webhook_deliveries (task_id, key_id, callback, state, attempts, "
+        "next_attempt_at, created_at, updated_at) "
+        "SELECT id, key_id, callback, 'pending', 0, {now}, {now}, {now} "
+        f"FROM {source} WHERE callback IS NOT NULL{where} ON CONFLICT (task_id) DO NOTHING"
+    )
+
+
+#: After a terminal transition, in its transaction (statement by statement stores).
+ENQUEUE_WEBHOOK = shared(
+    outbox_insert("tasks", " AND id = $2 AND status IN ('completed', 'failed')")
+)
+# Fenced by the attempts seen at claim time: a sender whose claim ran out (and whose
+# delivery another sender took) records nothing.
+RECORD_WEBHOOK_ATTEMPT = shared(
+    "UPDATE webhook_deliveries SET attempts = attempts + 1, state = $4, "
+    "next_attempt_at = {now} + $5, updated_at = {now} "
+    "WHERE task_id = $2 AND attempts = $3 AND state = 'pending' "
+    "RETURNING attempts, next_attempt_at"
+)
+BOOK_WEBHOOK_ATTEMPT = shared(
+    "INSERT INTO webhook_attempts (task_id, attempt, at, status_code, error, next_attempt_at) "
+    "VALUES ($2, $3, {now}, $4, $5, $6)"
+)
+WEBHOOK_ATTEMPTS = shared(
+    "SELECT attempt, at, status_code, error, next_attempt_at FROM webhook_attempts "
+    "WHERE task_id = $1 ORDER BY attempt"
+)
+FORGET_WEBHOOK = shared("DELETE FROM webhook_deliveries WHERE task_id = $1")
+FORGET_WEBHOOK_ATTEMPTS = shared("DELETE FROM webhook_attempts WHERE task_id = $1")
+WEBHOOK_SECRETS = shared(
+    "SELECT webhook_secret, previous_webhook_secret, previous_webhook_secret_until "
+    "FROM api_keys WHERE id = $1"
+)
+SET_WEBHOOK_SECRET = shared("UPDATE api_keys SET webhook_secret = $2 WHERE id = $1")
+# The old secret keeps signing (beside the new one) for `$4` seconds.
+ROTATE_WEBHOOK_SECRET = shared(
+    "UPDATE api_keys SET previous_webhook_secret = webhook_secret, "
+    "previous_webhook_secret_until = {now} + $4, webhook_secret = $3 "
+    "WHERE id = $2 RETURNING id"
+)
+
+# Announce a change to other processes inside the transaction that made it (PostgreSQL's
+# NOTIFY goes out on commit). SQLite has no such thing; its statement only selects.
+ANNOUNCE_CHANGE = Statement(
+    "SELECT pg_notify('imageforge_task_changes', $1)",
+    postgres="SELECT pg_notify('imageforge_task_changes', $1)",
+    sqlite="SELECT ?1",
 )

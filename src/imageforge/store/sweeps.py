@@ -40,7 +40,12 @@ def forget_images(now: float | None, images: Sequence[tuple[TaskId, str]]) -> Pr
 
 
 def delete_finished_tasks(finished_before: float, limit: int) -> Procedure[int]:
+    """The rows go with their webhook's outbox row and attempts (long finished: a
+    delivery's retries end about a day after its task, before any retention allowed)."""
     rows = yield sql.DELETE_FINISHED_TASKS, (finished_before, limit)
+    for (task_id,) in rows:
+        yield sql.FORGET_WEBHOOK, (task_id,)
+        yield sql.FORGET_WEBHOOK_ATTEMPTS, (task_id,)
     return len(rows)
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import asyncpg
@@ -22,12 +22,35 @@ log = logging.getLogger(__name__)
 
 #: The channel insert_task, requeue, release and rescue notify in the same transaction.
 CHANNEL = "imageforge_tasks"
+#: The channel the ids of changed tasks go to, comma-separated, after their transitions
+#: commit (long-polls, events).
+CHANGES_CHANNEL = "imageforge_task_changes"
+#: PostgreSQL refuses a payload of 8,000 bytes or more.
+MAX_PAYLOAD_BYTES = 7_900
 #: application_name of the listening connection (operators and tests find it by this).
 APPLICATION_NAME = "imageforge-wakeups"
 
 
+def change_payloads(task_ids: Sequence[str]) -> list[str]:
+    """The ids as comma-separated payloads, each under PostgreSQL's payload limit."""
+    payloads: list[str] = []
+    current: list[str] = []
+    size = 0
+    for task_id in task_ids:
+        if current and size + 1 + len(task_id) > MAX_PAYLOAD_BYTES:
+            payloads.append(",".join(current))
+            current, size = [], 0
+        current.append(task_id)
+        size += len(task_id) + 1
+    if current:
+        payloads.append(",".join(current))
+    return payloads
+
+
 class TaskWakeups:
-    """Calls `callback` (no arguments, on the event loop) whenever a task may be claimable."""
+    """Calls `callback` (no arguments, on the event loop) whenever a task may be claimable;
+    with `on_payload`, each notification goes there with its payload instead, and
+    `callback` is called only after each (re)connect (whatever was missed meanwhile)."""
 
     def __init__(
         self,
@@ -35,6 +58,7 @@ class TaskWakeups:
         callback: Callable[[], None],
         *,
         channel: str = CHANNEL,
+        on_payload: Callable[[str], None] | None = None,
         connect_timeout: float = 5.0,
         ping_interval: float = 5.0,
         max_backoff: float = 2.0,
@@ -42,6 +66,7 @@ class TaskWakeups:
         self._dsn = dsn
         self._callback = callback
         self._channel = channel
+        self._on_payload = on_payload
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
         self._max_backoff = max_backoff
@@ -96,8 +121,11 @@ class TaskWakeups:
                 # times out here instead of swallowing notifications forever.
                 await connection.execute("SELECT 1", timeout=self._connect_timeout)
 
-    def _on_notification(self, _connection: Any, _pid: int, _channel: str, _payload: str) -> None:
-        self._callback()
+    def _on_notification(self, _connection: Any, _pid: int, _channel: str, payload: str) -> None:
+        if self._on_payload is not None:
+            self._on_payload(payload)
+        else:
+            self._callback()
 
 
 async def _close_quietly(connection: Any) -> None:

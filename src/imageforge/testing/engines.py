@@ -1,4 +1,4 @@
-"""Engines for tests: one scripted call by call, and one for whole processes.
+"""Engines for tests: one scripted call by call, and two for whole processes.
 
 `ScriptedEngine` runs in the test's own process: each call takes the next step of its
 script (`ok`, `transient`, `permanent` or any callable returning a `GeneratedImage`)
@@ -133,6 +133,42 @@ class ChaosEngine:
         if self._log_fd is not None:
             os.close(self._log_fd)
             self._log_fd = None
+
+
+class PartlyFailingEngine:
+    """An engine plugin for server processes whose outcome the prompt picks, so that one
+    request's images can fail in part (`IMAGEFORGE_ENGINE=imageforge.testing.engines:
+    PartlyFailingEngine`):
+
+    - `fail:…` fails for good, every call;
+    - `alternate:…` fails for good on every second call of this process (of `n` such
+      images made at once, exactly `n // 2` fail, whichever order they run in);
+    - `slow:…` takes `SLOW_SECONDS`, then succeeds;
+    - anything else succeeds at once, with a 1×1 PNG.
+    """
+
+    name: ClassVar[str] = "partly-failing"
+    fetches_references: ClassVar[bool] = True
+    SLOW_SECONDS: ClassVar[float] = 3.0
+
+    def __init__(self, *, settings: Settings) -> None:
+        del settings
+        self._alternate_calls = 0
+
+    async def generate(self, request: GenerationRequest) -> GeneratedImage:
+        prompt = request.prompt
+        if prompt.startswith(FAIL_PREFIX):
+            raise EngineError("refused: this prompt always fails", retryable=False)
+        if prompt.startswith("alternate:"):
+            self._alternate_calls += 1
+            if self._alternate_calls % 2 == 0:
+                raise EngineError("refused: every second image fails", retryable=False)
+        if prompt.startswith("slow:"):
+            await asyncio.sleep(self.SLOW_SECONDS)
+        return ok()
+
+    async def aclose(self) -> None:
+        return None
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ longer ago than the task retention are deleted once their image is gone (so no i
 ever left without its row), and their ledger rows are kept. Whether a task or image is
 past retention is decided when it is read, so the sweep only reclaims space.
 
+Uploads. The images clients upload to the OpenAI edits route (`uploads/`, see
+`references.stored`) are needed until their tasks have run; they are deleted once older than
+`upload_retention_seconds` (a task still queued by then fails, refunded, saying so).
+
 Every worker's rescuer calls `Janitor.sweep` every `interval_seconds`; the round's lease
 (a row in `sweep_leases`, on the store's clock) makes one node do each round. Every
 write is conditional, so two janitors that do race (a round longer than its lease)
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from imageforge.ids import TaskId
+from imageforge.references.stored import UPLOAD_PREFIX
 from imageforge.retention import Retention
 from imageforge.storage import Storage
 from imageforge.store import Store
@@ -126,10 +131,20 @@ async def _delete_images(storage: Storage, keys: Sequence[str]) -> None:
         await asyncio.gather(*(storage.delete(k) for k in keys[start : start + DELETES_AT_ONCE]))
 
 
+async def sweep_uploads(storage: Storage, *, older_than: float) -> int:
+    """Delete uploaded references written before `older_than` (Unix seconds); → how many."""
+    keys = [key async for key in storage.list(UPLOAD_PREFIX, older_than=older_than)]
+    await _delete_images(storage, keys)
+    if keys:
+        log.info("removed %d uploaded image(s) past their retention", len(keys))
+    return len(keys)
+
+
 @dataclass(frozen=True)
 class SweepReport:
     orphans_removed: int
     retention: RetentionReport
+    uploads_removed: int = 0
 
 
 @dataclass
@@ -143,6 +158,7 @@ class Janitor:
     holder: str
     interval_seconds: float = 3600.0
     orphan_grace_seconds: float = 3600.0
+    upload_retention_seconds: float = 7 * 86_400.0
     clock: Callable[[], float] = time.time
 
     async def sweep(self) -> SweepReport | None:
@@ -162,4 +178,7 @@ class Janitor:
             clock=self.clock,
         )
         report = await apply_retention(self.store, self.storage, self.retention, now=self.clock())
-        return SweepReport(orphans_removed=orphans, retention=report)
+        uploads = await sweep_uploads(
+            self.storage, older_than=self.clock() - self.upload_retention_seconds
+        )
+        return SweepReport(orphans_removed=orphans, retention=report, uploads_removed=uploads)

@@ -24,13 +24,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from imageforge.engines import Engine, EngineError, GeneratedImage, GenerationRequest
-from imageforge.engines.base import UpstreamRef
+from imageforge.engines.base import CLIENT_CANCELLED, UpstreamRef
+from imageforge.ids import TaskId
 from imageforge.observability.metrics import Metrics
 from imageforge.observability.tracing import Tracing
 from imageforge.references import ReferenceFetcher, ReferenceFetchError
+from imageforge.references.stored import stored_key
 from imageforge.storage import Storage
 from imageforge.store import Store, StoreUnavailable
-from imageforge.tasks import Task, TaskStatus
+from imageforge.tasks import CANCELLED_CODE, CANCELLED_ERROR, Task, TaskStatus
+from imageforge.worker.progress import ProgressReporter
 from imageforge.worker.retry import retry_delay, retry_until_deadline
 from imageforge.worker.slots import Slots
 
@@ -51,6 +54,8 @@ class RunnerConfig:
     retry_max_seconds: float
     shutdown_grace_seconds: float
     claim_batch: int = CLAIM_BATCH
+    #: A task's progress is written at most this often.
+    progress_write_seconds: float = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,10 @@ class Failure:
 
 class LeaseLost(Exception):
     """Our claim on a task is gone; someone else decides its fate now."""
+
+
+class _Recorded(Exception):
+    """The attempt failed and its outcome is recorded: nothing more to do."""
 
 
 def new_worker_id() -> str:
@@ -113,11 +122,26 @@ class Runner:
         self._running: dict[asyncio.Task[None], Task] = {}
         # Jobs cancelled because their lease was taken away (not because we stop).
         self._lost: set[asyncio.Task[None]] = set()
+        # Jobs stopped because a client cancelled their task.
+        self._cancelled: set[asyncio.Task[None]] = set()
         self._lease_keeper: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """A task was queued: look for work now instead of at the next poll."""
         self._slots.work_queued()
+
+    def cancel(self, task_id: TaskId) -> bool:
+        """A client cancelled this task: stop its engine call if this runner is generating
+        it (→ True). One that is already storing its image completes instead."""
+        for job, task in list(self._running.items()):
+            if task.id == task_id and self._slots.is_generating(job) and not job.done():
+                if job not in self._cancelled:
+                    self._cancelled.add(job)
+                    # The message tells engines a client asked (the relay then cancels
+                    # upstream), not a lost lease or a shutdown (the work must go on).
+                    job.cancel(CLIENT_CANCELLED)
+                return True
+        return False
 
     @property
     def in_flight(self) -> int:
@@ -205,9 +229,17 @@ class Runner:
     async def _execute(self, task: Task) -> None:
         job = asyncio.current_task()
         assert job is not None
+        if task.cancel_requested_at is not None:
+            # Cancelled while an earlier attempt ran, which ended without failing it (a
+            # retryable error, a rescue, a drain): it must not run again.
+            await self._record_cancel(task)
+            return
         try:
             await self._generate_and_store(task, job)
         except asyncio.CancelledError:
+            if job in self._cancelled and not self._stopping.is_set():
+                await self._record_cancel(task)
+                return
             if job not in self._lost:
                 raise
             log.warning("lost the lease on %s (attempt %d); abandoning it", task.id, task.attempt)
@@ -219,6 +251,22 @@ class Runner:
             log.warning("database unavailable; leaving %s to the rescuer", task.id)
         finally:
             self._lost.discard(job)
+            self._cancelled.discard(job)
+
+    async def _record_cancel(self, task: Task) -> None:
+        """Fail a task a client cancelled (refunded in the same transaction); fenced like
+        every outcome, so a completion or a rescue that got in first wins."""
+        current = asyncio.current_task()
+        if current is not None:
+            current.uncancel()  # the cancellation was ours, and it is handled
+        try:
+            failed = await self._store.fail(
+                task.id, task.attempt, error=CANCELLED_ERROR, error_code=CANCELLED_CODE
+            )
+        except StoreUnavailable:
+            log.warning("database unavailable; %s stays for the rescuer", task.id)
+            return
+        log.info("cancelled %s%s", task.id, "" if failed else " (it had finished already)")
 
     async def _keep_leases(self) -> None:
         """Renew the leases of every task this runner holds, in one write per beat.
@@ -231,18 +279,24 @@ class Runner:
             if not held:
                 continue
             try:
-                renewed = await self._store.renew_leases(
+                report = await self._store.keep_leases(
                     [(task.id, task.attempt) for _, task in held],
                     lease_seconds=self._config.lease_seconds,
                 )
             except StoreUnavailable:
                 continue  # the leases may still be valid; try again at the next beat
             for job, task in held:
-                if task.id not in renewed and self._slots.is_generating(job):
+                if task.id not in report.renewed and self._slots.is_generating(job):
                     self._lost.add(job)
                     job.cancel()
+                elif task.id in report.cancel_requested:
+                    self.cancel(task.id)
 
     async def _generate_and_store(self, task: Task, job: asyncio.Task[None] | None) -> None:
+        engine = self._engines.get(task.engine)
+        progress = ProgressReporter(
+            self._store, task, interval_seconds=self._config.progress_write_seconds
+        )
         started = time.perf_counter()
         outcome = "error"
         span = (
@@ -252,65 +306,81 @@ class Runner:
         )
         try:
             with span:
-                image = await self._generate(task)
+                image = await self._generate(task, engine, progress)
             outcome = "ok"
+        except _Recorded:
+            return
         except LeaseLost:
             outcome = "lease_lost"
+            raise
+        finally:
+            await progress.aclose()
+            if self._metrics is not None:
+                self._metrics.engine_seconds.labels(task.model, task.engine, outcome).observe(
+                    time.perf_counter() - started
+                )
+        async with self._slots.finishing(job):
+            await self._store_and_complete(task, image)
+
+    async def _generate(
+        self, task: Task, engine: Engine | None, progress: ProgressReporter
+    ) -> GeneratedImage:
+        """The engine's image; a failure is recorded and raised as `_Recorded`."""
+        try:
+            if engine is None:
+                raise EngineError(
+                    f"engine {task.engine!r} is not configured on this worker", retryable=False
+                )
+            if not engine.fetches_references and any(
+                stored_key(url) is not None for url in task.image_urls
+            ):
+                # Such an engine hands the URLs to its upstream, which cannot read our storage.
+                raise EngineError(
+                    f"engine {task.engine!r} passes reference URLs on and cannot use "
+                    "uploaded images; send image_urls to this model instead",
+                    retryable=False,
+                )
+            references = (
+                await self._fetcher.fetch_all(task.image_urls, fit=(task.width, task.height))
+                if engine.fetches_references
+                else []
+            )
+            image = await engine.generate(
+                GenerationRequest(
+                    prompt=task.prompt,
+                    width=task.width,
+                    height=task.height,
+                    quality=task.quality,  # type: ignore[arg-type]
+                    model=task.model,
+                    references=tuple(references),
+                    reference_urls=task.image_urls,
+                    task_id=task.id,
+                    resume=(
+                        UpstreamRef(task.upstream, task.upstream_task_id)
+                        if task.upstream and task.upstream_task_id
+                        else None
+                    ),
+                    checkpoint=lambda ref: self._record_upstream(task, ref),
+                    progress=progress.report,
+                )
+            )
+        except LeaseLost:
             raise
         except ReferenceFetchError as exc:
             await self._record_failure(
                 task, Failure(exc.message, "invalid_reference", exc.retryable)
             )
-            return
+            raise _Recorded() from None
         except EngineError as exc:
             await self._record_failure(
                 task, Failure(exc.message, exc.code, exc.retryable, exc.retry_after)
             )
-            return
+            raise _Recorded() from None
         except Exception as exc:
             log.exception("unexpected error generating %s", task.id)
             failure = Failure(f"internal error: {type(exc).__name__}", "internal_error", True)
             await self._record_failure(task, failure)
-            return
-        finally:
-            if self._metrics is not None:
-                self._metrics.engine_seconds.labels(task.model, task.engine, outcome).observe(
-                    time.perf_counter() - started
-                )
-
-        async with self._slots.finishing(job):
-            await self._store_and_complete(task, image)
-
-    async def _generate(self, task: Task) -> GeneratedImage:
-        """The references fetched and the engine's image (the engine call's span)."""
-        engine = self._engines.get(task.engine)
-        if engine is None:
-            raise EngineError(
-                f"engine {task.engine!r} is not configured on this worker", retryable=False
-            )
-        references = (
-            await self._fetcher.fetch_all(task.image_urls, fit=(task.width, task.height))
-            if engine.fetches_references
-            else []
-        )
-        image = await engine.generate(
-            GenerationRequest(
-                prompt=task.prompt,
-                width=task.width,
-                height=task.height,
-                quality=task.quality,  # type: ignore[arg-type]
-                model=task.model,
-                references=tuple(references),
-                reference_urls=task.image_urls,
-                task_id=task.id,
-                resume=(
-                    UpstreamRef(task.upstream, task.upstream_task_id)
-                    if task.upstream and task.upstream_task_id
-                    else None
-                ),
-                checkpoint=lambda ref: self._record_upstream(task, ref),
-            )
-        )
+            raise _Recorded() from None
         return image
 
     async def _store_and_complete(self, task: Task, image: GeneratedImage) -> None:

@@ -285,6 +285,10 @@ def download(state: ClientState, task: TaskResult) -> Operation[tuple[httpx.Resp
     """
     current, renewed = task, False
     while True:
+        if current.expired:
+            raise ImageforgeClientError(
+                f"task {current.id}: its image is past the server's retention and was deleted"
+            )
         if current.image_url is None:
             raise ImageforgeClientError(f"task {current.id} has no image ({current.status})")
         url = httpx.URL(current.image_url)
@@ -306,6 +310,8 @@ def require_completed(task: TaskResult) -> TaskResult:
     """A terminal task as `generate` and `wait` hand it back: completed, or raised."""
     if task.status == "failed":
         raise TaskFailedError(task)
+    if task.expired:
+        raise ImageforgeClientError(f"task {task.id}: its image is past retention and was deleted")
     if task.image_url is None:
         raise ImageforgeClientError(f"task {task.id} is {task.status} without an image_url")
     return task

@@ -55,6 +55,8 @@ class TaskResult(_ApiObject):
     refunded: bool | None = None
     #: 0-100 where the server reports progress (an imageforge extension).
     progress: float | None = None
+    #: True once a completed task's image is past the server's retention and gone (imageforge).
+    expired: bool | None = None
 
     @property
     def done(self) -> bool:

@@ -1,4 +1,7 @@
-"""POST /v1/image2/images (create a task) and its dry run, /quote."""
+"""POST /v1/image2/images (create a task) and its dry run, /quote.
+
+Create is declared here for the API document and answered by `api/hot.py`.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +9,11 @@ import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
-from imageforge.api.deps import REQUIRES_API_KEY, authenticate, observed, runtime_of
+from imageforge.api.deps import REQUIRES_API_KEY, authenticate, runtime_of
 from imageforge.api.request_body import json_body_schema, parse_json_body
 from imageforge.api.responses import task_api_responses
 from imageforge.service import MAX_IDEMPOTENCY_KEY_CHARS
-from imageforge.wire import (
-    CreateImageRequest,
-    QuoteResponse,
-    TaskCreated,
-    quote_body,
-    task_created_body,
-)
+from imageforge.wire import CreateImageRequest, QuoteResponse, TaskCreated, quote_body
 
 router = APIRouter(tags=["images"])
 
@@ -49,21 +46,10 @@ router = APIRouter(tags=["images"])
         ],
     },
 )
-async def create_image(request: Request) -> Response:
-    caller = await authenticate(request)
-    idempotency_key = request.headers.get("idempotency-key")
-    body = await parse_json_body(request, CreateImageRequest)
-    runtime = runtime_of(request)
-    state = observed(request)
-    state["prompt"] = body.prompt
-    task, replayed = await runtime.service.create(caller, body, idempotency_key=idempotency_key)
-    state["task_id"] = task.id
-    headers = {"Idempotent-Replayed": "true"} if replayed else None
-    return Response(
-        orjson.dumps(task_created_body(task, replayed=replayed)),
-        media_type="application/json",
-        headers=headers,
-    )
+async def create_image() -> Response:
+    """Declares the operation for the API document; requests are answered ahead of the
+    router by `api/hot.py` (which keeps other methods on this path FastAPI's 405)."""
+    raise AssertionError("POST /v1/image2/images is answered by imageforge.api.hot")
 
 
 @router.post(

@@ -120,6 +120,10 @@ class OfflineEngine:
     async def generate(self, request: GenerationRequest) -> GeneratedImage:
         pool = self._executor()
         loop = asyncio.get_running_loop()
+        # The render happens in another process, in one piece: what is known here is
+        # that it started and that it finished.
+        if request.progress is not None:
+            request.progress(0)
         try:
             data = await loop.run_in_executor(
                 pool, render_png_bytes, *_render_args(request), self.render_options
@@ -132,6 +136,8 @@ class OfflineEngine:
                 self._pool = None
             pool.shutdown(wait=False, cancel_futures=True)
             raise EngineError("the offline renderer process died", retryable=True) from exc
+        if request.progress is not None:
+            request.progress(100)
         return GeneratedImage(
             data=data,
             content_type="image/png",

@@ -1,7 +1,7 @@
 """Admin keys and the audit table: who did what to which key or task, and when.
 
-Revision ID: 0006_admin
-Revises: 0005_retention
+Revision ID: 0007_admin
+Revises: 0006_lifecycle
 Create Date: 2026-12-01
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0006_admin"
-down_revision = "0005_retention"
+revision = "0007_admin"
+down_revision = "0006_lifecycle"
 branch_labels = None
 depends_on = None
 
