@@ -91,8 +91,7 @@ async def test_answers_carry_the_headers_a_response_object_would(
     answers = [first, again, polled]
     assert all(answer.headers["x-request-id"] for answer in answers)
     first_headers, again_headers, polled_headers = (
-        [item for item in answer.headers.items() if item[0] != "x-request-id"]
-        for answer in answers
+        [item for item in answer.headers.items() if item[0] != "x-request-id"] for answer in answers
     )
     assert first_headers == [
         ("content-length", str(len(first.content))),

@@ -27,10 +27,17 @@ from imageforge.testing.processes import ServerProcess, create_key, run_cli
 #: Per-operation rules by schemathesis's operation name ("METHOD /path"): `parameters`
 #: pins a parameter ("query.wait" = 1), `enabled = False` leaves the operation out.
 OPERATIONS: dict[str, dict[str, Any]] = {
-    # Examples of what routes still to come need (names as they will be):
-    #   "GET /v1/result/{task_id}": {"parameters": {"query.wait": 1}},   # long poll
-    #   "GET /v1/tasks/{task_id}/events": {"enabled": False},            # a stream
-    #   "POST /v1/images/generations": {"parameters": {"body.n": 1, "body.size": "1024x1024"}},
+    # A long poll held at most a second; the event stream never ends on a queued task.
+    "GET /v1/result/{task_id}": {"parameters": {"query.wait": 1}},
+    "GET /v1/result/{task_id}/events": {"enabled": False},
+}
+#: The fuzzed server's engine: instant and drawing nothing, so that the tasks the fuzzing
+#: creates cost no CPU and the OpenAI routes, which answer once their images are done,
+#: answer at once whatever `n` and size they are sent.
+INSTANT_ENGINE = {
+    "IMAGEFORGE_ENGINE": "imageforge.testing.engines:ChaosEngine",
+    "IMAGEFORGE_CHAOS_MIN_SECONDS": "0",
+    "IMAGEFORGE_CHAOS_MAX_SECONDS": "0",
 }
 #: Every check but `positive_data_acceptance`: it expects every schema-valid body to be
 #: accepted, and a size's arithmetic (multiples of 16, pixel budget) and an Idempotency-Key
@@ -115,8 +122,7 @@ def schemathesis(
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Any:
     data = tmp_path_factory.mktemp("fuzz") / "data"
-    # No worker: the tasks the fuzzing creates stay queued instead of taking the CPU.
-    with_server = ServerProcess(data, "--no-worker")
+    with_server = ServerProcess(data, **INSTANT_ENGINE)
     try:
         yield with_server
     finally:

@@ -234,3 +234,17 @@ ADMIN_ONLY_KEY = _error(
 def task_api_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     """The documented error answers of a task-API route: those, and the admin-only key's."""
     return {**error_responses(*statuses), 403: ADMIN_ONLY_KEY}
+
+
+#: The same refusal on the OpenAI-shaped routes, in their words (`api/errors.in_openai_terms`).
+OPENAI_ADMIN_ONLY_KEY = _error(
+    "The key is an admin key: it may call the admin API only.",
+    {
+        "message": "This is an admin key: it may call the admin API only. Use a task-API key "
+        "(or create one with `keys create --admin --task-api` to do both).",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "admin_only_key",
+    },
+)
+OPENAI_IMAGE_ERRORS[403] = OPENAI_ADMIN_ONLY_KEY

@@ -36,9 +36,10 @@ from imageforge.engines.base import EngineError, GeneratedImage, GenerationReque
 from imageforge.settings import Settings
 from imageforge.store.urls import asyncpg_dsn, database_backend
 
+#: A whole, decodable 1×1 transparent PNG (what converts and re-encodes like any image).
 PNG_1X1 = bytes.fromhex(
     "89504e470d0a1a0a0000000d49484452000000010000000108060000001f15c489"
-    "0000000d49444154789c6360000002000001e221bc330000000049454e44ae426082"
+    "0000000b4944415478da636000020000050001e9fadcd80000000049454e44ae426082"
 )
 LOG_ENV = "IMAGEFORGE_CHAOS_LOG"
 #: Prompts starting with this fail for good (non-retryable), after the side effect.

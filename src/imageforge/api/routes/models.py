@@ -8,7 +8,7 @@ from fastapi import APIRouter, Path, Request
 from starlette.responses import Response
 
 from imageforge.api.deps import REQUIRES_API_KEY, authenticate, runtime_of
-from imageforge.api.responses import MODEL_404, openai_error_responses
+from imageforge.api.responses import MODEL_404, OPENAI_ADMIN_ONLY_KEY, openai_error_responses
 from imageforge.errors import NotFound
 from imageforge.openai_wire import ModelEntry, ModelList, model_body, model_list_body
 
@@ -21,7 +21,7 @@ router = APIRouter(tags=["openai"])
     summary="List the models (OpenAI Models API)",
     description="The configured models (custom ones included), as OpenAI's `GET /v1/models` "
     "lists them; `created` is when this server started.",
-    responses=openai_error_responses(401, 429, 503),
+    responses={**openai_error_responses(401, 429, 503), 403: OPENAI_ADMIN_ONLY_KEY},
     openapi_extra=REQUIRES_API_KEY,
 )
 async def list_models(request: Request) -> Response:
@@ -35,7 +35,11 @@ async def list_models(request: Request) -> Response:
     "/v1/models/{model_id}",
     response_model=ModelEntry,
     summary="Retrieve a model (OpenAI Models API)",
-    responses={**openai_error_responses(401, 429, 503), 404: MODEL_404},
+    responses={
+        **openai_error_responses(401, 429, 503),
+        403: OPENAI_ADMIN_ONLY_KEY,
+        404: MODEL_404,
+    },
     openapi_extra=REQUIRES_API_KEY,
 )
 async def retrieve_model(
