@@ -115,6 +115,9 @@ def create_app(
         ),
         metrics=process_metrics() if settings.metrics_enabled else None,
         tracing=tracing,
+        static_paths=lambda: frozenset(
+            path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))
+        ),
     )
     install_error_handlers(app, unavailable_retry_after=settings.unavailable_retry_after_seconds)
     app.include_router(images.router)

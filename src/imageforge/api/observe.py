@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -60,13 +61,21 @@ class RequestIds:
         return f"{self._prefix}{next(self._counter):010x}"
 
 
-def route_template(scope: Scope, state: dict[str, Any]) -> str:
+def route_template(
+    scope: Scope, state: dict[str, Any], static_paths: frozenset[str] = frozenset()
+) -> str:
+    """The route's template: the endpoint's word, FastAPI's matched route, else the path
+    itself when it is one of the app's fixed paths (`/openapi.json`, `/docs`: Starlette's
+    plain routes name no route), else `unmatched` (so unknown paths add no label)."""
     route = state.get("route")
     if route is not None:
         return str(route)
     matched = scope.get("route")
     path = getattr(matched, "path", None)
-    return path if isinstance(path, str) else UNMATCHED
+    if isinstance(path, str):
+        return path
+    requested: str = scope["path"]
+    return requested if requested in static_paths else UNMATCHED
 
 
 class ObserveMiddleware:
@@ -77,8 +86,13 @@ class ObserveMiddleware:
         request_log: RequestLog | None,
         metrics: Metrics | None,
         tracing: Tracing | None = None,
+        static_paths: Callable[[], frozenset[str]] | None = None,
     ) -> None:
+        """`static_paths`: the app's paths without parameters, asked for once, at the first
+        request (the routes are all added by then)."""
         self.app = app
+        self._static_source = static_paths
+        self._static: frozenset[str] | None = None
         self._log = request_log
         self._metrics = metrics
         self._tracing = tracing
@@ -125,7 +139,11 @@ class ObserveMiddleware:
             duration = time.perf_counter() - started
             if disconnected and not started_answer:
                 status = CLIENT_CLOSED_REQUEST
-            route = route_template(scope, state)
+            static = self._static
+            if static is None:
+                source = self._static_source
+                static = self._static = source() if source is not None else frozenset()
+            route = route_template(scope, state, static)
             method = scope["method"]
             if method not in _METHODS:
                 method = "other"
