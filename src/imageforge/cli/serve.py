@@ -10,7 +10,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
@@ -32,8 +32,11 @@ from imageforge.settings import Settings
 from imageforge.store import Store
 from imageforge.store.urls import database_backend
 
-if TYPE_CHECKING:
-    from imageforge.supervisor import Supervisor
+#: Set by the supervisor of `--processes N` on each process it starts: its own pid.
+ParentPidOption = Annotated[
+    int | None,
+    typer.Option("--parent-pid", hidden=True, help="Set by the supervisor: its pid."),
+]
 
 #: Held while serve checks for and creates the first key (in the data dir).
 FIRST_KEY_LOCK = "first-key.lock"
@@ -54,10 +57,7 @@ def serve(
             help="Server processes sharing the port, each on one core (PostgreSQL only).",
         ),
     ] = 1,
-    parent_pid: Annotated[
-        int | None,
-        typer.Option("--parent-pid", hidden=True, help="Set by the supervisor: its pid."),
-    ] = None,
+    parent_pid: ParentPidOption = None,
 ) -> None:
     """Start the API server (and, by default, a worker in the same process)."""
     import uvicorn
@@ -150,24 +150,27 @@ def _supervise_servers(
 ) -> int:
     """`serve --processes N`: N serve processes on one port under a supervisor, which
     drains them all on SIGTERM (each as a lone `serve` would) and replaces one that dies."""
-    from imageforge.supervisor import Supervisor
-
     # Said here, once, rather than by every process in a restart loop.
     shared_port_socket(host, port).close()
-    command = [sys.executable, "-m", "imageforge", "serve", "--parent-pid", str(os.getpid())]
-    command += ["--host", host, "--port", str(port)]
+    arguments = ["--host", host, "--port", str(port)]
     if no_worker:
-        command.append("--no-worker")
+        arguments.append("--no-worker")
+    return _run_supervised(settings, "serve", arguments, processes, config)
+
+
+def _run_supervised(
+    settings: Settings, command_name: str, arguments: list[str], processes: int, config: Path | None
+) -> int:
+    """Run `processes` of `imageforge <command_name> <arguments>` under a supervisor, each
+    told its pid (`--parent-pid`), serving `metrics_port` (the sum of theirs) meanwhile."""
+    from imageforge.supervisor import Supervisor
+
+    command = [sys.executable, "-m", "imageforge", command_name, "--parent-pid", str(os.getpid())]
+    command += arguments
     if config is not None:
         command += ["--config", str(config)]
-    supervisor = Supervisor(
-        command, processes, stop_requested=lambda: STOP.requested, kind="server"
-    )
-    return _run_supervised(settings, supervisor)
-
-
-def _run_supervised(settings: Settings, supervisor: Supervisor) -> int:
-    """Run the processes, serving `metrics_port` (the sum of theirs) meanwhile."""
+    kind = "server" if command_name == "serve" else "worker"
+    supervisor = Supervisor(command, processes, stop_requested=lambda: STOP.requested, kind=kind)
     metrics_server = _supervisor_metrics(settings)
     try:
         return supervisor.run()
@@ -291,10 +294,7 @@ def worker(
             help="Worker processes to run, each on one core (PostgreSQL only).",
         ),
     ] = 1,
-    parent_pid: Annotated[
-        int | None,
-        typer.Option("--parent-pid", hidden=True, help="Set by the supervisor: its pid."),
-    ] = None,
+    parent_pid: ParentPidOption = None,
 ) -> None:
     """Run a worker without the API: claim and generate queued tasks until SIGTERM."""
     if parent_pid is not None:
@@ -311,17 +311,8 @@ def worker(
     if STOP.requested:
         return
     if processes > 1:
-        from imageforge.supervisor import Supervisor
-
-        command = [sys.executable, "-m", "imageforge", "worker", "--parent-pid", str(os.getpid())]
-        if concurrency is not None:
-            command += ["--concurrency", str(concurrency)]
-        if config is not None:
-            command += ["--config", str(config)]
-        supervisor = Supervisor(
-            command, processes, stop_requested=lambda: STOP.requested, kind="worker"
-        )
-        raise typer.Exit(_run_supervised(settings, supervisor))
+        arguments = [] if concurrency is None else ["--concurrency", str(concurrency)]
+        raise typer.Exit(_run_supervised(settings, "worker", arguments, processes, config))
 
     import uvloop
 
