@@ -52,7 +52,12 @@ from imageforge.store.base import (
     too_many_unfinished,
 )
 from imageforge.store.lifecycle import LifecycleProcedures
-from imageforge.store.postgres_errors import UNAVAILABLE, DriverErrors, retried_when_rolled_back
+from imageforge.store.postgres_errors import (
+    UNAVAILABLE,
+    DriverErrors,
+    ignore_cancelled_handshakes,
+    retried_when_rolled_back,
+)
 from imageforge.store.procedures import Procedure
 from imageforge.store.rows import (
     RUN_AFTER,
@@ -160,6 +165,7 @@ class PostgresStore(
         would keep re-dialling a floor of connections through an outage, logging a
         traceback each time, where on-demand connections just fail with the call.)"""
         dsn = asyncpg_dsn(database_url)
+        ignore_cancelled_handshakes(asyncio.get_running_loop())
         with DriverErrors():
             pool = await asyncpg.create_pool(
                 dsn,

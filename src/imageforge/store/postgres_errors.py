@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import re
 from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec, TypeVar
@@ -14,6 +15,8 @@ import asyncpg
 from imageforge.errors import ImageforgeError
 from imageforge.store import base
 from imageforge.store.base import StoreConflict, StoreUnavailable
+
+_log = logging.getLogger(__name__)
 
 S = TypeVar("S")
 P = ParamSpec("P")
@@ -87,3 +90,29 @@ def retried_when_rolled_back(
         raise AssertionError("unreachable")
 
     return retried
+
+
+def ignore_cancelled_handshakes(loop: asyncio.AbstractEventLoop) -> None:
+    """Keep asyncpg's known cancellation leftover out of the error log.
+
+    A connection whose TLS negotiation (sslmode `prefer`, the default) is cancelled, as a stop
+    during start-up cancels every connect in flight, leaves asyncpg an internal future failed
+    with `ConnectionError('unexpected connection_lost() call')` that nothing awaits
+    (MagicStack/asyncpg#1211, #1310); asyncio then logs it at ERROR when it is collected. That
+    one leftover is logged at debug; everything else goes to the handler there was."""
+    if getattr(loop, "_imageforge_handshakes_ignored", False):
+        return
+    previous = loop.get_exception_handler()
+
+    def handle(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        error = context.get("exception")
+        if isinstance(error, ConnectionError) and str(error) == "unexpected connection_lost() call":
+            _log.debug("a cancelled PostgreSQL handshake: %s", context.get("message"))
+            return
+        if previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handle)
+    loop._imageforge_handshakes_ignored = True  # type: ignore[attr-defined]
