@@ -330,10 +330,22 @@ async def test_a_change_on_another_node_wakes_a_long_poll(tmp_path: Path, pg_url
 async def test_events_follow_status_and_progress_to_the_end(
     api: ApiHarness, engine: StepEngine
 ) -> None:
-    engine.step = 0.3
+    engine.step, engine.hold = 0.3, True
     key = await api.new_key()
     task_id = (await api.create(key)).json()["id"]
-    answer = await api.client.get(f"/v1/result/{task_id}/events", headers=auth(key))
+    streaming = asyncio.ensure_future(
+        api.client.get(f"/v1/result/{task_id}/events", headers=auth(key))
+    )
+
+    async def at_fifty() -> bool:
+        return (await api.poll(key, task_id)).json()["progress"] == 50
+
+    await until(at_fifty, what="progress 50")
+    # The stream was woken by that change; give it time to send it, on a busy machine
+    # too, before the engine finishes (the figure is only ever seen between the two).
+    await asyncio.sleep(2)
+    engine.release.set()
+    answer = await asyncio.wait_for(streaming, 30)
     assert answer.status_code == 200
     assert answer.headers["content-type"].startswith("text/event-stream")
     events, comments = parse_events(answer.text)
