@@ -33,6 +33,7 @@ from imageforge.references.stored import stored_key
 from imageforge.storage import Storage
 from imageforge.store import Store, StoreUnavailable
 from imageforge.tasks import CANCELLED_CODE, CANCELLED_ERROR, Task, TaskStatus
+from imageforge.worker.image_check import check_engine_image
 from imageforge.worker.progress import ProgressReporter
 from imageforge.worker.retry import retry_delay, retry_until_deadline
 from imageforge.worker.slots import Slots
@@ -325,7 +326,8 @@ class Runner:
     async def _generate(
         self, task: Task, engine: Engine | None, progress: ProgressReporter
     ) -> GeneratedImage:
-        """The engine's image; a failure is recorded and raised as `_Recorded`."""
+        """The engine's image, checked to decode (`image_check`); a failure is recorded and
+        raised as `_Recorded`."""
         try:
             if engine is None:
                 raise EngineError(
@@ -364,6 +366,7 @@ class Runner:
                     progress=progress.report,
                 )
             )
+            await check_engine_image(image)
         except LeaseLost:
             raise
         except ReferenceFetchError as exc:
