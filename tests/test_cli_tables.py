@@ -26,6 +26,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[str]]:
         for model in (LONG_MODEL, "gpt-image-2"):
             created = client.post("/v1/image2/images", json={"model": model, "prompt": "x"})
             assert created.status_code == 200, created.text
+        # A cancelled task, refunded, so the table has a refund to show.
+        cancelled = client.post(f"/v1/result/{created.json()['id']}/cancel")
+        assert cancelled.status_code == 200, cancelled.text
         assert server.terminate() == 0
     return data, [team["id"], other["id"]]
 
@@ -57,4 +60,13 @@ def test_keys_usage_shows_ids_and_model_names_whole(
     assert any(LONG_MODEL in line for line in lines), result.stdout
     assert any("gpt-image-2 " in line or line.endswith("gpt-image-2") for line in lines)
     assert "…" not in result.stdout, result.stdout
+    # The refund of the cancelled gpt-image-2 task, in the currency's format like the spend
+    # (the long model name makes each row a record at these widths).
+    fields = [line.split() for line in lines]
+    at = fields.index(["model", "gpt-image-2"])
+    assert ["spend", "0.00", "USD"] in fields[at:] and fields[at + 6] == [
+        "refunded",
+        "0.006",
+        "USD",
+    ]
     print(f"\nCOLUMNS={columns}:\n{result.stdout}")

@@ -99,6 +99,9 @@ async def test_a_failed_task_is_refunded_exactly_once(tmp_path: Path) -> None:
         assert usage["spend"] == result["amount"] + done["amount"] == 0.211
         assert usage["balance"] == 1 - 0.211
         assert usage["days"][0]["failed"] == 1 and usage["days"][0]["completed"] == 1
+        # And it says what came back, in the same currency units as the task's amount.
+        assert usage["refunded"] == usage["days"][0]["refunded"] == created["amount"] == 0.211
+        assert usage["days"][0]["refunds"] == 1
     finally:
         await api.client.aclose()
         await lifespan.__aexit__(None, None, None)

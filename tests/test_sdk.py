@@ -105,6 +105,8 @@ def test_quote_and_usage_are_typed(client: Client) -> None:
     assert quote.amount == Decimal("0.211") and quote.currency == "USD"
     usage = client.usage.get(days=7)
     assert usage.balance is None and usage.currency == "USD" and usage.tasks >= 0
+    assert isinstance(usage.refunded, Decimal) and usage.refunded >= 0
+    assert all(isinstance(day.refunded, Decimal) and day.refunds >= 0 for day in usage.days)
 
 
 def test_bad_input_is_a_bad_request_naming_the_field(client: Client) -> None:

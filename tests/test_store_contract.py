@@ -524,6 +524,27 @@ async def test_a_rescue_that_fails_a_task_refunds_it(
     assert await _balance(store, key_id) == 100 == await ledger_sum(database_url, key_id)
 
 
+async def test_usage_reports_spend_and_what_was_refunded(store: Store) -> None:
+    key_id = await _limited_key(store, 1_000)
+    completed, failed, cancelled = (make_task(key_id, price_micros=p) for p in (30, 40, 50))
+    for task in (completed, failed):
+        await store.insert_task(task)
+    claimed = {
+        task.id: task for task in await store.claim(worker_id="w", limit=2, lease_seconds=30)
+    }
+    done = claimed[completed.id]
+    assert await store.complete(
+        done.id, done.attempt, image_key="k", content_type="image/png", usage=None
+    )
+    assert await store.fail(failed.id, claimed[failed.id].attempt, error="x", error_code="x")
+    await store.insert_task(cancelled)
+    await store.cancel_task(cancelled.id)
+    (row,) = await store.usage(key_id, since=0)
+    assert (row.tasks, row.completed, row.failed, row.unfinished) == (3, 1, 2, 0)
+    # Spend is what was charged (120) less what was refunded (40 + 50), in micro-units.
+    assert (row.spend_micros, row.refunded_micros, row.refunds) == (30, 90, 2)
+
+
 async def test_insufficient_credits_create_nothing(store: Store) -> None:
     key_id = await _limited_key(store, 10)
     task = make_task(key_id, price_micros=30)

@@ -57,8 +57,8 @@ REVOKED_UNLIMITED = ApiKeyRecord(
     webhook_secret="whsec_C2FVsBQIhrscChlQIMV+b5sSYspob7oD",
 )
 ROWS = [
-    UsageRow("2026-11-24", "gpt-image-2", 3, 1, 1, 1, 59_000),
-    UsageRow("2026-11-25", "gpt-image-2-r", 1, 1, 0, 0, 5_000),
+    UsageRow("2026-11-24", "gpt-image-2", 3, 1, 1, 1, 59_000, 53_000, 1),
+    UsageRow("2026-11-25", "gpt-image-2-r", 1, 1, 0, 0, 5_000, 0, 0),
 ]
 
 

@@ -278,6 +278,12 @@ class UsageDay(BaseModel):
     spend: float = Field(
         description="Charges minus refunds, in currency units: the sum of these tasks' `amount`."
     )
+    refunded: float = Field(
+        description="What was refunded of these tasks' charges (failed and cancelled tasks), "
+        "in currency units; already taken off `spend`.",
+        examples=[0.053],
+    )
+    refunds: int = Field(description="Of these tasks, how many were refunded.")
 
 
 class UsageResponse(BaseModel):
@@ -288,6 +294,7 @@ class UsageResponse(BaseModel):
     currency: str = Field(description="Currency of every amount.", examples=["USD"])
     balance: float | None = Field(description="Credits left; null means unlimited.")
     spend: float = Field(description="Total of `days` in currency units.")
+    refunded: float = Field(description="Refunds of `days` in currency units.")
     tasks: int = Field(description="Tasks created in the period.")
     days: list[UsageDay] = Field(description="One row per UTC day and model, oldest first.")
 
@@ -450,6 +457,7 @@ def usage_body(key: ApiKeyRecord, currency: str, rows: Sequence[UsageRow]) -> di
         "currency": currency,
         "balance": _balance(key.balance_micros),
         "spend": to_json_number(sum(row.spend_micros for row in rows)),
+        "refunded": to_json_number(sum(row.refunded_micros for row in rows)),
         "tasks": sum(row.tasks for row in rows),
         "days": [
             {
@@ -460,6 +468,8 @@ def usage_body(key: ApiKeyRecord, currency: str, rows: Sequence[UsageRow]) -> di
                 "failed": row.failed,
                 "unfinished": row.unfinished,
                 "spend": to_json_number(row.spend_micros),
+                "refunded": to_json_number(row.refunded_micros),
+                "refunds": row.refunds,
             }
             for row in rows
         ],

@@ -256,7 +256,7 @@ def keys_usage(
         f"spend {format_amount(sum(r.spend_micros for r in rows), currency)} in {days} days"
     )
     print_rows(
-        ("day", "model", "tasks", "completed", "failed", "unfinished", "spend"),
+        ("day", "model", "tasks", "completed", "failed", "unfinished", "spend", "refunded"),
         [
             (
                 r.day,
@@ -266,10 +266,11 @@ def keys_usage(
                 str(r.failed),
                 str(r.unfinished),
                 format_amount(r.spend_micros, currency),
+                format_amount(r.refunded_micros, currency),
             )
             for r in rows
         ],
-        whole=("day", "model", "spend"),
+        whole=("day", "model", "spend", "refunded"),
     )
 
 

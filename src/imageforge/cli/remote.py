@@ -71,6 +71,9 @@ def usage_rows_from_body(body: dict[str, Any]) -> list[UsageRow]:
             failed=row["failed"],
             unfinished=row["unfinished"],
             spend_micros=_micros(row["spend"]) or 0,
+            # Servers from before the refund columns leave them out.
+            refunded_micros=_micros(row.get("refunded")) or 0,
+            refunds=row.get("refunds", 0),
         )
         for row in body["days"]
     ]

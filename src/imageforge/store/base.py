@@ -139,6 +139,10 @@ class UsageRow:
     unfinished: int
     #: Charges minus refunds of the tasks created that day, in micro-units.
     spend_micros: int
+    #: What was refunded of those charges (failed and cancelled tasks), in micro-units.
+    refunded_micros: int
+    #: How many of those tasks were refunded (each at most once).
+    refunds: int
 
 
 def idempotency_mismatch() -> IdempotencyConflict:

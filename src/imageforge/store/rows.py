@@ -177,8 +177,8 @@ def usage_rows(counts: Iterable[Sequence[Any]], spend: Iterable[Sequence[Any]]) 
     model with spend but no task left (retention deleted the rows) keeps its spend.
 
     `counts` rows: day, model, tasks, completed, failed, unfinished;
-    `spend` rows: day, model, spend in micro-units."""
-    spent = {(row[0], row[1]): row[2] for row in spend}
+    `spend` rows: day, model, spend in micro-units, refunded micro-units, refunds."""
+    spent = {(row[0], row[1]): row[2:] for row in spend}
     counted = {(row[0], row[1]): row[2:] for row in counts}
     return [
         UsageRow(
@@ -188,10 +188,13 @@ def usage_rows(counts: Iterable[Sequence[Any]], spend: Iterable[Sequence[Any]]) 
             completed=completed,
             failed=failed,
             unfinished=unfinished,
-            spend_micros=spent.get((day, model), 0),
+            spend_micros=spend_micros,
+            refunded_micros=refunded_micros,
+            refunds=refunds,
         )
         for (day, model) in sorted(counted.keys() | spent.keys())
         for total, completed, failed, unfinished in [counted.get((day, model), (0, 0, 0, 0))]
+        for spend_micros, refunded_micros, refunds in [spent.get((day, model), (0, 0, 0))]
     ]
 
 

@@ -148,9 +148,11 @@ USAGE_COUNTS = shared(
 )
 # A refund is reported on the day of its task, so it cancels that day's charge. Only
 # the ledger is read (a task's charge row carries its model and creation time), so the
-# spend stays what it was after retention deleted the task rows.
+# spend and the refunds stay what they were after retention deleted the task rows.
 USAGE_SPEND = shared(
-    "SELECT {day:c.created_at} AS day, c.model, CAST(-sum(l.amount_micros) AS BIGINT) "
+    "SELECT {day:c.created_at} AS day, c.model, CAST(-sum(l.amount_micros) AS BIGINT), "
+    "CAST(sum(CASE WHEN l.kind = 'refund' THEN l.amount_micros ELSE 0 END) AS BIGINT), "
+    "sum(CASE WHEN l.kind = 'refund' THEN 1 ELSE 0 END) "
     "FROM ledger l JOIN ledger c ON c.task_id = l.task_id AND c.kind = 'charge' "
     "WHERE l.key_id = $1 AND c.created_at >= $2 AND l.kind IN ('charge', 'refund') "
     "GROUP BY day, c.model"

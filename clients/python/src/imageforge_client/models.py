@@ -100,6 +100,10 @@ class UsageDay(_ApiObject):
     failed: int
     unfinished: int
     spend: Decimal
+    #: Refunded of these tasks' charges (already off `spend`); 0 from servers before it.
+    refunded: Decimal = Decimal(0)
+    #: How many of these tasks were refunded.
+    refunds: int = 0
 
 
 class Usage(_ApiObject):
@@ -111,6 +115,7 @@ class Usage(_ApiObject):
     #: Credits left; None means unlimited.
     balance: Decimal | None = None
     spend: Decimal
+    refunded: Decimal = Decimal(0)
     tasks: int
     days: list[UsageDay]
 

@@ -1,4 +1,4 @@
-"""GET /v1/usage: the calling key's balance, spend and task counts."""
+"""GET /v1/usage: the calling key's balance, spend, refunds and task counts."""
 
 from __future__ import annotations
 
@@ -15,8 +15,9 @@ router = APIRouter(tags=["usage"])
     "/v1/usage",
     response_model=UsageResponse,
     summary="Balance and spend of the calling API key",
-    description="Credits left, and tasks and spend by model and UTC day (charges minus "
-    "refunds, attributed to the day the task was created).",
+    description="Credits left, and tasks, spend and refunds by model and UTC day (spend is "
+    "charges minus refunds; `refunded` is what failed and cancelled tasks got back, in the "
+    "same currency units; both attributed to the day the task was created).",
     responses=task_api_responses(400, 401, 429, 503),
 )
 async def get_usage(
