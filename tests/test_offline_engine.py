@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import colorsys
+import dataclasses
 import io
 import itertools
 import os
@@ -25,6 +26,7 @@ from imageforge.engines.base import (
 )
 from imageforge.engines.offline import OfflineEngine, render_png
 from imageforge.engines.offline.caption import layout_caption
+from imageforge.engines.offline.progress import CAPTIONED, PLANNED, SCENE_PAINTED
 
 RED = (255, 0, 0)
 
@@ -339,6 +341,20 @@ async def test_generate_renders_in_the_pool_without_blocking_the_loop() -> None:
         assert result.data == render_png(req)
     assert caught.value.retryable is False
     assert max(gaps) < 0.15, max(gaps)
+
+
+async def test_progress_follows_the_render_stages_and_changes_no_byte() -> None:
+    engine = OfflineEngine()
+    plain = request(width=2048, height=1152, quality="high")
+    figures: list[int] = []
+    try:
+        reported = await engine.generate(dataclasses.replace(plain, progress=figures.append))
+        unreported = await engine.generate(plain)
+    finally:
+        await engine.aclose()
+    # Every stage's figure arrives, in order, before the engine's own 100.
+    assert figures == [0, PLANNED, SCENE_PAINTED, CAPTIONED, 100]
+    assert reported.data == unreported.data == render_png(plain)
 
 
 async def test_a_dead_worker_is_retryable_and_the_next_call_gets_a_fresh_pool() -> None:

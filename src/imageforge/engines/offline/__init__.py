@@ -16,7 +16,8 @@ Pillow/zlib build and set of installed fonts; another zlib may compress the same
 differently, and installing a font changes the captions of prompts it covers.
 
 Rendering is CPU-bound (some 20-50 ms at 1024², 0.2 s at 4K, more with large references), so
-`OfflineEngine` runs it in a process pool and the server's event loop never waits on it.
+`OfflineEngine` runs it in a process pool and the server's event loop never waits on it; the
+render reports its stages back up a pipe (`progress`).
 """
 
 from __future__ import annotations
