@@ -777,19 +777,39 @@ class Bench:
         return figures, scale
 
     def phase_observability(self, store: StoreRun, loads: dict[str, LoadSpec]) -> dict[str, Any]:
-        """Phase 1b: the poll with request lines and metrics on (the defaults, phase 1's
-        server) against a second API-only server on the same data with both off."""
-        quiet = self.imageforge("quiet", store, worker=False, env=OBSERVABILITY_OFF)
-        with self.server("observability off", quiet):
-            on = loads["poll_completed"]
-            paired = {"poll_on": on, "poll_off": replace(on, port=quiet.port, server_pid=quiet.pid)}
+        """Phase 1b: three fresh API-only servers on the same data, the poll's passes
+        interleaved: the defaults (request lines and metrics on), both off, and the defaults
+        again, the A/A control that shows what two identical servers differ by here."""
+        on = self.imageforge("observability on", store, worker=False)
+        off = self.imageforge("observability off", store, worker=False, env=OBSERVABILITY_OFF)
+        control = self.imageforge("observability on again", store, worker=False)
+        with (
+            self.server("observability on", on),
+            self.server("observability off", off),
+            self.server("observability control", control),
+        ):
+            poll = loads["poll_completed"]
+            paired = {
+                label: replace(poll, port=server.port, server_pid=server.pid)
+                for label, server in (
+                    ("poll_on", on),
+                    ("poll_off", off),
+                    ("poll_on_again", control),
+                )
+            }
             runs = self.interleave(f"{store.name} observability", paired)
         figure = self.figure(runs["poll_on"], runs["poll_off"], (OBSERVABILITY_TARGET, None))
+        figure["control"] = self.figure(runs["poll_on_again"], runs["poll_on"], (1.0, None))
         figure["note"] = (
             "on: a request line per poll (text, to the server's log) and its metrics; off: "
-            "IMAGEFORGE_ACCESS_LOG=false, IMAGEFORGE_METRICS_ENABLED=false; baseline = off"
+            "IMAGEFORGE_ACCESS_LOG=false, IMAGEFORGE_METRICS_ENABLED=false; baseline = off. "
+            "control: a second server with the defaults against the first (A/A): the "
+            "spread two identical servers show in the same run"
         )
-        log(f"{store.name} observability on/off: ratio {figure['ratio']:.3f}")
+        log(
+            f"{store.name} observability on/off: ratio {figure['ratio']:.3f}, CPU ratio "
+            f"{figure['cpu_ratio']}; A/A control {figure['control']['ratio']:.3f}"
+        )
         return figure
 
     def phase_processes(

@@ -26,6 +26,17 @@ def _load(path: str) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
+def _control(figure: dict[str, Any]) -> str:
+    """The A/A control's spread, where the bench ran one."""
+    control = figure.get("control")
+    if control is None:
+        return ""
+    text = f"; A/A control (a second server with the defaults): {control['ratio']:.2f} × the first"
+    if control.get("cpu_ratio") is not None:
+        text += f", CPU {control['cpu_ratio']:.2f}"
+    return text
+
+
 def _verdict(ok: bool | None, stretch: bool | None = None) -> str:
     if ok is None:
         return "—"
@@ -82,7 +93,7 @@ def _api_rows(api: dict[str, Any]) -> list[Row]:
                     measured,
                     f"≥ {quiet['target']:g} of off",
                     f"the same server settings with both off: {quiet['bare_rps']:,.0f} req/s, "
-                    f"p99 {quiet['bare_p99_ms']:.1f} ms",
+                    f"p99 {quiet['bare_p99_ms']:.1f} ms" + _control(quiet),
                     _verdict(quiet["pass"], False),
                 )
             )

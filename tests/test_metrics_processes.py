@@ -62,3 +62,40 @@ def test_two_worker_processes_counters_add_up(tmp_path: Path, fresh_pg_url: str)
             assert supervisor.terminate(timeout=30) == 0
         finally:
             supervisor.close()
+
+
+def test_serve_processes_request_counts_reach_the_supervisors_port(
+    tmp_path: Path, fresh_pg_url: str
+) -> None:
+    """Each server process tallies its requests and adds them to the shared files within a
+    second, without being scraped itself: the supervisor's port sees every one."""
+    data = tmp_path / "data"
+    port = free_port()
+    env = cluster_env(fresh_pg_url, IMAGEFORGE_ENGINE="offline", IMAGEFORGE_METRICS_PORT=str(port))
+    key = _key(data, env)
+    with ServerProcess(data, "--no-worker", "--processes", "2", **env) as server:
+        # Connections of their own, so that SO_REUSEPORT hands both processes some.
+        clients = [server.client(key) for _ in range(24)]
+        try:
+            created = clients[0].post(
+                "/v1/image2/images", json={"model": "gpt-image-2", "prompt": "counted"}
+            )
+            assert created.status_code == 200, created.text
+            task_id = created.json()["id"]
+            for client in clients:
+                assert client.get(f"/v1/result/{task_id}").status_code == 200
+        finally:
+            for client in clients:
+                client.close()
+
+        def polls() -> float:
+            text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+            return sum(
+                value
+                for (sample, labels), value in samples(text).items()
+                if sample == "imageforge_http_request_duration_seconds_count"
+                and ("route", "/v1/result/{task_id}") in labels
+            )
+
+        wait_until(lambda: polls() == 24, 10, "24 polls counted on the supervisor's port")
+        assert server.terminate(timeout=30) == 0

@@ -8,6 +8,7 @@ import logging
 import re
 import shutil
 import sqlite3
+import uuid
 from pathlib import Path
 
 import httpx
@@ -320,3 +321,48 @@ def test_the_direct_line_writer_writes_what_the_formatter_would(log_format: str)
 
     assert direct.getvalue().endswith("\n") and through.getvalue().endswith("\n")
     assert without_time(direct.getvalue()) == without_time(through.getvalue())
+
+
+async def test_the_request_tally_folds_into_what_observing_each_request_gives() -> None:
+    """The tally adds to prometheus-client's values the way `observe` and `inc` would, on
+    the bounds too (a bucket holds what is <= its bound); a library change shows here."""
+    from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+
+    from imageforge.observability.metrics import REQUEST_BUCKETS, metrics
+    from imageforge.observability.request_tally import RequestTally
+
+    registry = CollectorRegistry()
+    requests = Counter("reference_requests", "", ["route", "method", "status"], registry=registry)
+    seconds = Histogram(
+        "reference_seconds", "", ["route", "method"], buckets=REQUEST_BUCKETS, registry=registry
+    )
+    durations = [0.0, 0.0004, *REQUEST_BUCKETS, 0.0010001, 0.03, 7.5, 42.0]
+    tally = RequestTally(metrics(), delay=3600)
+    route = f"/tally-test/{uuid.uuid4().hex}"
+    for n, duration in enumerate(durations):
+        status = 200 if n % 3 else 404
+        tally.add(route, "GET", status, duration)
+        requests.labels(route, "GET", str(status)).inc()
+        seconds.labels(route, "GET").observe(duration)
+    found = samples(generate_latest().decode())
+    assert value(found, "imageforge_http_request_duration_seconds_count", route=route) == 0
+    tally.fold()
+    found = samples(generate_latest().decode())
+    reference = samples(generate_latest(registry).decode())
+    ours = {
+        (
+            name.replace("imageforge_http_request_duration_seconds", "reference_seconds").replace(
+                "imageforge_http_requests", "reference_requests"
+            ),
+            labels,
+        ): figure
+        for (name, labels), figure in found.items()
+        if ("route", route) in labels and not name.endswith("_created")
+    }
+    theirs = {key: figure for key, figure in reference.items() if not key[0].endswith("_created")}
+    assert ours == theirs and len(ours) == 2 + 2 + len(REQUEST_BUCKETS) + 1
+    tally.fold()  # nothing new: nothing added twice
+    again = samples(generate_latest().decode())
+    assert {key: again[key] for key in found if ("route", route) in key[1]} == {
+        key: figure for key, figure in found.items() if ("route", route) in key[1]
+    }

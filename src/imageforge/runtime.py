@@ -27,6 +27,7 @@ from imageforge.events import TaskEvents
 from imageforge.keyring import KeyRing
 from imageforge.observability.metrics import QueueDepth, metrics
 from imageforge.observability.metrics_server import MetricsServer
+from imageforge.observability.request_tally import RequestTally
 from imageforge.observability.tracing import Tracing, build_tracing, check_tracing
 from imageforge.ratelimit import RequestRateLimiter, build_rate_limiter
 from imageforge.references import AddressPolicy, FetchLimits, OutboundClient, ReferenceFetcher
@@ -177,6 +178,8 @@ class Runtime:
     tracing: Tracing | None = None
     #: Tasks by status for /metrics, read when scraped.
     queue_depth: QueueDepth = field(init=False)
+    #: The request metrics the app's observing middleware tallies (folded before a scrape).
+    request_tally: RequestTally | None = None
     metrics_server: MetricsServer | None = None
     #: What wakes this process's long-polls and event streams.
     events: TaskEvents = field(default_factory=TaskEvents)
@@ -184,6 +187,13 @@ class Runtime:
 
     def __post_init__(self) -> None:
         self.queue_depth = QueueDepth(self.store)
+
+    async def prepare_scrape(self) -> None:
+        """What a scrape of this process reads must be current: the request tally folded
+        into the metrics, the queue depth read."""
+        if self.request_tally is not None:
+            self.request_tally.fold()
+        await self.queue_depth.refresh()
 
     def task_body(self, task: Task, *, base_url: str, now: float) -> dict[str, Any]:
         """The object of `GET /v1/result/{id}` (also each event's data and each webhook's
@@ -435,7 +445,7 @@ class Runtime:
                 port,
                 token=token.get_secret_value() if token is not None else None,
                 collectors=(self.queue_depth,),
-                refresh=self.queue_depth.refresh,
+                refresh=self.prepare_scrape,
                 loop=asyncio.get_running_loop(),
             )
         except OSError as exc:

@@ -33,6 +33,7 @@ from imageforge.observability.logs import line_writer
 from imageforge.observability.metrics import metrics as process_metrics
 from imageforge.observability.request_log import LOGGER_NAME as REQUEST_LOGGER
 from imageforge.observability.request_log import RequestLog
+from imageforge.observability.request_tally import RequestTally
 from imageforge.observability.tracing import Tracing, build_tracing
 from imageforge.runtime import Runtime, StorageFactory
 from imageforge.settings import Settings
@@ -65,6 +66,7 @@ def create_app(
     whose supervisor serves it for all)."""
     if tracing is None:
         tracing = build_tracing(settings)
+    tally = RequestTally(process_metrics()) if settings.metrics_enabled else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -77,9 +79,12 @@ def create_app(
             serve_metrics=serve_metrics,
         )
         app.state.runtime = runtime
+        runtime.request_tally = tally
         try:
             yield
         finally:
+            if tally is not None:
+                tally.fold()  # the last second's requests, before the process goes
             await runtime.stop()
 
     app = FastAPI(
@@ -113,7 +118,7 @@ def create_app(
             if settings.access_log
             else None
         ),
-        metrics=process_metrics() if settings.metrics_enabled else None,
+        tally=tally,
         tracing=tracing,
         static_paths=lambda: frozenset(
             path for route in app.routes if "{" not in (path := getattr(route, "path", "{"))

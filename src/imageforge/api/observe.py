@@ -22,13 +22,13 @@ from __future__ import annotations
 import itertools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from imageforge.observability.metrics import Metrics
 from imageforge.observability.request_log import RequestLog
+from imageforge.observability.request_tally import RequestTally
 from imageforge.observability.tracing import Tracing
 
 _REQUEST_ID_HEADER = b"x-request-id"
@@ -84,7 +84,7 @@ class ObserveMiddleware:
         app: ASGIApp,
         *,
         request_log: RequestLog | None,
-        metrics: Metrics | None,
+        tally: RequestTally | None,
         tracing: Tracing | None = None,
         static_paths: Callable[[], frozenset[str]] | None = None,
     ) -> None:
@@ -94,12 +94,9 @@ class ObserveMiddleware:
         self._static_source = static_paths
         self._static: frozenset[str] | None = None
         self._log = request_log
-        self._metrics = metrics
+        self._tally = tally
         self._tracing = tracing
         self._ids = RequestIds()
-        # Label children by (route, method[, status]): labels() costs a lock and a hash.
-        self._counters: dict[tuple[str, str, int], Any] = {}
-        self._histograms: dict[tuple[str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -124,13 +121,15 @@ class ObserveMiddleware:
                 disconnected = True
             return message
 
-        async def send_observed(message: Message) -> None:
+        def send_observed(message: Message) -> Awaitable[None]:
+            # A plain function handing back send's own awaitable: no coroutine of ours
+            # per message.
             nonlocal status, started_answer
             if message["type"] == "http.response.start":
                 status = message["status"]
                 started_answer = True
                 message["headers"] = [*message.get("headers", ()), echoed]
-            await send(message)
+            return send(message)
 
         span = self._tracing.request_span(scope) if self._tracing is not None else None
         try:
@@ -147,29 +146,10 @@ class ObserveMiddleware:
             method = scope["method"]
             if method not in _METHODS:
                 method = "other"
-            if self._metrics is not None:
-                self._count(route, method, status, duration)
+            if self._tally is not None:
+                self._tally.add(route, method, status, duration)
             if self._log is not None:
-                self._log.write(
-                    method=method,
-                    route=route,
-                    status=status,
-                    duration_s=duration,
-                    request_id=request_id,
-                    state=state,
-                )
+                self._log.write(method, route, status, duration, request_id, state)
             if span is not None:
                 assert self._tracing is not None
                 self._tracing.end_request_span(span, route=route, status=status, state=state)
-
-    def _count(self, route: str, method: str, status: int, duration: float) -> None:
-        counter = self._counters.get((route, method, status))
-        if counter is None:
-            counter = self._metrics.requests.labels(route, method, str(status))  # type: ignore[union-attr]
-            self._counters[(route, method, status)] = counter
-        counter.inc()
-        histogram = self._histograms.get((route, method))
-        if histogram is None:
-            histogram = self._metrics.request_seconds.labels(route, method)  # type: ignore[union-attr]
-            self._histograms[(route, method)] = histogram
-        histogram.observe(duration)

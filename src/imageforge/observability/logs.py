@@ -11,6 +11,7 @@ import logging
 import sys
 import threading
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,33 +37,39 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(line, default=str).decode()
 
 
+_TEXT_MILLIS = tuple(f",{millis:03d}" for millis in range(1000))
+_JSON_MILLIS = tuple(f".{millis:03d}+00:00" for millis in range(1000))
+
+
+def milliseconds(seconds: float) -> float:
+    """A duration in milliseconds to two places, as request lines give it (what
+    `round(ms, 2)` gives, five times faster)."""
+    return int(seconds * 100_000 + 0.5) / 100
+
+
 class LineWriter:
-    """Request lines written straight to the process's log handler, formatted as its
-    formatter would (the same layout, byte for byte), without a `LogRecord` each: through
-    `logging`, a line cost three times what building it does, a measurable share of a poll.
-    Only `configure_logging` makes one (it owns the handler); anything else embedding the
-    app goes through `logging` (`request_log.RequestLog` without a writer)."""
+    """Request lines handed straight to the process's log handler, formatted as its
+    formatter would (the same layout, byte for byte), without a `LogRecord` each.
+
+    The request's thread only queues the line's values (its time, method, route…); the
+    handler's flusher formats them, with the lines it writes anyway, a fifth of a second
+    later. Through `logging`, a line cost three times what building it does; built on the
+    request's path it still cost about 3 µs, 5 % of a poll. Only `configure_logging` makes
+    one (it owns the handler); anything else embedding the app goes through `logging`
+    (`request_log.RequestLog` without a writer)."""
 
     def __init__(self, handler: BatchingStreamHandler, *, json: bool, logger: str) -> None:
         self._handler = handler
+        self._queue = handler.queue
+        self._batch = handler.batch
+        self._render = self._json_line if json else self._text_line
         self._json = json
         self._logger = logger
         self._second = -1
         self._stamp = ""
-
-    def _time(self) -> str:
-        now = time.time()
-        second = int(now)
-        if second != self._second:
-            self._second = second
-            if self._json:
-                self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
-            else:
-                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        millis = int((now - second) * 1000)
-        if self._json:
-            return f"{self._stamp}.{millis:03d}+00:00"
-        return f"{self._stamp},{millis:03d}"
+        # The formatter's `,123` (text) or `.123+00:00` (JSON) after the second, made once.
+        self._millis = _JSON_MILLIS if json else _TEXT_MILLIS
+        self._prefix = f" INFO {logger}: "
 
     def request_line(
         self,
@@ -76,27 +83,51 @@ class LineWriter:
         prompt: str | None,
     ) -> None:
         """`request_log.RequestLog`'s line, as its record would be formatted."""
-        if not self._json:
-            line = (
-                f"{self._time()} INFO {self._logger}: {method} {route} {status} "
-                f"{round(duration_s * 1000, 2)}ms id={request_id}"
-            )
-            if key_id is not None:
-                line += f" key={key_id}"
-            if task_id is not None:
-                line += f" task={task_id}"
-            if prompt is not None:
-                line += f" prompt={prompt!r}"
-            self._handler.write_line(line)
-            return
+        queue = self._queue
+        queue.append(
+            (self._render, time.time(), method, route, status, duration_s, request_id, key_id,
+             task_id, prompt)
+        )  # fmt: skip
+        if len(queue) >= self._batch:
+            self._handler.flush()
+
+    # What follows runs under the handler's lock (its flusher, or a flush), one at a time.
+
+    def _time(self, now: float) -> str:
+        second = int(now)
+        if second != self._second:
+            self._second = second
+            if self._json:
+                self._stamp = datetime.fromtimestamp(second, UTC).strftime("%Y-%m-%dT%H:%M:%S")
+            else:
+                self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return self._stamp + self._millis[int((now - second) * 1000)]
+
+    def _text_line(self, item: tuple[Any, ...]) -> str:
+        _, now, method, route, status, duration_s, request_id, key_id, task_id, prompt = item
+        # `milliseconds` inlined: a call is a fifth of the line's cost.
+        line = (
+            f"{self._time(now)}{self._prefix}{method} {route} {status} "
+            f"{int(duration_s * 100_000 + 0.5) / 100}ms id={request_id}"
+        )
+        if key_id is not None:
+            line += f" key={key_id}"
+        if task_id is not None:
+            line += f" task={task_id}"
+        if prompt is not None:
+            line += f" prompt={prompt!r}"
+        return line
+
+    def _json_line(self, item: tuple[Any, ...]) -> str:
+        _, now, method, route, status, duration_s, request_id, key_id, task_id, prompt = item
         fields: dict[str, Any] = {
-            "time": self._time(),
+            "time": self._time(now),
             "level": "info",
             "logger": self._logger,
             "method": method,
             "route": route,
             "status": status,
-            "duration_ms": round(duration_s * 1000, 2),
+            "duration_ms": milliseconds(duration_s),
             "request_id": request_id,
         }
         if key_id is not None:
@@ -105,7 +136,7 @@ class LineWriter:
             fields["task_id"] = task_id
         if prompt is not None:
             fields["prompt"] = prompt
-        self._handler.write_line(orjson.dumps(fields, default=str).decode())
+        return orjson.dumps(fields, default=str).decode()
 
 
 _line_handler: BatchingStreamHandler | None = None
@@ -152,12 +183,16 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     A system call per request line cost as much as the rest of the line. Lines at INFO and
     below are gathered and written together, at most `interval` seconds later (a daemon
     thread flushes) or as soon as `batch` of them wait; a WARNING or worse is written at
-    once, after what waits, so the order holds and problems are never late."""
+    once, after what waits, so the order holds and problems are never late.
+
+    `queue` holds lines formatted already and `LineWriter`'s request lines still to format
+    (a tuple whose first item formats it); appending to it and taking from it are safe
+    from any thread without a lock, so a request line costs its request one append."""
 
     def __init__(self, stream: Any, *, interval: float = 0.2, batch: int = 256) -> None:
         super().__init__(stream)
-        self._pending: list[str] = []
-        self._batch = batch
+        self.queue: deque[str | tuple[Any, ...]] = deque()
+        self.batch = batch
         self._interval = interval
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_often, name="log flusher", daemon=True)
@@ -165,31 +200,29 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            line = self.format(record) + self.terminator
+            line = self.format(record)
         except Exception:
             self.handleError(record)
             return
-        with self.lock:  # type: ignore[union-attr]
-            self._pending.append(line)
-            if record.levelno < logging.WARNING and len(self._pending) < self._batch:
-                return
-            self._write_pending()
-
-    def write_line(self, line: str) -> None:
-        """A line formatted already (`LineWriter`), in turn with the records."""
-        with self.lock:  # type: ignore[union-attr]
-            self._pending.append(line + self.terminator)
-            if len(self._pending) >= self._batch:
-                self._write_pending()
+        self.queue.append(line)
+        if record.levelno >= logging.WARNING or len(self.queue) >= self.batch:
+            self.flush()
 
     def _write_pending(self) -> None:
-        if self._pending:
-            text, self._pending = "".join(self._pending), []
-            try:
-                self.stream.write(text)
-                self.stream.flush()
-            except (OSError, ValueError):
-                pass  # a closed or broken stream: nothing better to do with a log line
+        queue = self.queue
+        if not queue:
+            return
+        take = queue.popleft
+        lines = []
+        for _ in range(len(queue)):  # what waits now; later lines wait for the next flush
+            item = take()
+            lines.append(item if isinstance(item, str) else item[0](item))
+        lines.append("")
+        try:
+            self.stream.write(self.terminator.join(lines))
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass  # a closed or broken stream: nothing better to do with a log line
 
     def flush(self) -> None:
         with self.lock:  # type: ignore[union-attr]

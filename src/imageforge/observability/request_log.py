@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from imageforge.observability.logs import LineWriter
+from imageforge.observability.logs import LineWriter, milliseconds
 
 LOGGER_NAME = "imageforge.requests"
 
@@ -40,7 +40,6 @@ class RequestLog:
 
     def write(
         self,
-        *,
         method: str,
         route: str,
         status: int,
@@ -63,7 +62,7 @@ class RequestLog:
                 state.get("prompt") if self._prompts else None,
             )
             return
-        duration_ms = round(duration_s * 1000, 2)
+        duration_ms = milliseconds(duration_s)
         fields: dict[str, Any] = {
             "method": method,
             "route": route,

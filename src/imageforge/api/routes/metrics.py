@@ -25,5 +25,5 @@ async def get_metrics(request: Request) -> Response:
         request.headers.get("authorization"), token.get_secret_value()
     ):
         raise AuthenticationFailed("/metrics needs the metrics token: Authorization: Bearer …")
-    await runtime.queue_depth.refresh()
+    await runtime.prepare_scrape()
     return Response(exposition(runtime.queue_depth), media_type=CONTENT_TYPE)
