@@ -25,8 +25,10 @@ Phases, each against fresh `imageforge serve` subprocesses on 127.0.0.1, for eac
    backlog of 4K tasks queued and poll a mix of completed and rendering ids while the worker
    renders; first with `--connections` closed-loop connections (the primary figure), then at
    a fixed `--render-rate`.
-1b. observability cost (SQLite): a second API-only server on the same data with request lines
-   and metrics off; poll passes alternate between it and phase 1's server (the defaults: on).
+1b. observability cost (SQLite): three fresh API-only servers with the defaults (request lines
+   and metrics on) and three with both off, on the same data; each pass polls all six in turn,
+   on and off alternating, and each side is pooled over its servers (two processes of the
+   same program differ by up to 10 % here; the spread of the "on" servers is the A/A control).
    Target: on ≥ 95 % of off.
 
 Load comes from `loadgen.py` in a separate process. Throughput figures are the median req/s of
@@ -38,6 +40,7 @@ and 1 when it broke (a server did not start, tasks did not complete, or > 1% err
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -69,6 +72,8 @@ HOST = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent
 #: Poll throughput with request lines and metrics on, against both off: at most 5 % less.
 OBSERVABILITY_TARGET = 0.95
+#: Server processes on each side of phase 1b.
+OBSERVABILITY_SERVERS = 3
 OBSERVABILITY_OFF = {"IMAGEFORGE_ACCESS_LOG": "false", "IMAGEFORGE_METRICS_ENABLED": "false"}
 #: (target, stretch) of imageforge's req/s over the bare app's, by store and route.
 TARGETS: dict[str, dict[str, tuple[float, float | None]]] = {
@@ -777,38 +782,90 @@ class Bench:
         return figures, scale
 
     def phase_observability(self, store: StoreRun, loads: dict[str, LoadSpec]) -> dict[str, Any]:
-        """Phase 1b: three fresh API-only servers on the same data, the poll's passes
-        interleaved: the defaults (request lines and metrics on), both off, and the defaults
-        again, the A/A control that shows what two identical servers differ by here."""
-        on = self.imageforge("observability on", store, worker=False)
-        off = self.imageforge("observability off", store, worker=False, env=OBSERVABILITY_OFF)
-        control = self.imageforge("observability on again", store, worker=False)
-        with (
-            self.server("observability on", on),
-            self.server("observability off", off),
-            self.server("observability control", control),
-        ):
+        """Phase 1b: `OBSERVABILITY_SERVERS` fresh API-only servers with the defaults
+        (request lines and metrics on) and as many with both off, on the same data; each
+        pass polls every one of them in turn, on and off alternating. Two processes of the
+        same program differ here by up to 10 % (their memory layout, their hash seeds, where
+        the scheduler puts them), more than the cost measured, so each side is pooled over
+        several processes; the spread of the servers with the defaults is the A/A control."""
+        count = OBSERVABILITY_SERVERS
+        servers = {
+            f"poll_{side}_{n}": self.imageforge(
+                f"observability {side} {n}",
+                store,
+                worker=False,
+                env=OBSERVABILITY_OFF if side == "off" else None,
+            )
+            for n in range(1, count + 1)
+            for side in ("on", "off")
+        }
+        with contextlib.ExitStack() as running:
+            for label, server in servers.items():
+                running.enter_context(self.server(label.replace("_", " "), server))
             poll = loads["poll_completed"]
             paired = {
                 label: replace(poll, port=server.port, server_pid=server.pid)
-                for label, server in (
-                    ("poll_on", on),
-                    ("poll_off", off),
-                    ("poll_on_again", control),
-                )
+                for label, server in servers.items()
             }
             runs = self.interleave(f"{store.name} observability", paired)
-        figure = self.figure(runs["poll_on"], runs["poll_off"], (OBSERVABILITY_TARGET, None))
-        figure["control"] = self.figure(runs["poll_on_again"], runs["poll_on"], (1.0, None))
+        on = [run for label, results in runs.items() if "_on_" in label for run in results]
+        off = [run for label, results in runs.items() if "_off_" in label for run in results]
+        figure = self.figure(on, off, (OBSERVABILITY_TARGET, None))
+        by_server = {label: _summarise(results) for label, results in runs.items()}
+        on_rps = [by_server[f"poll_on_{n}"]["rps"] for n in range(1, count + 1)]
+        on_cpu = [by_server[f"poll_on_{n}"]["server_cpu_us_per_req"] for n in range(1, count + 1)]
+        figure["servers"] = count
+        figure["by_server"] = {
+            label: {"rps": row["rps"], "server_cpu_us_per_req": row["server_cpu_us_per_req"]}
+            for label, row in by_server.items()
+        }
+        figure["control"] = {
+            "ratio": round(min(on_rps) / max(on_rps), 3) if max(on_rps) else None,
+            "cpu_ratio": (
+                round(min(on_cpu) / max(on_cpu), 3) if all(on_cpu) and max(on_cpu) else None
+            ),
+            "note": "A/A: the slowest server with the defaults over the fastest",
+        }
         figure["note"] = (
             "on: a request line per poll (text, to the server's log) and its metrics; off: "
-            "IMAGEFORGE_ACCESS_LOG=false, IMAGEFORGE_METRICS_ENABLED=false; baseline = off. "
-            "control: a second server with the defaults against the first (A/A): the "
-            "spread two identical servers show in the same run"
+            "IMAGEFORGE_ACCESS_LOG=false, IMAGEFORGE_METRICS_ENABLED=false; baseline = off; "
+            f"each side pooled over {count} server processes, passes interleaved"
         )
+        figure["in_process"] = self.observability_in_process(store, figure)
         log(
             f"{store.name} observability on/off: ratio {figure['ratio']:.3f}, CPU ratio "
-            f"{figure['cpu_ratio']}; A/A control {figure['control']['ratio']:.3f}"
+            f"{figure['cpu_ratio']}; A/A control {figure['control']['ratio']}"
+        )
+        return figure
+
+    def observability_in_process(
+        self, store: StoreRun, http: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """`observability.py`: the same two settings in one process, the app alone; its
+        added microseconds over the HTTP poll's CPU of the servers with both off."""
+        command = [
+            sys.executable,
+            str(ROOT / "observability.py"),
+            "--data-dir",
+            str(store.data_dir),
+            "--key",
+            store.key,
+            "--task-id",
+            store.completed[0],
+        ]
+        off_cpu = http.get("bare_server_cpu_us_per_req")
+        if off_cpu:
+            command += ["--http-cpu-us", str(off_cpu)]
+        log(f"{store.name} observability in one process: {' '.join(command[1:2])}")
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            log(f"observability.py failed: {done.stderr[-2000:]}")
+            return None
+        figure: dict[str, Any] = json.loads(done.stdout)
+        log(
+            f"{store.name} observability in one process: +{figure['added_us']} µs a poll "
+            f"over {figure['off_cpu_us_per_call']} µs, {figure.get('cost_over_http')} of the "
+            "HTTP poll's CPU"
         )
         return figure
 

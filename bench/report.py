@@ -29,11 +29,15 @@ def _load(path: str) -> dict[str, Any]:
 def _control(figure: dict[str, Any]) -> str:
     """The A/A control's spread, where the bench ran one."""
     control = figure.get("control")
-    if control is None:
+    if control is None or control.get("ratio") is None:
         return ""
-    text = f"; A/A control (a second server with the defaults): {control['ratio']:.2f} × the first"
+    servers = figure.get("servers")
+    text = (
+        f"; each side pooled over {servers} server processes; A/A control: the slowest "
+        f"server with the defaults is {control['ratio']:.2f} × the fastest"
+    )
     if control.get("cpu_ratio") is not None:
-        text += f", CPU {control['cpu_ratio']:.2f}"
+        text += f" (CPU {control['cpu_ratio']:.2f})"
     return text
 
 
@@ -92,11 +96,34 @@ def _api_rows(api: dict[str, Any]) -> list[Row]:
                     f"{names.get(store, store)}: poll with request lines and metrics on",
                     measured,
                     f"≥ {quiet['target']:g} of off",
-                    f"the same server settings with both off: {quiet['bare_rps']:,.0f} req/s, "
+                    f"servers with both off: {quiet['bare_rps']:,.0f} req/s, "
                     f"p99 {quiet['bare_p99_ms']:.1f} ms" + _control(quiet),
                     _verdict(quiet["pass"], False),
                 )
             )
+            inside = quiet.get("in_process")
+            if inside:
+                share = inside.get("cost_over_http")
+                measured = (
+                    f"**+{inside['added_us']:.1f} µs** a poll ({inside['on_cpu_us_per_call']:.1f} "
+                    f"against {inside['off_cpu_us_per_call']:.1f} µs of the app's own CPU)"
+                )
+                if share is not None:
+                    measured += (
+                        f" = **{share:.1%}** of the HTTP poll's CPU "
+                        f"({inside['http_cpu_us_per_req']:.0f} µs a request, both off)"
+                    )
+                rows.append(
+                    (
+                        f"{names.get(store, store)}: request lines and metrics, one process",
+                        measured,
+                        "≤ 5 % of the poll",
+                        f"the same app with both off, in the same process; median of "
+                        f"{inside['passes']} paired passes of {inside['requests_per_pass']:,} "
+                        "calls",
+                        _verdict(share <= 0.05 if share is not None else None, False),
+                    )
+                )
     for store, reason in api.get("skipped", {}).items():
         rows.append((f"{names.get(store, store)}: every API figure", "not run", "", reason, "—"))
     scale = api.get("processes")

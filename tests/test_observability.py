@@ -8,6 +8,7 @@ import logging
 import re
 import shutil
 import sqlite3
+import time
 import uuid
 from pathlib import Path
 
@@ -250,7 +251,6 @@ async def test_metrics_on_their_own_port(tmp_path: Path) -> None:
 
 def test_info_lines_come_in_batches_and_warnings_at_once_in_order() -> None:
     import io
-    import time
 
     from imageforge.observability.logs import BatchingStreamHandler
 
@@ -298,14 +298,23 @@ def test_the_direct_line_writer_writes_what_the_formatter_would(log_format: str)
     logger.propagate = False
     logger.setLevel(logging.INFO)
     logger.addHandler(handlers[1])
-    state = {"key_id": "key_0123456789abcdef", "task_id": "image_x"}
-    line = {"method": "GET", "route": "/v1/result/{task_id}", "status": 200}
+    record = (
+        time.time(),
+        "GET",
+        "/v1/result/{task_id}",
+        200,
+        0.0012345,
+        "r1",
+        "key_0123456789abcdef",
+        "image_x",
+        None,
+    )
     try:
         RequestLog(
             logger=logger,
             writer=LineWriter(handlers[0], json=log_format == "json", logger="tests.lines"),
-        ).write(**line, duration_s=0.0012345, request_id="r1", state=state)
-        RequestLog(logger=logger).write(**line, duration_s=0.0012345, request_id="r1", state=state)
+        ).write(record)
+        RequestLog(logger=logger).write(record)
     finally:
         logger.removeHandler(handlers[1])
         for handler in handlers:
@@ -341,7 +350,7 @@ async def test_the_request_tally_folds_into_what_observing_each_request_gives() 
     route = f"/tally-test/{uuid.uuid4().hex}"
     for n, duration in enumerate(durations):
         status = 200 if n % 3 else 404
-        tally.add(route, "GET", status, duration)
+        tally.record((0.0, "GET", route, status, duration, f"r{n}", None, None, None))
         requests.labels(route, "GET", str(status)).inc()
         seconds.labels(route, "GET").observe(duration)
     found = samples(generate_latest().decode())

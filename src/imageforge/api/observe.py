@@ -93,7 +93,8 @@ class ObserveMiddleware:
         self.app = app
         self._static_source = static_paths
         self._static: frozenset[str] | None = None
-        self._log = request_log
+        self._line = request_log.sink if request_log is not None else None
+        self._prompts = request_log is not None and request_log.prompts
         self._tally = tally
         self._tracing = tracing
         self._ids = RequestIds()
@@ -146,10 +147,22 @@ class ObserveMiddleware:
             method = scope["method"]
             if method not in _METHODS:
                 method = "other"
-            if self._tally is not None:
-                self._tally.add(route, method, status, duration)
-            if self._log is not None:
-                self._log.write(method, route, status, duration, request_id, state)
+            if self._tally is not None or self._line is not None:
+                record = (
+                    time.time(),
+                    method,
+                    route,
+                    status,
+                    duration,
+                    request_id,
+                    state.get("key_id"),
+                    state.get("task_id"),
+                    state.get("prompt") if self._prompts else None,
+                )
+                if self._tally is not None:
+                    self._tally.record(record)
+                if self._line is not None:
+                    self._line(record)
             if span is not None:
                 assert self._tracing is not None
                 self._tracing.end_request_span(span, route=route, status=status, state=state)

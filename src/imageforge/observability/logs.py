@@ -12,10 +12,13 @@ import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+
+from imageforge.observability.records import RequestRecord
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
@@ -51,18 +54,18 @@ class LineWriter:
     """Request lines handed straight to the process's log handler, formatted as its
     formatter would (the same layout, byte for byte), without a `LogRecord` each.
 
-    The request's thread only queues the line's values (its time, method, route…); the
-    handler's flusher formats them, with the lines it writes anyway, a fifth of a second
-    later. Through `logging`, a line cost three times what building it does; built on the
-    request's path it still cost about 3 µs, 5 % of a poll. Only `configure_logging` makes
-    one (it owns the handler); anything else embedding the app goes through `logging`
-    (`request_log.RequestLog` without a writer)."""
+    The request's thread only queues its record (`records.py`); the handler formats it
+    with the lines it writes anyway, when its batch is written. Through `logging`, a line
+    cost three times what building it does; built on the request's path it still cost
+    about 3 µs, 5 % of a poll. Only `configure_logging` makes one (it owns the handler);
+    anything else embedding the app goes through `logging` (`request_log.RequestLog`
+    without a writer)."""
 
     def __init__(self, handler: BatchingStreamHandler, *, json: bool, logger: str) -> None:
         self._handler = handler
         self._queue = handler.queue
         self._batch = handler.batch
-        self._render = self._json_line if json else self._text_line
+        handler.render = self._json_line if json else self._text_line
         self._json = json
         self._logger = logger
         self._second = -1
@@ -70,24 +73,13 @@ class LineWriter:
         # The formatter's `,123` (text) or `.123+00:00` (JSON) after the second, made once.
         self._millis = _JSON_MILLIS if json else _TEXT_MILLIS
         self._prefix = f" INFO {logger}: "
+        #: By (method, route, status): bounded, as those are (the metrics' labels).
+        self._middles: dict[tuple[str, str, int], str] = {}
 
-    def request_line(
-        self,
-        method: str,
-        route: str,
-        status: int,
-        duration_s: float,
-        request_id: str,
-        key_id: str | None,
-        task_id: str | None,
-        prompt: str | None,
-    ) -> None:
-        """`request_log.RequestLog`'s line, as its record would be formatted."""
+    def request_line(self, record: RequestRecord) -> None:
+        """`request_log.RequestLog`'s line, queued as its record; formatted later."""
         queue = self._queue
-        queue.append(
-            (self._render, time.time(), method, route, status, duration_s, request_id, key_id,
-             task_id, prompt)
-        )  # fmt: skip
+        queue.append(record)
         if len(queue) >= self._batch:
             self._handler.flush()
 
@@ -103,13 +95,16 @@ class LineWriter:
                 self._stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
         return self._stamp + self._millis[int((now - second) * 1000)]
 
-    def _text_line(self, item: tuple[Any, ...]) -> str:
-        _, now, method, route, status, duration_s, request_id, key_id, task_id, prompt = item
-        # `milliseconds` inlined: a call is a fifth of the line's cost.
-        line = (
-            f"{self._time(now)}{self._prefix}{method} {route} {status} "
-            f"{int(duration_s * 100_000 + 0.5) / 100}ms id={request_id}"
-        )
+    def _text_line(self, item: RequestRecord) -> str:
+        now, method, route, status, duration_s, request_id, key_id, task_id, prompt = item
+        # What repeats from line to line is made once: the level, logger, method, route and
+        # status; `milliseconds` inlined (a call is a fifth of the line's cost).
+        middle = self._middles.get((method, route, status))
+        if middle is None:
+            middle = self._middles[(method, route, status)] = (
+                f"{self._prefix}{method} {route} {status} "
+            )
+        line = f"{self._time(now)}{middle}{int(duration_s * 100_000 + 0.5) / 100}ms id={request_id}"
         if key_id is not None:
             line += f" key={key_id}"
         if task_id is not None:
@@ -118,8 +113,8 @@ class LineWriter:
             line += f" prompt={prompt!r}"
         return line
 
-    def _json_line(self, item: tuple[Any, ...]) -> str:
-        _, now, method, route, status, duration_s, request_id, key_id, task_id, prompt = item
+    def _json_line(self, item: RequestRecord) -> str:
+        now, method, route, status, duration_s, request_id, key_id, task_id, prompt = item
         fields: dict[str, Any] = {
             "time": self._time(now),
             "level": "info",
@@ -177,6 +172,10 @@ def configure_logging(level: str, log_format: str = "text") -> None:
         uvicorn_logger.propagate = True
 
 
+def _unrendered(record: RequestRecord) -> str:
+    return repr(record)  # only a handler no LineWriter was made for is given records
+
+
 class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """A stream handler that writes INFO lines (request lines, mostly) in batches.
 
@@ -185,13 +184,15 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
     thread flushes) or as soon as `batch` of them wait; a WARNING or worse is written at
     once, after what waits, so the order holds and problems are never late.
 
-    `queue` holds lines formatted already and `LineWriter`'s request lines still to format
-    (a tuple whose first item formats it); appending to it and taking from it are safe
+    `queue` holds lines formatted already and `LineWriter`'s request records still to
+    format (`render`, its format, makes their lines); appending to it and taking from it are safe
     from any thread without a lock, so a request line costs its request one append."""
 
     def __init__(self, stream: Any, *, interval: float = 0.2, batch: int = 256) -> None:
         super().__init__(stream)
-        self.queue: deque[str | tuple[Any, ...]] = deque()
+        self.queue: deque[str | RequestRecord] = deque()
+        #: How a queued request record becomes its line (the `LineWriter`'s format).
+        self.render: Callable[[RequestRecord], str] = _unrendered
         self.batch = batch
         self._interval = interval
         self._stop = threading.Event()
@@ -213,10 +214,11 @@ class BatchingStreamHandler(logging.StreamHandler):  # type: ignore[type-arg]
         if not queue:
             return
         take = queue.popleft
+        render = self.render
         lines = []
         for _ in range(len(queue)):  # what waits now; later lines wait for the next flush
             item = take()
-            lines.append(item if isinstance(item, str) else item[0](item))
+            lines.append(item if isinstance(item, str) else render(item))
         lines.append("")
         try:
             self.stream.write(self.terminator.join(lines))

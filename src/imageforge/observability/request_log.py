@@ -13,9 +13,11 @@ message.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from imageforge.observability.logs import LineWriter, milliseconds
+from imageforge.observability.records import RequestRecord
 
 LOGGER_NAME = "imageforge.requests"
 
@@ -38,31 +40,25 @@ class RequestLog:
     def enabled(self) -> bool:
         return self._logger.isEnabledFor(logging.INFO)
 
-    def write(
-        self,
-        method: str,
-        route: str,
-        status: int,
-        duration_s: float,
-        request_id: str,
-        state: dict[str, Any],
-    ) -> None:
-        """`state`: what the endpoint recorded in the ASGI scope's state (`key_id`,
-        `task_id`, `prompt`)."""
+    @property
+    def prompts(self) -> bool:
+        """Whether lines carry the prompt (the middleware puts it in the record then)."""
+        return self._prompts
+
+    @property
+    def sink(self) -> Callable[[RequestRecord], None]:
+        """What takes each record: the direct writer's queue where there is one (one call
+        less a request), else `write`."""
+        return self._writer.request_line if self._writer is not None else self.write
+
+    def write(self, record: RequestRecord) -> None:
+        """One request's line (`records.py`)."""
         if self._writer is not None:
-            # The hot case: one line built in one go, no record and no fields dict.
-            self._writer.request_line(
-                method,
-                route,
-                status,
-                duration_s,
-                request_id,
-                state.get("key_id"),
-                state.get("task_id"),
-                state.get("prompt") if self._prompts else None,
-            )
+            # The hot case: the record queued as it is, formatted later in a batch.
+            self._writer.request_line(record)
             return
-        duration_ms = milliseconds(duration_s)
+        _, method, route, status, seconds, request_id, key_id, task_id, prompt = record
+        duration_ms = milliseconds(seconds)
         fields: dict[str, Any] = {
             "method": method,
             "route": route,
@@ -71,25 +67,21 @@ class RequestLog:
             "request_id": request_id,
         }
         text = f"{method} {route} {status} {duration_ms}ms id={request_id}"
-        key_id = state.get("key_id")
         if key_id is not None:
             fields["key_id"] = key_id
             text += f" key={key_id}"
-        task_id = state.get("task_id")
         if task_id is not None:
             fields["task_id"] = task_id
             text += f" task={task_id}"
-        if self._prompts:
-            prompt = state.get("prompt")
-            if prompt is not None:
-                fields["prompt"] = prompt
-                text += f" prompt={prompt!r}"
+        if prompt is not None:
+            fields["prompt"] = prompt
+            text += f" prompt={prompt!r}"
         logger = self._logger
         if not logger.isEnabledFor(logging.INFO):
             return
         # makeRecord + handle: what `info` does, without looking up the caller's frame
         # (half the cost of a line, for a source location that is always this one).
-        record = logger.makeRecord(
+        entry = logger.makeRecord(
             logger.name, logging.INFO, __file__, 0, text, (), None, extra={"fields": fields}
         )
-        logger.handle(record)
+        logger.handle(entry)

@@ -1,62 +1,73 @@
-"""Request counts and latencies, tallied in plain dictionaries and added to the Prometheus
-metrics in batches.
+"""Request counts and latencies, added to the Prometheus metrics in batches.
 
 prometheus-client's counter and histogram take a lock and walk the buckets in Python on
 every observation: about 3 µs a request, several percent of a poll. The observing
-middleware adds to two dictionaries instead (one `bisect` for the bucket), on the event
-loop, and the sums go into the real metrics (in memory, or the multi-process files) by
-`fold`: at most `delay` seconds after the first request not yet folded, and before every
-scrape this process answers, so a scrape of this process is exact and a scrape of several
-(`serve --processes`) is at most a second behind.
+middleware hands each request's record (`records.py`, the one the request log reads too)
+to `record`, which only keeps it; `fold` counts what was kept (requests by route, method
+and status; per route and method the seconds and a count per bucket, one `bisect` each)
+and adds the sums to the real metrics (in memory, or the multi-process files). It folds
+when `batch` records wait, `delay` seconds after the first one not yet folded, and before
+every scrape this process answers, so a scrape of this process is exact and one of
+several (`serve --processes`) is at most a second behind.
 
-Everything runs on the event loop's thread: the tally is never read while it is added to.
+Everything runs on the event loop's thread: what is kept is never read while it grows.
 """
 
 from __future__ import annotations
 
-import asyncio
+from asyncio import TimerHandle, get_running_loop
 from bisect import bisect_left
 from typing import Any
 
 from imageforge.observability.metrics import REQUEST_BUCKETS, Metrics
+from imageforge.observability.records import RequestRecord
 
 #: Seconds between the first request not yet folded and the fold.
 FOLD_DELAY_SECONDS = 1.0
+#: Records kept at most before a fold (a fold of this many takes about a millisecond).
+FOLD_BATCH = 2048
 
 
 class RequestTally:
-    def __init__(self, metrics: Metrics, *, delay: float = FOLD_DELAY_SECONDS) -> None:
+    def __init__(
+        self, metrics: Metrics, *, delay: float = FOLD_DELAY_SECONDS, batch: int = FOLD_BATCH
+    ) -> None:
         self._metrics = metrics
         self._delay = delay
-        self._bounds = REQUEST_BUCKETS
-        #: (route, method, status) → requests.
-        self._counts: dict[tuple[str, str, int], int] = {}
-        #: (route, method) → [seconds, requests in bucket 0, …, in +Inf].
-        self._latencies: dict[tuple[str, str], list[Any]] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._timer_loop: asyncio.AbstractEventLoop | None = None
+        self._batch = batch
+        self._records: list[RequestRecord] = []
+        self._timer: TimerHandle | None = None
 
-    def add(self, route: str, method: str, status: int, seconds: float) -> None:
-        key = (route, method, status)
-        counts = self._counts
-        counts[key] = counts.get(key, 0) + 1
-        row = self._latencies.get((route, method))
-        if row is None:
-            row = self._latencies[(route, method)] = [0.0] + [0] * (len(self._bounds) + 1)
-        row[0] += seconds
-        # Prometheus's buckets hold what is <= their bound: the first bound >= seconds.
-        row[bisect_left(self._bounds, seconds) + 1] += 1
-        if self._timer is None or self._timer_loop.is_closed():  # type: ignore[union-attr]
-            loop = self._timer_loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._delay, self.fold)
+    def record(self, record: RequestRecord) -> None:
+        records = self._records
+        records.append(record)
+        kept = len(records)
+        if kept == 1:  # the first since the last fold: fold at most `delay` from now
+            self._timer = get_running_loop().call_later(self._delay, self.fold)
+        elif kept >= self._batch:
+            self.fold()
 
     def fold(self) -> None:
-        """Add what was tallied to the metrics, and start again from nothing."""
+        """Add what was kept to the metrics, and start again from nothing."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
-        counts, self._counts = self._counts, {}
-        latencies, self._latencies = self._latencies, {}
+        records, self._records = self._records, []
+        if not records:
+            return
+        bounds = REQUEST_BUCKETS
+        counts: dict[tuple[str, str, int], int] = {}
+        #: (route, method) → [seconds, requests in bucket 0, …, in +Inf].
+        latencies: dict[tuple[str, str], list[Any]] = {}
+        for _, method, route, status, seconds, *_rest in records:
+            key = (route, method, status)
+            counts[key] = counts.get(key, 0) + 1
+            row = latencies.get((route, method))
+            if row is None:
+                row = latencies[(route, method)] = [0.0] + [0] * (len(bounds) + 1)
+            row[0] += seconds
+            # Prometheus's buckets hold what is <= their bound: the first bound >= seconds.
+            row[bisect_left(bounds, seconds) + 1] += 1
         metrics = self._metrics
         for (route, method, status), count in counts.items():
             metrics.requests.labels(route, method, str(status)).inc(count)
