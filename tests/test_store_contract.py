@@ -332,6 +332,65 @@ async def test_the_audit_is_appended_and_read_newest_first(store: Store) -> None
     assert older[-1].request_id == "req-1"
 
 
+async def test_an_admin_write_and_its_audit_commit_together_or_not_at_all(store: Store) -> None:
+    def entry(action: str, target: str, **details: object) -> AuditEntry:
+        return AuditEntry(
+            at=1.0, actor="cli", action=action, target=target, details=details, request_id=None
+        )
+
+    key_id = new_key_id()
+    created = await store.create_key(
+        key_id=key_id,
+        name="audited",
+        key_hash="cd" * 32,
+        hint="ifk_…",
+        now=1.0,
+        balance_micros=5,
+        audit=lambda record: entry("keys.create", record.id, name=record.name),
+    )
+    credited = await store.adjust_balance(
+        key_id,
+        add_micros=7,
+        now=2.0,
+        audit=lambda record: entry("keys.credits", record.id, balance=record.balance_micros),
+    )
+    assert credited.balance_micros == 12
+    assert await store.revoke_key(key_id, now=3.0, audit=lambda _: entry("keys.revoke", key_id))
+    # Revoked already: nothing changes, and the audit callback says there is nothing to record.
+    assert not await store.revoke_key(
+        key_id, now=4.0, audit=lambda revoked: entry("keys.revoke", key_id) if revoked else None
+    )
+    audit = await store.list_audit(limit=10)
+    assert [(e.action, e.target, e.details) for e in reversed(audit)] == [
+        ("keys.create", created.id, {"name": "audited"}),
+        ("keys.credits", key_id, {"balance": 12}),
+        ("keys.revoke", key_id, {}),
+    ]
+
+    # An entry that cannot be written (details that are not JSON) undoes its write.
+    unwritable = {"details": object()}
+    other = new_key_id()
+    with pytest.raises(TypeError):
+        await store.create_key(
+            key_id=other,
+            name="never",
+            key_hash="ef" * 32,
+            hint="ifk_…",
+            now=5.0,
+            audit=lambda record: entry("keys.create", record.id, **unwritable),
+        )
+    assert await store.get_key(other) is None
+    with pytest.raises(TypeError):
+        await store.adjust_balance(
+            key_id,
+            add_micros=100,
+            now=6.0,
+            audit=lambda record: entry("keys.credits", record.id, **unwritable),
+        )
+    assert (await store.get_key(key_id)).balance_micros == 12  # type: ignore[union-attr]
+    assert len(await store.list_audit(limit=10)) == 3
+
+
 async def test_a_duplicate_key_is_a_conflict_that_changes_nothing(store: Store) -> None:
     await store.create_key(
         key_id=new_key_id(), name="first", key_hash="ab" * 32, hint="ifk_…", now=1.0

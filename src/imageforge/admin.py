@@ -3,7 +3,9 @@
 The admin API (`api/routes/admin.py`) and the command line on the database (`imageforge
 keys …`) both act through `AdminService`, so every action, read or write, is written to
 the audit table with who did it (an admin key's id, or `cli`), what, to which key or task,
-its parameters (never a secret) and the request id.
+its parameters (never a secret) and the request id. A write's entry is written in the
+write's own transaction (`procedures.audited`): the change and its record commit together
+or not at all; a read's entry after the read.
 
 Key kinds: a task-API key (the default) creates and reads tasks; an admin key
 (`--admin`) calls the admin API and nothing else; `--admin --task-api` makes a key that
@@ -46,19 +48,23 @@ class AdminService:
         self._store = store
         self._clock = clock
 
+    def _entry(
+        self, actor: Actor, action: str, target: str | None, details: dict[str, Any]
+    ) -> AuditEntry:
+        return AuditEntry(
+            at=self._clock(),
+            actor=actor.name,
+            action=action,
+            target=target,
+            details=details,
+            request_id=actor.request_id,
+        )
+
     async def _audit(
         self, actor: Actor, action: str, target: str | None, details: dict[str, Any]
     ) -> None:
-        await self._store.record_audit(
-            AuditEntry(
-                at=self._clock(),
-                actor=actor.name,
-                action=action,
-                target=target,
-                details=details,
-                request_id=actor.request_id,
-            )
-        )
+        """A read's entry, after it (a write's goes in the write's own transaction)."""
+        await self._store.record_audit(self._entry(actor, action, target, details))
 
     async def list_keys(self, actor: Actor) -> list[ApiKeyRecord]:
         keys = await self._store.list_keys()
@@ -82,21 +88,27 @@ class AdminService:
                 "task_api: a key that is not an admin key must be able to use the task API",
                 param="task_api",
             )
-        record, secret = await create_api_key(
-            self._store, name, balance_micros=balance_micros, admin=admin, task_api=task_api
-        )
         details = {"name": name, "balance_micros": balance_micros, "admin": admin}
         details["task_api"] = task_api
-        await self._audit(actor, "keys.create", record.id, details)
-        return record, secret
+        return await create_api_key(
+            self._store,
+            name,
+            balance_micros=balance_micros,
+            admin=admin,
+            task_api=task_api,
+            audit=lambda record: self._entry(actor, "keys.create", record.id, details),
+        )
 
     async def revoke_key(self, actor: Actor, key_id: str) -> ApiKeyRecord:
-        if not await self._store.revoke_key(KeyId(key_id), now=self._clock()):
+        entry = self._entry(actor, "keys.revoke", key_id, {})
+        revoked = await self._store.revoke_key(
+            KeyId(key_id), now=self._clock(), audit=lambda revoked: entry if revoked else None
+        )
+        if not revoked:
             existing = await self._store.get_key(KeyId(key_id))
             if existing is None:
                 raise key_not_found(key_id)
             raise InvalidRequest(f"key {key_id} is already revoked", param="key_id")
-        await self._audit(actor, "keys.revoke", key_id, {})
         record = await self._store.get_key(KeyId(key_id))
         assert record is not None
         return record
@@ -113,19 +125,22 @@ class AdminService:
         """Exactly one of add, set, unlimited (the store's ledger rules apply)."""
         if (add_micros is not None) + (set_micros is not None) + unlimited != 1:
             raise InvalidRequest("give exactly one of add, set, unlimited", param="action")
-        record = await self._store.adjust_balance(
+        details: dict[str, Any] = {"add_micros": add_micros, "set_micros": set_micros}
+        details["unlimited"] = unlimited
+
+        def entry(record: ApiKeyRecord) -> AuditEntry:
+            after = {**details, "balance_micros": record.balance_micros}
+            return self._entry(actor, "keys.credits", key_id, after)
+
+        return await self._store.adjust_balance(
             KeyId(key_id),
             add_micros=add_micros,
             set_micros=set_micros,
             unlimited=unlimited,
             note=f"admin {actor.name}",
             now=self._clock(),
+            audit=entry,
         )
-        details: dict[str, Any] = {"add_micros": add_micros, "set_micros": set_micros}
-        details["unlimited"] = unlimited
-        details["balance_micros"] = record.balance_micros
-        await self._audit(actor, "keys.credits", key_id, details)
-        return record
 
     async def key_usage(
         self, actor: Actor, key_id: str, *, days: int

@@ -12,11 +12,13 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 
 from imageforge import apikeys
 from imageforge.errors import AuthenticationFailed
 from imageforge.ids import new_key_id
 from imageforge.store import ApiKeyRecord, Store, StoreUnavailable
+from imageforge.store.base import AuditEntry
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +85,11 @@ async def create_api_key(
     balance_micros: int | None = None,
     admin: bool = False,
     task_api: bool = True,
+    audit: Callable[[ApiKeyRecord], AuditEntry | None] | None = None,
 ) -> tuple[ApiKeyRecord, str]:
     """A new key: the record and the only copy of its secret. `admin`: it may call the
-    admin API; `task_api`: it may create and read tasks (at least one of the two)."""
+    admin API; `task_api`: it may create and read tasks (at least one of the two);
+    `audit`: its audit entry, written in the same transaction (`Store.create_key`)."""
     if not (admin or task_api):
         raise ValueError("a key must be an admin key, a task-API key, or both")
     secret = apikeys.generate_api_key()
@@ -98,5 +102,6 @@ async def create_api_key(
         balance_micros=balance_micros,
         admin=admin,
         task_api=task_api,
+        audit=audit,
     )
     return record, secret

@@ -244,9 +244,12 @@ class Store(Protocol):
         admin: bool = False,
         task_api: bool = True,
         webhook_secret: str | None = None,
+        audit: Callable[[ApiKeyRecord], AuditEntry | None] | None = None,
     ) -> ApiKeyRecord:
         """A limited key (balance given) starts its ledger with a credit entry; the key's
-        webhook secret is `webhook_secret`, else a new one (on the record returned)."""
+        webhook secret is `webhook_secret`, else a new one (on the record returned).
+        `audit`: the admin audit's entry for it, made from the record and written in the
+        same transaction (so too for `adjust_balance` and `revoke_key`)."""
         ...
 
     async def get_key(self, key_id: KeyId) -> ApiKeyRecord | None: ...
@@ -260,6 +263,7 @@ class Store(Protocol):
         unlimited: bool = False,
         note: str | None = None,
         now: float,
+        audit: Callable[[ApiKeyRecord], AuditEntry | None] | None = None,
     ) -> ApiKeyRecord:
         """Add to or set a key's credits, with a ledger entry; or make it unlimited.
         Raises NotFound for an unknown key, InvalidRequest for `add` on an unlimited key or
@@ -281,7 +285,15 @@ class Store(Protocol):
 
     async def find_key(self, key_hash: str) -> ApiKeyRecord | None: ...
 
-    async def revoke_key(self, key_id: KeyId, *, now: float) -> bool: ...
+    async def revoke_key(
+        self,
+        key_id: KeyId,
+        *,
+        now: float,
+        audit: Callable[[bool], AuditEntry | None] | None = None,
+    ) -> bool:
+        """Revoke a key not revoked yet (→ True); → False, and nothing audited, else."""
+        ...
 
     async def keys_fingerprint(self) -> tuple[int, int]:
         """(keys, revoked keys): changes whenever a key is created or revoked."""

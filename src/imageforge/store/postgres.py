@@ -193,7 +193,7 @@ class PostgresStore(
             rows: list[Any] = await self._pool.fetch(statement.postgres, *args)
         return rows
 
-    # Keys (create_key and adjust_balance: procedures.KeyProcedures; the janitor's
+    # Keys (create_key, adjust_balance and revoke_key: procedures.KeyProcedures; the janitor's
     # methods: sweeps.SweepProcedures) -------------------------------------------
 
     @retried_when_rolled_back
@@ -238,12 +238,6 @@ class PostgresStore(
     async def find_key(self, key_hash: str) -> ApiKeyRecord | None:
         rows = await self._read(sql.FIND_KEY, key_hash)
         return key_from_row(rows[0]) if rows else None
-
-    @retried_when_rolled_back
-    async def revoke_key(self, key_id: KeyId, *, now: float) -> bool:
-        with self._driver_errors:
-            rows = await self._pool.fetch(sql.REVOKE_KEY.postgres, now, key_id)
-        return bool(rows)
 
     async def keys_fingerprint(self) -> tuple[int, int]:
         ((keys, revoked),) = await self._read(sql.KEYS_FINGERPRINT)

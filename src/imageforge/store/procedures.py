@@ -143,6 +143,27 @@ def adjust_balance(
     return key_from_row(updated)
 
 
+def revoke_key(key_id: KeyId, *, now: float) -> Procedure[bool]:
+    """Revoke a key that is not revoked yet (→ True), else change nothing (→ False)."""
+    rows = yield sql.REVOKE_KEY, (now, key_id)
+    return bool(rows)
+
+
+#: What an admin write records of itself, made from its result (None: nothing happened
+#: that needs a record, e.g. a key that was revoked already).
+AuditOf = Callable[[T], "AuditEntry | None"]
+
+
+def audited(procedure: Procedure[T], audit: AuditOf[T] | None) -> Procedure[T]:
+    """`procedure`, then its audit entry, in its transaction: an admin action and the
+    record of it commit together or not at all."""
+    result = yield from procedure
+    entry = audit(result) if audit is not None else None
+    if entry is not None:
+        yield from record_audit(entry)
+    return result
+
+
 class KeyProcedures:
     """The Store methods that are one procedure each, written once for both stores; a
     store supplies `_in_transaction`, which runs a fresh procedure from `make` in one
@@ -163,18 +184,22 @@ class KeyProcedures:
         admin: bool = False,
         task_api: bool = True,
         webhook_secret: str | None = None,
+        audit: AuditOf[ApiKeyRecord] | None = None,
     ) -> ApiKeyRecord:
         return await self._in_transaction(
-            lambda: create_key(
-                key_id=key_id,
-                name=name,
-                key_hash=key_hash,
-                hint=hint,
-                now=now,
-                balance_micros=balance_micros,
-                admin=admin,
-                task_api=task_api,
-                webhook_secret=webhook_secret,
+            lambda: audited(
+                create_key(
+                    key_id=key_id,
+                    name=name,
+                    key_hash=key_hash,
+                    hint=hint,
+                    now=now,
+                    balance_micros=balance_micros,
+                    admin=admin,
+                    task_api=task_api,
+                    webhook_secret=webhook_secret,
+                ),
+                audit,
             )
         )
 
@@ -187,17 +212,26 @@ class KeyProcedures:
         unlimited: bool = False,
         note: str | None = None,
         now: float,
+        audit: AuditOf[ApiKeyRecord] | None = None,
     ) -> ApiKeyRecord:
         return await self._in_transaction(
-            lambda: adjust_balance(
-                key_id,
-                add_micros=add_micros,
-                set_micros=set_micros,
-                unlimited=unlimited,
-                note=note,
-                now=now,
+            lambda: audited(
+                adjust_balance(
+                    key_id,
+                    add_micros=add_micros,
+                    set_micros=set_micros,
+                    unlimited=unlimited,
+                    note=note,
+                    now=now,
+                ),
+                audit,
             )
         )
+
+    async def revoke_key(
+        self, key_id: KeyId, *, now: float, audit: AuditOf[bool] | None = None
+    ) -> bool:
+        return await self._in_transaction(lambda: audited(revoke_key(key_id, now=now), audit))
 
 
 def record_audit(entry: AuditEntry) -> Procedure[AuditEntry]:

@@ -248,7 +248,7 @@ class SqliteStore(
         with self._driver_errors:
             return self._reader.execute(statement.sqlite, args).fetchall()
 
-    # Keys (create_key and adjust_balance: procedures.KeyProcedures; the janitor's
+    # Keys (create_key, adjust_balance and revoke_key: procedures.KeyProcedures; the janitor's
     # methods: sweeps.SweepProcedures) -------------------------------------------
 
     async def _in_transaction(self, make: Callable[[], Procedure[T]]) -> T:
@@ -288,11 +288,6 @@ class SqliteStore(
     async def find_key(self, key_hash: str) -> ApiKeyRecord | None:
         rows = self._read(sql.FIND_KEY, (key_hash,))
         return key_from_row(rows[0]) if rows else None
-
-    async def revoke_key(self, key_id: KeyId, *, now: float) -> bool:
-        async with self._writes.write() as db:
-            rows = db.execute(sql.REVOKE_KEY.sqlite, (now, key_id)).fetchall()
-        return bool(rows)
 
     async def keys_fingerprint(self) -> tuple[int, int]:
         ((keys, revoked),) = self._read(sql.KEYS_FINGERPRINT)
