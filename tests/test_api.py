@@ -383,14 +383,24 @@ async def test_unknown_route_uses_the_error_body(api: ApiHarness) -> None:
 
 
 async def test_links_stop_working_after_the_configured_lifetime(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path / "short", image_url_ttl_seconds=1)
+    settings = make_settings(tmp_path / "short", image_url_ttl_seconds=2)
     lifespan, harness = await start_harness(settings)
     try:
         secret = await harness.new_key()
         task_id = (await harness.create(secret)).json()["id"]
         url = (await harness.wait_terminal(secret, task_id))["image_url"]
         assert (await harness.client.get(url)).status_code == 200
-        await asyncio.sleep(2.1)
+        # A link lives at least its lifetime, and dies within a second after it.
+        expires = int(url.split("expires=")[1].split("&")[0])
+        for made_at in (1000.0, 1000.001, 1000.999):
+            body = harness.runtime.task_body(  # type: ignore[union-attr]
+                await harness.runtime.store.get_task(task_id),  # type: ignore[union-attr,arg-type]
+                base_url="http://test",
+                now=made_at,
+            )
+            lives = int(body["image_url"].split("expires=")[1].split("&")[0]) - made_at
+            assert 2 <= lives < 3, (made_at, lives)
+        await asyncio.sleep(max(0.0, expires - time.time()) + 0.1)
         expired = await harness.client.get(url)
         assert expired.status_code == 410
         fresh = (await harness.poll(secret, task_id)).json()["image_url"]

@@ -11,6 +11,7 @@ import contextlib
 import gc
 import importlib.util
 import logging
+import math
 import tempfile
 import time
 from collections.abc import Callable, Coroutine, Mapping
@@ -205,7 +206,9 @@ class Runtime:
             image_url = self.storage.url_for(
                 task.image_key,
                 base_url=base_url,
-                expires=int(now) + self.settings.image_url_ttl_seconds,
+                # Rounded up: a link lives at least its lifetime (it dies at the start of
+                # second `expires`; `int(now)` gave one of a second's lifetime 0 to 1 s).
+                expires=math.ceil(now) + self.settings.image_url_ttl_seconds,
             )
         return task_result_body(task, image_url=image_url, expired=expired)
 

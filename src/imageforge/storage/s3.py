@@ -38,6 +38,7 @@ import obstore
 from obstore.exceptions import BaseError, PermissionDeniedError, UnauthenticatedError
 from obstore.store import S3Store
 
+from imageforge.settings import MAX_PRESIGNED_SECONDS
 from imageforge.storage.aws_credentials import (
     NO_CREDENTIALS,
     NO_CREDENTIALS_HELP,
@@ -253,7 +254,8 @@ class S3Storage:
         reused = self._links.get(key)
         if reused is not None and expires - LINK_REUSE_SECONDS <= reused[0] <= expires:
             return reused[1]
-        lifetime = max(1, expires - int(now))
+        # S3 signs for at most 7 days; a link rounded up to the next second may ask one more.
+        lifetime = min(MAX_PRESIGNED_SECONDS, max(1, expires - int(now)))
         link = obstore.sign(self._store, "GET", key, timedelta(seconds=lifetime))
         self._links[key] = (int(now) + lifetime, link)
         return link
