@@ -209,6 +209,9 @@ def test_quality_auto_is_the_models_default_and_high_is_high(client: openai.Open
         ({"output_compression": 50}, "output_compression", "jpeg and webp"),
         ({"response_format": "url", "output_format": "jpeg"}, "output_format", "b64_json"),
         ({"partial_images": 4, "stream": True}, "partial_images", "0 to 3"),
+        ({"partial_images": False}, "partial_images", "not a boolean"),
+        ({"n": True}, "n", "not a boolean"),
+        ({"stream": 0}, "stream", "true or false"),
         ({"model": "gpt-image-2-r", "size": "2048x2048"}, "size", "1K sizes only"),
     ],
 )

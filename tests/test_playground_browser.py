@@ -246,7 +246,9 @@ def test_generate_on_a_phone(browser: Browser, server: ServerProcess, api_key: s
 
 @pytest.fixture
 def task_api() -> Iterator[StandInTaskAPI]:
-    with serve_task_api(Switches(), step_seconds=0.3) as api:
+    # A step of a second: the page must show 50 % while it lasts, on a busy machine too
+    # (at 0.3 s, CI's page once went from 0 % to 100 %).
+    with serve_task_api(Switches(), step_seconds=1.0) as api:
         # The same page on a server with the lifecycle extensions (and no quote or usage).
         install_playground(api.app)
         yield api

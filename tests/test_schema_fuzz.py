@@ -139,7 +139,16 @@ def test_no_server_error_and_every_answer_as_documented(
     key = create_key(server.data_dir, "fuzz")["key"]
     config = config_file(tmp_path / "schemathesis.toml")
     run = schemathesis(
-        config, server, f"Bearer {key}", "--max-time", str(VALID_KEY_SECONDS), "--workers", "2"
+        # One worker: with two, Hypothesis's threads parse lambdas' source at once, and
+        # CPython 3.11 before 3.11.8 can fail that with "SystemError: AST constructor
+        # recursion depth mismatch" (python/cpython#106905), failing the run for nothing.
+        config,
+        server,
+        f"Bearer {key}",
+        "--max-time",
+        str(VALID_KEY_SECONDS),
+        "--workers",
+        "1",
     )
     assert run.returncode == 0, _report(run)
     assert "No issues found" in run.stdout, _report(run)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from imageforge.catalog import MAX_PROMPT_CHARS
 
@@ -121,12 +121,34 @@ class ImageGenerationRequest(BaseModel):
         examples=["https://example.com/hooks/imageforge"],
     )
 
+    @field_validator("n", "output_compression", "partial_images", mode="before")
+    @classmethod
+    def _not_a_boolean(cls, value: object) -> object:
+        # pydantic reads `true`/`false` as 1/0 for an integer; the schema says integer, and
+        # a boolean there is a client's mistake worth a 400 (a form's text never is one).
+        if isinstance(value, bool):
+            raise ValueError("must be an integer, not a boolean")
+        return value
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _a_boolean(cls, value: object) -> object:
+        # In JSON, only true or false (pydantic would read 0, 1 and "false" too).
+        if value is not None and not isinstance(value, bool):
+            raise ValueError("must be true or false")
+        return value
+
 
 class ImageEditForm(ImageGenerationRequest):
     """The fields of `POST /v1/images/edits` (multipart/form-data), beside its files:
     `image` (one file) or `image[]` (up to 16), and an optional `mask`."""
 
     model_config = ConfigDict(extra="ignore")
+
+    @field_validator("stream", mode="before")
+    @classmethod
+    def _a_boolean(cls, value: object) -> object:
+        return value  # a form's fields are text: "true" and "false" are how it says so
 
 
 class ImageData(BaseModel):
