@@ -26,6 +26,7 @@ Links (`s3_links`):
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Callable
@@ -254,10 +255,13 @@ class S3Storage:
         reused = self._links.get(key)
         if reused is not None and expires - LINK_REUSE_SECONDS <= reused[0] <= expires:
             return reused[1]
-        # S3 signs for at most 7 days; a link rounded up to the next second may ask one more.
-        lifetime = min(MAX_PRESIGNED_SECONDS, max(1, expires - int(now)))
+        # The signature counts from the second the signer reads its own clock, which may
+        # be the next one already: counted from the next second, the link never outlives
+        # `expires`. S3 signs for at most 7 days (a link rounded up may ask one second more).
+        start = math.ceil(now)
+        lifetime = min(MAX_PRESIGNED_SECONDS, max(1, expires - start))
         link = obstore.sign(self._store, "GET", key, timedelta(seconds=lifetime))
-        self._links[key] = (int(now) + lifetime, link)
+        self._links[key] = (start + lifetime, link)
         return link
 
     async def aclose(self) -> None:
