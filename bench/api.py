@@ -856,7 +856,7 @@ class Bench:
         off_cpu = http.get("bare_server_cpu_us_per_req")
         if off_cpu:
             command += ["--http-cpu-us", str(off_cpu)]
-        log(f"{store.name} observability in one process: {' '.join(command[1:2])}")
+        log(f"{store.name} observability in one process: bench/observability.py")
         done = subprocess.run(command, capture_output=True, text=True, timeout=600)
         if done.returncode != 0:
             log(f"observability.py failed: {done.stderr[-2000:]}")

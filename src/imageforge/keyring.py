@@ -12,13 +12,12 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Callable
 
 from imageforge import apikeys
 from imageforge.errors import AuthenticationFailed
 from imageforge.ids import new_key_id
 from imageforge.store import ApiKeyRecord, Store, StoreUnavailable
-from imageforge.store.base import AuditEntry
+from imageforge.store.base import AuditOf
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +84,7 @@ async def create_api_key(
     balance_micros: int | None = None,
     admin: bool = False,
     task_api: bool = True,
-    audit: Callable[[ApiKeyRecord], AuditEntry | None] | None = None,
+    audit: AuditOf[ApiKeyRecord] | None = None,
 ) -> tuple[ApiKeyRecord, str]:
     """A new key: the record and the only copy of its secret. `admin`: it may call the
     admin API; `task_api`: it may create and read tasks (at least one of the two);

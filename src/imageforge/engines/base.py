@@ -76,6 +76,10 @@ class GenerationRequest:
     seed: int | None = None
 
 
+#: The formats an engine's image may have: Pillow's format name → content type.
+IMAGE_CONTENT_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
+
+
 @dataclass(frozen=True)
 class GeneratedImage:
     data: bytes

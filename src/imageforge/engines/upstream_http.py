@@ -26,7 +26,7 @@ import aiohttp
 import yarl
 from PIL import Image, UnidentifiedImageError
 
-from imageforge.engines.base import GeneratedImage
+from imageforge.engines.base import IMAGE_CONTENT_TYPES, GeneratedImage
 from imageforge.engines.config import UpstreamConfig
 from imageforge.engines.upstream_errors import (
     UpstreamError,
@@ -46,7 +46,6 @@ log = logging.getLogger(__name__)
 #: (uvicorn, gunicorn), so a request is not sent on a connection the server is closing.
 KEEPALIVE_SECONDS = 4.0
 
-_IMAGE_TYPES = {"PNG": "image/png", "JPEG": "image/jpeg", "WEBP": "image/webp"}
 _CHUNK_BYTES = 64 * 1024
 
 
@@ -199,8 +198,8 @@ def upstream_image(
 def describe_image(upstream: str, data: bytes) -> tuple[str, int, int]:
     """Content type, width and height of an image an upstream returned, from its header."""
     try:
-        with Image.open(io.BytesIO(data), formats=tuple(_IMAGE_TYPES)) as image:
-            return _IMAGE_TYPES[image.format or ""], image.width, image.height
+        with Image.open(io.BytesIO(data), formats=tuple(IMAGE_CONTENT_TYPES)) as image:
+            return IMAGE_CONTENT_TYPES[image.format or ""], image.width, image.height
     except (UnidentifiedImageError, OSError, KeyError, ValueError) as exc:
         raise bad_answer_error(
             upstream, "returned data that is not a PNG, JPEG or WebP image"

@@ -10,5 +10,3 @@ request id, key id, task id, and the prompt (None unless the log is asked for pr
 from __future__ import annotations
 
 RequestRecord = tuple[float, str, str, int, float, str, "str | None", "str | None", "str | None"]
-
-TIME, METHOD, ROUTE, STATUS, SECONDS, REQUEST_ID, KEY_ID, TASK_ID, PROMPT = range(9)

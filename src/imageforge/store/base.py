@@ -17,7 +17,7 @@ import enum
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, TypeVar, runtime_checkable
 
 from imageforge.errors import (
     IdempotencyConflict,
@@ -145,6 +145,13 @@ class UsageRow:
     refunds: int
 
 
+_Result = TypeVar("_Result")
+
+#: What an admin write records of itself, made from its result and written in the write's
+#: transaction (None: nothing happened that needs a record, e.g. a key revoked already).
+AuditOf = Callable[[_Result], "AuditEntry | None"]
+
+
 def idempotency_mismatch() -> IdempotencyConflict:
     return IdempotencyConflict(
         "Idempotency-Key: this key was already used with a different request body; "
@@ -244,7 +251,7 @@ class Store(Protocol):
         admin: bool = False,
         task_api: bool = True,
         webhook_secret: str | None = None,
-        audit: Callable[[ApiKeyRecord], AuditEntry | None] | None = None,
+        audit: AuditOf[ApiKeyRecord] | None = None,
     ) -> ApiKeyRecord:
         """A limited key (balance given) starts its ledger with a credit entry; the key's
         webhook secret is `webhook_secret`, else a new one (on the record returned).
@@ -263,7 +270,7 @@ class Store(Protocol):
         unlimited: bool = False,
         note: str | None = None,
         now: float,
-        audit: Callable[[ApiKeyRecord], AuditEntry | None] | None = None,
+        audit: AuditOf[ApiKeyRecord] | None = None,
     ) -> ApiKeyRecord:
         """Add to or set a key's credits, with a ledger entry; or make it unlimited.
         Raises NotFound for an unknown key, InvalidRequest for `add` on an unlimited key or
@@ -290,7 +297,7 @@ class Store(Protocol):
         key_id: KeyId,
         *,
         now: float,
-        audit: Callable[[bool], AuditEntry | None] | None = None,
+        audit: AuditOf[bool] | None = None,
     ) -> bool:
         """Revoke a key not revoked yet (→ True); → False, and nothing audited, else."""
         ...

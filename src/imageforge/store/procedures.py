@@ -25,6 +25,7 @@ from imageforge.store import statements as sql
 from imageforge.store.base import (
     ApiKeyRecord,
     AuditEntry,
+    AuditOf,
     IdempotencyClaim,
     idempotency_mismatch,
 )
@@ -147,11 +148,6 @@ def revoke_key(key_id: KeyId, *, now: float) -> Procedure[bool]:
     """Revoke a key that is not revoked yet (→ True), else change nothing (→ False)."""
     rows = yield sql.REVOKE_KEY, (now, key_id)
     return bool(rows)
-
-
-#: What an admin write records of itself, made from its result (None: nothing happened
-#: that needs a record, e.g. a key that was revoked already).
-AuditOf = Callable[[T], "AuditEntry | None"]
 
 
 def audited(procedure: Procedure[T], audit: AuditOf[T] | None) -> Procedure[T]:

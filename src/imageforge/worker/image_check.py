@@ -20,10 +20,11 @@ import io
 from PIL import Image, UnidentifiedImageError
 
 from imageforge.engines import EngineError, GeneratedImage
+from imageforge.engines.base import IMAGE_CONTENT_TYPES
 
 #: The content types an engine may return, as Pillow's format names (a JPEG with an MPO
 #: index opens as MPO, through the JPEG parser).
-FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/webp": "WEBP"}
+FORMATS = {content_type: name for name, content_type in IMAGE_CONTENT_TYPES.items()}
 #: Images of at most this many declared pixels are checked on the event loop: handing a
 #: tiny image to a thread costs more than checking it; a 4K JPEG takes tens of ms.
 INLINE_PIXELS = 256 * 256
